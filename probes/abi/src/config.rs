@@ -1,0 +1,105 @@
+//! What the daemon tells the probes before they load: kernel structure offsets resolved from
+//! the running kernel's BTF, tracepoint record offsets read from tracefs, and switches.
+//!
+//! The probes read it from the read-only global [`crate::CONFIG_GLOBAL`]; the verifier sees its
+//! values as constants, so a switch that is off costs nothing.
+
+/// Offsets into `struct task_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskOffsets {
+    /// `pid`.
+    pub pid: u32,
+    /// `tgid`.
+    pub tgid: u32,
+    /// `real_parent` (a `task_struct *`).
+    pub real_parent: u32,
+    /// `comm`.
+    pub comm: u32,
+    /// `mm` (a `mm_struct *`).
+    pub mm: u32,
+    /// `real_cred` (a `const struct cred *`).
+    pub real_cred: u32,
+    /// `start_time` (u64 ns, CLOCK_MONOTONIC).
+    pub start_time: u32,
+    /// `exit_code`.
+    pub exit_code: u32,
+    /// `signal` (a `signal_struct *`).
+    pub signal: u32,
+    /// `flags`.
+    pub flags: u32,
+}
+
+/// Offsets into `struct mm_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MmOffsets {
+    /// `start_code`.
+    pub start_code: u32,
+    /// `end_code`.
+    pub end_code: u32,
+    /// `arg_start`.
+    pub arg_start: u32,
+    /// `arg_end`.
+    pub arg_end: u32,
+}
+
+/// Offsets and argument positions the fork/exec/exit hooks need beyond task and mm.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MiscOffsets {
+    /// `cred.uid.val`.
+    pub cred_uid: u32,
+    /// `cred.euid.val`.
+    pub cred_euid: u32,
+    /// `signal_struct.live.counter`.
+    pub signal_live: u32,
+    /// `kernel_clone_args.flags`.
+    pub clone_args_flags: u32,
+    /// `linux_binprm.filename`.
+    pub binprm_filename: u32,
+    /// Position of `kernel_clone`'s `struct kernel_clone_args *` parameter.
+    pub kernel_clone_args_arg: u32,
+    /// Number of `kernel_clone` parameters: its return value follows them in an fexit context.
+    pub kernel_clone_nargs: u32,
+    /// Position of `do_exit`'s `code` parameter.
+    pub do_exit_code_arg: u32,
+}
+
+/// Offsets of fields in plain tracepoint records, from
+/// `/sys/kernel/tracing/events/<group>/<name>/format`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracepointOffsets {
+    /// `task_newtask`: `pid` (the new task's id).
+    pub newtask_pid: u32,
+    /// `task_newtask`: `clone_flags`.
+    pub newtask_clone_flags: u32,
+    /// `sched_process_exec`: `filename` (a `__data_loc char[]`).
+    pub exec_filename: u32,
+    /// `sched_process_exec`: `old_pid`.
+    pub exec_old_pid: u32,
+}
+
+/// Everything the probes are told. All zero means "nothing resolved": the probes then report
+/// only what BPF helpers give (pid, tgid, uid, comm, cgroup id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeConfig {
+    /// 1 when the `task`, `mm` and `misc` offsets were resolved from BTF.
+    pub have_btf_offsets: u32,
+    /// 1 to report every thread's exit, 0 to report only the last thread of a process.
+    pub report_thread_exits: u32,
+    /// `task_struct` offsets.
+    pub task: TaskOffsets,
+    /// `mm_struct` offsets.
+    pub mm: MmOffsets,
+    /// Other offsets and argument positions.
+    pub misc: MiscOffsets,
+    /// Plain tracepoint record offsets.
+    pub tracepoint: TracepointOffsets,
+}
+
+// SAFETY: plain old data of u32 fields, no padding.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ProbeConfig {}

@@ -1,0 +1,50 @@
+//! `process.exec`: a process replaced its image.
+use crate::{Header, Task, assert_size};
+
+/// Bytes reserved for the executable's file name (as passed to execve, NUL-terminated).
+pub const FILENAME_CAP: usize = 1024;
+/// Bytes of argv copied from the new image's stack (`mm->arg_start..arg_end`).
+pub const ARGS_CAP: usize = 16384;
+
+/// `Exec::flags`: the file name did not fit in [`FILENAME_CAP`].
+pub const EXEC_FILENAME_TRUNCATED: u32 = 1;
+/// `Exec::flags`: argv was longer than [`ARGS_CAP`] and was cut.
+pub const EXEC_ARGS_TRUNCATED: u32 = 2;
+/// `Exec::flags`: argv could not be read (page not resident); `args_len` is 0.
+pub const EXEC_ARGS_UNREADABLE: u32 = 4;
+
+/// A process exec'd. Variable size: the record ends after `args_len` bytes of `args`, so its
+/// size is [`Exec::fixed_size`] + `args_len`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Exec {
+    /// Common header.
+    pub header: Header,
+    /// The task after the exec (new comm).
+    pub task: Task,
+    /// Task id before the exec (differs when a non-leader thread exec'd).
+    pub old_tid: u32,
+    /// `EXEC_*` flags.
+    pub flags: u32,
+    /// Bytes of `filename` used, without the NUL.
+    pub filename_len: u32,
+    /// Bytes of `args` used: the NUL-separated argv strings as on the stack.
+    pub args_len: u32,
+    /// `mm->start_code` of the new image.
+    pub code_start: u64,
+    /// `mm->end_code` of the new image.
+    pub code_end: u64,
+    /// The path given to execve (may be relative), NUL-padded.
+    pub filename: [u8; FILENAME_CAP],
+    /// The argv strings, each NUL-terminated.
+    pub args: [u8; ARGS_CAP],
+}
+
+impl Exec {
+    /// Size of everything before `args`: the smallest valid record.
+    pub const fn fixed_size() -> usize {
+        core::mem::offset_of!(Exec, args)
+    }
+}
+
+assert_size!(Exec, 24 + 56 + 32 + FILENAME_CAP + ARGS_CAP);

@@ -1,0 +1,258 @@
+//! The wire format between the ksense eBPF probes and the ksense daemon.
+//!
+//! Every record the probes write to the [`EVENTS_MAP`] ring buffer starts with a [`Header`]
+//! naming its [`EventKind`], the [`Hook`] that produced it and its total size, followed by that
+//! kind's payload ([`fork::Fork`], [`exec::Exec`], [`exit::Exit`]). The probes read kernel
+//! structures at offsets the daemon resolved from the running kernel's BTF and handed over in
+//! [`config::ProbeConfig`], so nothing in this crate depends on one kernel's layout.
+//!
+//! This crate is layout only: no decoding, no allocation. Decoding lives in the daemon.
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod exec;
+pub mod exit;
+pub mod fork;
+
+/// Version of this layout, written into every [`Header`]; the daemon rejects other versions.
+pub const ABI_VERSION: u16 = 1;
+
+/// Name of the ring buffer map the probes write events to.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU array counting, per [`EventKind`], events the probes could not write
+/// because the ring buffer was full.
+pub const LOST_MAP: &str = "LOST";
+/// Name of the read-only global holding the [`config::ProbeConfig`].
+pub const CONFIG_GLOBAL: &str = "KSENSE_CONFIG";
+/// Number of slots in [`LOST_MAP`]: one per [`EventKind`] value (slot 0 is unused).
+pub const LOST_SLOTS: u32 = 4;
+
+/// Length of `task_struct::comm`, including its terminating NUL.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// The kinds of event the probes emit. The value is the slot in [`LOST_MAP`].
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A task was created (fork, vfork, clone, clone3; threads included).
+    Fork = 1,
+    /// A process replaced its image with execve/execveat.
+    Exec = 2,
+    /// A task exited (by default only the last thread of a process is reported).
+    Exit = 3,
+}
+
+impl EventKind {
+    /// Every kind, in value order.
+    pub const ALL: [EventKind; 3] = [EventKind::Fork, EventKind::Exec, EventKind::Exit];
+
+    /// The kind with this wire value, if any.
+    pub const fn from_u16(value: u16) -> Option<EventKind> {
+        match value {
+            1 => Some(EventKind::Fork),
+            2 => Some(EventKind::Exec),
+            3 => Some(EventKind::Exit),
+            _ => None,
+        }
+    }
+
+    /// The event name of the contract (`../shared/EVENTS.md`), e.g. `process.fork`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::Fork => "process.fork",
+            EventKind::Exec => "process.exec",
+            EventKind::Exit => "process.exit",
+        }
+    }
+}
+
+/// Which kernel hook produced a record. Each hook is one program in the eBPF object.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// fexit on `kernel_clone`: the child's pid is the return value.
+    FexitKernelClone = 1,
+    /// BTF-typed tracepoint `task_newtask` (the new task and its clone flags).
+    TpBtfTaskNewtask = 2,
+    /// Plain tracepoint `task:task_newtask`.
+    TracepointTaskNewtask = 3,
+    /// BTF-typed tracepoint `sched_process_exec`.
+    TpBtfSchedProcessExec = 4,
+    /// Plain tracepoint `sched:sched_process_exec`.
+    TracepointSchedProcessExec = 5,
+    /// fentry on `do_exit`.
+    FentryDoExit = 6,
+    /// BTF-typed tracepoint `sched_process_exit`.
+    TpBtfSchedProcessExit = 7,
+    /// Plain tracepoint `sched:sched_process_exit`.
+    TracepointSchedProcessExit = 8,
+}
+
+impl Hook {
+    /// Every hook, in value order.
+    pub const ALL: [Hook; 8] = [
+        Hook::FexitKernelClone,
+        Hook::TpBtfTaskNewtask,
+        Hook::TracepointTaskNewtask,
+        Hook::TpBtfSchedProcessExec,
+        Hook::TracepointSchedProcessExec,
+        Hook::FentryDoExit,
+        Hook::TpBtfSchedProcessExit,
+        Hook::TracepointSchedProcessExit,
+    ];
+
+    /// The hook with this wire value, if any.
+    pub const fn from_u16(value: u16) -> Option<Hook> {
+        match value {
+            1 => Some(Hook::FexitKernelClone),
+            2 => Some(Hook::TpBtfTaskNewtask),
+            3 => Some(Hook::TracepointTaskNewtask),
+            4 => Some(Hook::TpBtfSchedProcessExec),
+            5 => Some(Hook::TracepointSchedProcessExec),
+            6 => Some(Hook::FentryDoExit),
+            7 => Some(Hook::TpBtfSchedProcessExit),
+            8 => Some(Hook::TracepointSchedProcessExit),
+            _ => None,
+        }
+    }
+
+    /// The event kind this hook reports.
+    pub const fn kind(self) -> EventKind {
+        match self {
+            Hook::FexitKernelClone | Hook::TpBtfTaskNewtask | Hook::TracepointTaskNewtask => {
+                EventKind::Fork
+            }
+            Hook::TpBtfSchedProcessExec | Hook::TracepointSchedProcessExec => EventKind::Exec,
+            Hook::FentryDoExit | Hook::TpBtfSchedProcessExit | Hook::TracepointSchedProcessExit => {
+                EventKind::Exit
+            }
+        }
+    }
+
+    /// The name of the eBPF program implementing this hook (its function name in probes/ebpf).
+    pub const fn program_name(self) -> &'static str {
+        match self {
+            Hook::FexitKernelClone => "fexit_kernel_clone",
+            Hook::TpBtfTaskNewtask => "tp_btf_task_newtask",
+            Hook::TracepointTaskNewtask => "tracepoint_task_newtask",
+            Hook::TpBtfSchedProcessExec => "tp_btf_sched_process_exec",
+            Hook::TracepointSchedProcessExec => "tracepoint_sched_process_exec",
+            Hook::FentryDoExit => "fentry_do_exit",
+            Hook::TpBtfSchedProcessExit => "tp_btf_sched_process_exit",
+            Hook::TracepointSchedProcessExit => "tracepoint_sched_process_exit",
+        }
+    }
+
+    /// The kernel attach point: a function for fentry/fexit, a tracepoint name for tp_btf,
+    /// `(category, name)` joined by `/` for plain tracepoints.
+    pub const fn target(self) -> &'static str {
+        match self {
+            Hook::FexitKernelClone => "kernel_clone",
+            Hook::TpBtfTaskNewtask => "task_newtask",
+            Hook::TracepointTaskNewtask => "task/task_newtask",
+            Hook::TpBtfSchedProcessExec => "sched_process_exec",
+            Hook::TracepointSchedProcessExec => "sched/sched_process_exec",
+            Hook::FentryDoExit => "do_exit",
+            Hook::TpBtfSchedProcessExit => "sched_process_exit",
+            Hook::TracepointSchedProcessExit => "sched/sched_process_exit",
+        }
+    }
+
+    /// The hook's family: `fentry`, `fexit`, `tp_btf` or `tracepoint`.
+    pub const fn family(self) -> HookFamily {
+        match self {
+            Hook::FexitKernelClone => HookFamily::Fexit,
+            Hook::FentryDoExit => HookFamily::Fentry,
+            Hook::TpBtfTaskNewtask | Hook::TpBtfSchedProcessExec | Hook::TpBtfSchedProcessExit => {
+                HookFamily::TpBtf
+            }
+            Hook::TracepointTaskNewtask
+            | Hook::TracepointSchedProcessExec
+            | Hook::TracepointSchedProcessExit => HookFamily::Tracepoint,
+        }
+    }
+}
+
+/// The kinds of BPF attachment ksense uses, in the order `auto` mode prefers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HookFamily {
+    /// fentry: a BPF trampoline at a kernel function's entry (rides on ftrace).
+    Fentry,
+    /// fexit: a BPF trampoline at a kernel function's return.
+    Fexit,
+    /// A BTF-typed tracepoint (raw tracepoint with typed arguments).
+    TpBtf,
+    /// A plain tracepoint reading the tracefs record.
+    Tracepoint,
+}
+
+impl HookFamily {
+    /// Its name as used in `ksense.probe` (`fentry/kernel_clone`, `tracepoint/sched/...`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            HookFamily::Fentry => "fentry",
+            HookFamily::Fexit => "fexit",
+            HookFamily::TpBtf => "tp_btf",
+            HookFamily::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// Starts every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Header {
+    /// [`EventKind`] value.
+    pub kind: u16,
+    /// [`ABI_VERSION`] of the writer.
+    pub version: u16,
+    /// [`Hook`] value.
+    pub hook: u16,
+    /// Unused, zero.
+    pub reserved: u16,
+    /// Size in bytes of the whole record, header included.
+    pub size: u32,
+    /// CPU the event was recorded on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the hook fired.
+    pub ktime_ns: u64,
+}
+
+/// What every record says about the task a hook saw.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Task {
+    /// Kernel task id (`task->pid`).
+    pub tid: u32,
+    /// Thread-group id (`task->tgid`), the process id.
+    pub tgid: u32,
+    /// Thread-group id of `task->real_parent`; 0 when unknown.
+    pub ppid: u32,
+    /// Real uid (`task->cred->uid`).
+    pub uid: u32,
+    /// Effective uid (`task->cred->euid`).
+    pub euid: u32,
+    /// `task->flags` (PF_KTHREAD and friends); 0 when unknown.
+    pub flags: u32,
+    /// `task->start_time`: CLOCK_MONOTONIC ns when the task was created; 0 when unknown.
+    pub start_ns: u64,
+    /// cgroup v2 id of the task (0 on hosts without cgroup v2 accounting).
+    pub cgroup_id: u64,
+    /// `task->comm`, NUL-padded.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// Value of `Task::flags` bit PF_KTHREAD (stable across kernels since 2.6).
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Asserts at compile time that a record type has the size the daemon expects.
+macro_rules! assert_size {
+    ($t:ty, $size:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $size);
+    };
+}
+pub(crate) use assert_size;
+
+assert_size!(Header, 24);
+assert_size!(Task, 56);

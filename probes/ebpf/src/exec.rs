@@ -1,0 +1,90 @@
+//! `process.exec` hooks: the `sched_process_exec` tracepoint, BTF-typed else plain (the seed had
+//! no exec hook; there is no fentry choice because the tracepoint already fires at the one
+//! point where the new image, its argv and the old task id are all known).
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_probe_read_user_buf, generated::bpf_probe_read_kernel_str},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use ksense_abi::{
+    EventKind, Hook,
+    exec::{ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_ARGS_UNREADABLE, EXEC_FILENAME_TRUNCATED, Exec, FILENAME_CAP},
+};
+
+use crate::{
+    maps::{EXEC_SCRATCH, config, count_lost, output},
+    task::{code_range, current, fill_current, have_offsets, header, read, read_ptr},
+};
+
+/// BTF tracepoint `sched_process_exec(struct task_struct *p, pid_t old_pid,
+/// struct linux_binprm *bprm)`.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn tp_btf_sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    let old_tid = ctx.arg::<u64>(1) as u32;
+    let bprm: *const u8 = ctx.arg(2);
+    let filename = read_ptr(bprm, config!(misc.binprm_filename));
+    emit(Hook::TpBtfSchedProcessExec, old_tid, filename);
+    0
+}
+
+/// Plain tracepoint `sched:sched_process_exec` (record fields: filename, pid, old_pid).
+#[tracepoint]
+pub fn tracepoint_sched_process_exec(ctx: TracePointContext) -> i32 {
+    let (old_tid_at, loc_at) = (config!(tracepoint.exec_old_pid), config!(tracepoint.exec_filename));
+    let old_tid = unsafe { ctx.read_at::<u32>(old_tid_at as usize) }.unwrap_or(0);
+    // __data_loc: low 16 bits are the string's offset in the record, high 16 its length.
+    let loc = unsafe { ctx.read_at::<u32>(loc_at as usize) }.unwrap_or(0);
+    let filename = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
+    emit(Hook::TracepointSchedProcessExec, old_tid, filename);
+    0
+}
+
+#[inline(always)]
+fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
+    let Some(ev) = EXEC_SCRATCH.get_ptr_mut(0) else {
+        count_lost(EventKind::Exec);
+        return;
+    };
+    // SAFETY: a per-CPU map value, used by one program at a time on this CPU.
+    let ev = unsafe { &mut *ev };
+    ev.task = Default::default();
+    fill_current(&mut ev.task);
+    ev.old_tid = old_tid;
+    ev.flags = 0;
+
+    let n = unsafe {
+        bpf_probe_read_kernel_str(ev.filename.as_mut_ptr().cast(), FILENAME_CAP as u32, filename.cast())
+    };
+    ev.filename_len = if n > 0 { n as u32 - 1 } else { 0 };
+    if ev.filename_len as usize == FILENAME_CAP - 1 {
+        ev.flags |= EXEC_FILENAME_TRUNCATED;
+    }
+
+    let task = current();
+    (ev.code_start, ev.code_end) = code_range(task);
+    let mut args_len = 0usize;
+    if have_offsets() {
+        let mm = read_ptr(task, config!(task.mm));
+        let start: u64 = read(mm, config!(mm.arg_start));
+        let end: u64 = read(mm, config!(mm.arg_end));
+        let len = end.saturating_sub(start) as usize;
+        if len > ARGS_CAP {
+            ev.flags |= EXEC_ARGS_TRUNCATED;
+        }
+        let len = if len > ARGS_CAP { ARGS_CAP } else { len };
+        if len > 0 {
+            match unsafe { bpf_probe_read_user_buf(start as *const u8, &mut ev.args[..len]) } {
+                Ok(()) => args_len = len,
+                Err(_) => ev.flags |= EXEC_ARGS_UNREADABLE,
+            }
+        }
+    }
+    ev.args_len = args_len as u32;
+
+    let size = Exec::fixed_size() + args_len;
+    ev.header = header(hook, size);
+    // SAFETY: size <= size_of::<Exec>(): args_len <= ARGS_CAP.
+    let bytes = unsafe { core::slice::from_raw_parts((ev as *const Exec).cast::<u8>(), size) };
+    output(EventKind::Exec, bytes);
+}

@@ -1,0 +1,25 @@
+//! The ksense eBPF programs: one file per event kind, each holding that kind's hooks
+//! (fentry/fexit, BTF tracepoint, plain tracepoint). The daemon loads and attaches, per kind,
+//! the first hook the running kernel accepts.
+//!
+//! No kernel structure layout is compiled in: every field read goes through offsets the daemon
+//! resolved from the running kernel's BTF (see `ksense_abi::config`).
+#![no_std]
+#![no_main]
+
+mod exec;
+mod exit;
+mod fork;
+mod maps;
+mod task;
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects code that could get here.
+    loop {}
+}
+
+/// GPL-compatible, as the tracing helpers (`bpf_probe_read_kernel`, ...) require.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,54 @@
+//! The maps and the configuration global shared by every hook.
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use ksense_abi::{EventKind, LOST_SLOTS, config::ProbeConfig, exec::Exec};
+
+/// Events to user space. Its size is set by the daemon at load time (`[limits] ring_buffer_bytes`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Per kind, events that did not fit in [`EVENTS`].
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+
+/// Per-CPU room to build an exec record, too large for the 512-byte BPF stack.
+#[map]
+pub static EXEC_SCRATCH: PerCpuArray<Exec> = PerCpuArray::with_max_entries(1, 0);
+
+/// Set by the daemon before loading (read-only to the programs).
+#[unsafe(no_mangle)]
+pub static KSENSE_CONFIG: ProbeConfig = unsafe { core::mem::zeroed() };
+
+/// Reads one field of [`KSENSE_CONFIG`]. Volatile, so the compiler does not fold in the zero
+/// the object file holds: the real value is patched in at load time.
+macro_rules! config {
+    ($($field:tt)+) => {
+        unsafe { core::ptr::read_volatile(&raw const crate::maps::KSENSE_CONFIG.$($field)+) }
+    };
+}
+pub(crate) use config;
+
+/// Writes `bytes` as one record, counting it as lost for `kind` when the ring buffer is full.
+#[inline(always)]
+pub fn output(kind: EventKind, bytes: &[u8]) {
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count_lost(kind);
+    }
+}
+
+/// Counts one event of `kind` that could not be written.
+#[inline(always)]
+pub fn count_lost(kind: EventKind) {
+    if let Some(slot) = LOST.get_ptr_mut(kind as u32) {
+        // Per-CPU slot: no other writer can race this increment.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Views a fixed-size record as bytes for [`output`].
+#[inline(always)]
+pub fn as_bytes<T>(record: &T) -> &[u8] {
+    unsafe { core::slice::from_raw_parts((record as *const T).cast::<u8>(), size_of::<T>()) }
+}

@@ -1,0 +1,126 @@
+//! Reads of `task_struct` and friends at BTF-resolved offsets, shared by every hook.
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+    bpf_probe_read_kernel_buf,
+    generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+};
+use ksense_abi::{ABI_VERSION, Header, Hook, Task};
+
+use crate::maps::config;
+
+/// Reads a `T` at byte offset `offset` from kernel pointer `base`; zero when unreadable.
+#[inline(always)]
+pub fn read<T: Default>(base: *const u8, offset: u32) -> T {
+    if base.is_null() {
+        return T::default();
+    }
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.unwrap_or_default()
+}
+
+/// Reads a kernel pointer at byte offset `offset` from `base`; null when unreadable.
+#[inline(always)]
+pub fn read_ptr(base: *const u8, offset: u32) -> *const u8 {
+    read::<u64>(base, offset) as *const u8
+}
+
+/// The current task.
+#[inline(always)]
+pub fn current() -> *const u8 {
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+/// Whether the daemon resolved structure offsets; without them only helpers are used.
+#[inline(always)]
+pub fn have_offsets() -> bool {
+    config!(have_btf_offsets) != 0
+}
+
+/// A header for a record of `size` bytes from `hook`.
+#[inline(always)]
+pub fn header(hook: Hook, size: usize) -> Header {
+    Header {
+        kind: hook.kind() as u16,
+        version: ABI_VERSION,
+        hook: hook as u16,
+        reserved: 0,
+        size: size as u32,
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// Fills `out` with the current task's identity.
+#[inline(always)]
+pub fn fill_current(out: &mut Task) {
+    let task = current();
+    if have_offsets() {
+        fill_from(task, out);
+    } else {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        out.tid = pid_tgid as u32;
+        out.tgid = (pid_tgid >> 32) as u32;
+        let uid = bpf_get_current_uid_gid() as u32;
+        out.uid = uid;
+        out.euid = uid;
+        out.comm = bpf_get_current_comm().unwrap_or_default();
+    }
+    out.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+}
+
+/// Fills `out` from `task` at BTF-resolved offsets (cgroup id excepted: only the current task's
+/// is readable).
+#[inline(always)]
+pub fn fill_from(task: *const u8, out: &mut Task) {
+    out.tid = read(task, config!(task.pid));
+    out.tgid = read(task, config!(task.tgid));
+    let parent = read_ptr(task, config!(task.real_parent));
+    out.ppid = read(parent, config!(task.tgid));
+    let cred = read_ptr(task, config!(task.real_cred));
+    out.uid = read(cred, config!(misc.cred_uid));
+    out.euid = read(cred, config!(misc.cred_euid));
+    out.flags = read(task, config!(task.flags));
+    out.start_ns = read(task, config!(task.start_time));
+    let comm = task.wrapping_add(config!(task.comm) as usize);
+    let _ = unsafe { bpf_probe_read_kernel_buf(comm, &mut out.comm) };
+}
+
+/// `mm->start_code` and `mm->end_code` of `task`'s address space; zeros for kernel threads.
+#[inline(always)]
+pub fn code_range(task: *const u8) -> (u64, u64) {
+    if !have_offsets() {
+        return (0, 0);
+    }
+    let mm = read_ptr(task, config!(task.mm));
+    (read(mm, config!(mm.start_code)), read(mm, config!(mm.end_code)))
+}
+
+/// `task->signal->live.counter`: threads of the process not yet exiting; -1 when unknown.
+#[inline(always)]
+pub fn live_threads(task: *const u8) -> i32 {
+    if !have_offsets() {
+        return -1;
+    }
+    let signal = read_ptr(task, config!(task.signal));
+    if signal.is_null() {
+        return -1;
+    }
+    read(signal, config!(misc.signal_live))
+}
+
+/// Reads argument `n` of an fentry/fexit context (for fexit, `n` = the number of arguments
+/// gives the return value). The verifier only allows constant context offsets, so the
+/// BTF-resolved position is matched onto constants.
+macro_rules! arg_at {
+    ($ctx:expr, $n:expr) => {
+        match $n {
+            0 => $ctx.arg::<u64>(0),
+            1 => $ctx.arg::<u64>(1),
+            2 => $ctx.arg::<u64>(2),
+            3 => $ctx.arg::<u64>(3),
+            4 => $ctx.arg::<u64>(4),
+            5 => $ctx.arg::<u64>(5),
+            _ => 0u64,
+        }
+    };
+}
+pub(crate) use arg_at;

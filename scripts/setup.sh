@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Idempotent machine setup for building, running and testing ksense.
+# Used by the README's commands and by .ci/run. Safe to run again: every step
+# checks first and does nothing when its piece is already there.
+#
+# Needs root (apt-get, mount). Versions are the ones verified in ../shared/TOOLCHAIN.md.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: must run as root (installs packages and mounts tracefs); try: sudo $0" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# Debian packages: LLVM 22 for bpf-linker (rustc nightly uses LLVM 22), journald, a
+# shell toolkit for the tests.
+APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev systemd python3-venv)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Nightly with rust-src: the eBPF crate is built with -Z build-std=core.
+if ! rustup toolchain list | grep -q '^nightly'; then
+    log "installing the nightly toolchain"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    log "adding rust-src to nightly"
+    rustup component add rust-src --toolchain nightly
+fi
+
+# bpf-linker, linked against Debian's LLVM 22.
+if ! command -v bpf-linker >/dev/null 2>&1; then
+    log "building bpf-linker 0.13.0 against LLVM 22 (about a minute)"
+    LLVM_PREFIX=/usr/lib/llvm-22 PATH="/usr/lib/llvm-22/bin:$PATH" \
+        cargo install --locked bpf-linker@0.13.0 --no-default-features --features llvm-22 -q \
+        || LLVM_PREFIX=/usr/lib/llvm-22 PATH="/usr/lib/llvm-22/bin:$PATH" \
+        cargo install bpf-linker@0.13.0 --no-default-features --features llvm-22 -q
+fi
+
+# tracefs: plain tracepoint formats are read from it at run time.
+if [ ! -e /sys/kernel/tracing/events ]; then
+    log "mounting tracefs at /sys/kernel/tracing"
+    mount -t tracefs tracefs /sys/kernel/tracing
+fi
+
+log "ready"

@@ -1,0 +1,280 @@
+//! Loading the eBPF object and attaching, per event kind, the first hook the running kernel
+//! accepts: fentry/fexit (BPF trampolines, kernel 5.5+), then BTF tracepoints (5.5+), then plain
+//! tracepoints. A refused hook (the verifier, a sandbox's EPERM, a missing function) is
+//! recorded with its reason and the next one is tried; one kind failing never stops the others.
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, FEntry, FExit, ProgramError, TracePoint},
+};
+use ksense_abi::{CONFIG_GLOBAL, EVENTS_MAP, EventKind, Hook, HookFamily, LOST_MAP};
+
+use crate::{
+    btf,
+    config::AttachMode,
+    offsets::{self, Resolved},
+    telemetry::RingLost,
+};
+
+/// The eBPF object built from probes/ebpf by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ksense-probes"));
+
+/// What to attach.
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    /// Hook family preference.
+    pub mode: AttachMode,
+    /// Kinds to attach.
+    pub kinds: Vec<EventKind>,
+    /// Report every thread's exit.
+    pub thread_exits: bool,
+    /// Ring buffer size in bytes.
+    pub ring_buffer_bytes: u32,
+}
+
+/// Why the eBPF object could not be used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The object failed to load (maps could not be created).
+    #[error("cannot load the eBPF object: {0} (ksense needs root, or CAP_BPF and CAP_PERFMON)")]
+    Load(#[source] aya::EbpfError),
+    /// A map the daemon reads is missing or of the wrong type.
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// No enabled kind could be attached.
+    #[error("no hook could be attached for any enabled event kind; see `ksense probes`")]
+    NothingAttached,
+}
+
+/// What happened to one hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Loaded and attached: this kind's events come from it.
+    Attached,
+    /// Tried and refused, with the kernel's reason.
+    Refused(String),
+    /// Not tried, with the reason (a preferred hook attached, mode excludes it, a prerequisite
+    /// is missing).
+    Skipped(String),
+}
+
+/// One event kind's hook choice.
+#[derive(Debug, Clone)]
+pub struct KindReport {
+    /// The kind.
+    pub kind: EventKind,
+    /// Whether the configuration enables it.
+    pub enabled: bool,
+    /// Every hook for the kind, in preference order, with what happened.
+    pub hooks: Vec<(Hook, Outcome)>,
+}
+
+impl KindReport {
+    /// The hook that was attached, if any.
+    pub fn chosen(&self) -> Option<Hook> {
+        self.hooks.iter().find(|(_, o)| *o == Outcome::Attached).map(|(h, _)| *h)
+    }
+}
+
+/// The loaded eBPF object with its attached programs.
+pub struct Probes {
+    ebpf: Ebpf,
+    attached: Vec<Hook>,
+    /// Per kind, the hook chosen and why the others were not.
+    pub report: Vec<KindReport>,
+}
+
+impl Probes {
+    /// Loads the object and attaches one hook per enabled kind.
+    pub fn attach(options: &AttachOptions) -> Result<Probes, AttachError> {
+        let kernel_btf = aya::Btf::from_sys_fs();
+        let our_btf = btf::Btf::from_sys_fs();
+        let tracefs = offsets::tracefs_root();
+        let Resolved { config, unusable } =
+            offsets::resolve(our_btf.as_ref(), tracefs.as_deref(), options.thread_exits);
+        tracing::debug!(?config, "probe configuration resolved from BTF and tracefs");
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(CONFIG_GLOBAL, &config, true)
+            .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(AttachError::Load)?;
+
+        let mut attached = Vec::new();
+        let mut report = Vec::new();
+        for kind in EventKind::ALL {
+            let enabled = options.kinds.contains(&kind);
+            let mut hooks = Vec::new();
+            for hook in Hook::ALL.into_iter().filter(|h| h.kind() == kind) {
+                let outcome = if !enabled {
+                    Outcome::Skipped("event kind disabled in the configuration".into())
+                } else if hooks.iter().any(|(_, o)| *o == Outcome::Attached) {
+                    Outcome::Skipped("a preferred hook is attached".into())
+                } else if let Some(why) = excluded_by_mode(options.mode, hook) {
+                    Outcome::Skipped(why)
+                } else if let Some(why) = unusable.get(&hook) {
+                    Outcome::Skipped(why.clone())
+                } else {
+                    match (&kernel_btf, hook.family()) {
+                        (Err(e), family) if family != HookFamily::Tracepoint => {
+                            Outcome::Skipped(format!("no kernel BTF: {e}"))
+                        }
+                        (btf, _) => match load_and_attach(&mut ebpf, hook, btf.as_ref().ok()) {
+                            Ok(()) => {
+                                attached.push(hook);
+                                Outcome::Attached
+                            }
+                            Err(why) => Outcome::Refused(why),
+                        },
+                    }
+                };
+                hooks.push((hook, outcome));
+            }
+            let kind_report = KindReport { kind, enabled, hooks };
+            if enabled && kind_report.chosen().is_none() {
+                // Reported once, here; the other kinds keep running.
+                tracing::warn!(event = kind.name(), "no hook could be attached: {}", describe(&kind_report));
+            }
+            report.push(kind_report);
+        }
+        if attached.is_empty() && !options.kinds.is_empty() {
+            return Err(AttachError::NothingAttached);
+        }
+        Ok(Probes { ebpf, attached, report })
+    }
+
+    /// Takes the ring buffer the probes write to (once).
+    pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(AttachError::Map {
+            name: EVENTS_MAP,
+            source: aya::maps::MapError::InvalidName { name: EVENTS_MAP.into() },
+        })?;
+        RingBuf::try_from(map).map_err(|source| AttachError::Map { name: EVENTS_MAP, source })
+    }
+
+    /// Events the probes could not write because the ring buffer was full, per kind (summed
+    /// over CPUs).
+    pub fn ring_lost(&self) -> Result<RingLost, AttachError> {
+        let map = |source| AttachError::Map { name: LOST_MAP, source };
+        let lost: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf.map(LOST_MAP).ok_or(map(aya::maps::MapError::InvalidName { name: LOST_MAP.into() }))?,
+        )
+        .map_err(map)?;
+        let mut out = RingLost::default();
+        for kind in EventKind::ALL {
+            let per_cpu = lost.get(&(kind as u32), 0).map_err(map)?;
+            out.0[kind as usize - 1] = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Detaches every program: no new events are written after this returns.
+    pub fn detach(&mut self) {
+        for hook in std::mem::take(&mut self.attached) {
+            if let Err(e) = unload(&mut self.ebpf, hook) {
+                tracing::warn!(probe = %probe_name(hook), "detaching failed: {e}");
+            }
+        }
+    }
+}
+
+/// `family/target`, the `ksense.probe` value of a hook.
+pub fn probe_name(hook: Hook) -> String {
+    format!("{}/{}", hook.family().name(), hook.target())
+}
+
+/// One line saying why each hook of a kind was not used.
+pub fn describe(report: &KindReport) -> String {
+    report
+        .hooks
+        .iter()
+        .map(|(hook, outcome)| match outcome {
+            Outcome::Attached => format!("{}: attached", probe_name(*hook)),
+            Outcome::Refused(why) => format!("{}: refused: {why}", probe_name(*hook)),
+            Outcome::Skipped(why) => format!("{}: not tried: {why}", probe_name(*hook)),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn excluded_by_mode(mode: AttachMode, hook: Hook) -> Option<String> {
+    let trampoline = matches!(hook.family(), HookFamily::Fentry | HookFamily::Fexit);
+    // A kind without a trampoline hook (exec) uses tracepoints in every mode.
+    let kind_has_trampoline = Hook::ALL
+        .iter()
+        .any(|h| h.kind() == hook.kind() && matches!(h.family(), HookFamily::Fentry | HookFamily::Fexit));
+    match mode {
+        AttachMode::Auto => None,
+        AttachMode::Fentry if !trampoline && kind_has_trampoline => Some("attach mode is fentry".into()),
+        AttachMode::Tracepoint if trampoline => Some("attach mode is tracepoint".into()),
+        _ => None,
+    }
+}
+
+/// Loads and attaches one hook's program; on failure leaves nothing loaded and says why.
+fn load_and_attach(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>) -> Result<(), String> {
+    let program = ebpf
+        .program_mut(hook.program_name())
+        .ok_or_else(|| format!("program {} is missing from the eBPF object", hook.program_name()))?;
+    let target = hook.target();
+    let btf_required = || btf.ok_or_else(|| "no kernel BTF".to_owned());
+    // Each family loads differently; all unload on failure so a refused hook leaves nothing.
+    macro_rules! try_hook {
+        ($ty:ty, $p:ident => $load_and_attach:expr) => {{
+            let $p: &mut $ty = program.try_into().map_err(|e: ProgramError| e.to_string())?;
+            let result = $load_and_attach;
+            if result.is_err() {
+                let _ = $p.unload();
+            }
+            result
+        }};
+    }
+    let result: Result<(), ProgramError> = match hook.family() {
+        HookFamily::Fentry => try_hook!(FEntry, p => p.load(target, btf_required()?).and_then(|()| p.attach().map(drop))),
+        HookFamily::Fexit => try_hook!(FExit, p => p.load(target, btf_required()?).and_then(|()| p.attach().map(drop))),
+        HookFamily::TpBtf => {
+            try_hook!(BtfTracePoint, p => p.load(target, btf_required()?).and_then(|()| p.attach().map(drop)))
+        }
+        HookFamily::Tracepoint => {
+            let (category, name) = target.split_once('/').expect("plain tracepoint targets are group/name");
+            try_hook!(TracePoint, p => p.load().and_then(|()| p.attach(category, name).map(drop)))
+        }
+    };
+    result.map_err(|e| explain(hook, &e))
+}
+
+/// Unloads (and so detaches) an attached hook's program.
+fn unload(ebpf: &mut Ebpf, hook: Hook) -> Result<(), ProgramError> {
+    let Some(program) = ebpf.program_mut(hook.program_name()) else { return Ok(()) };
+    match hook.family() {
+        HookFamily::Fentry => <&mut FEntry>::try_from(program)?.unload(),
+        HookFamily::Fexit => <&mut FExit>::try_from(program)?.unload(),
+        HookFamily::TpBtf => <&mut BtfTracePoint>::try_from(program)?.unload(),
+        HookFamily::Tracepoint => <&mut TracePoint>::try_from(program)?.unload(),
+    }
+}
+
+/// A short reason for a refused hook; the verifier log goes to the debug log.
+fn explain(hook: Hook, error: &ProgramError) -> String {
+    match error {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            tracing::debug!(probe = %probe_name(hook), "verifier log:\n{verifier_log}");
+            format!("the kernel refused to load it: {io_error}")
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The configuration file (`/etc/ksense/ksense.toml`, shipped as `config/ksense.toml`).
+//!
+//! Parsed strictly: an unknown key or a bad value is an error naming the file, line, column
+//! and key. An empty file means every default.
+use std::{
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where `ksense run` looks for its configuration when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/ksense/ksense.toml";
+
+/// The whole configuration.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Which events to collect and how to hook them.
+    pub probes: ProbesConfig,
+    /// Terminal / file output.
+    pub output: OutputConfig,
+    /// Buffer sizes.
+    pub limits: LimitsConfig,
+}
+
+/// `[probes]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    /// Which hook family to use: `auto` tries fentry/fexit first and falls back to tracepoints.
+    pub attach: AttachMode,
+    /// Report `process.fork`.
+    pub fork: bool,
+    /// Report `process.exec`.
+    pub exec: bool,
+    /// Report `process.exit`.
+    pub exit: bool,
+    /// Report the exit of every thread, not only the last thread of a process.
+    pub thread_exits: bool,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        ProbesConfig { attach: AttachMode::Auto, fork: true, exec: true, exit: true, thread_exits: false }
+    }
+}
+
+/// How hooks are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// fentry/fexit where the kernel allows them, else BTF tracepoints, else plain tracepoints.
+    Auto,
+    /// Only fentry/fexit (kinds without such a hook, like exec, use tracepoints).
+    Fentry,
+    /// Only tracepoints (BTF-typed, else plain).
+    Tracepoint,
+}
+
+/// `[output]`: events as text on standard output.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// `json` or `pretty`; `--output` overrides it. Unset: JSON lines.
+    pub format: Option<OutputFormat>,
+}
+
+/// A text rendering of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One JSON object per line (the format of EVENTS.md).
+    Json,
+    /// One readable, coloured line per event.
+    Pretty,
+}
+
+/// `[limits]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Size of the kernel ring buffer in bytes: a power of two, at least 64 KiB.
+    pub ring_buffer_bytes: Spanned<u32>,
+    /// Events held between the ring-buffer reader and the sinks before new ones are dropped
+    /// (and counted).
+    pub queue_events: Spanned<usize>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            ring_buffer_bytes: Spanned::new(0..0, 16 << 20),
+            queue_events: Spanned::new(0..0, 65536),
+        }
+    }
+}
+
+/// A configuration that could not be read or is invalid.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line and column, when the error has a place in the file.
+    pub position: Option<(usize, usize)>,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.path.display(), self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads `path`, or [`DEFAULT_PATH`] if it exists, or else returns the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => Config::from_file(path),
+            None if Path::new(DEFAULT_PATH).exists() => Config::from_file(Path::new(DEFAULT_PATH)),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// Reads and validates one file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            position: None,
+            message: format!("cannot read the configuration: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`, which came from `path` (used in errors only).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let error = |span: Option<Range<usize>>, message: String| ConfigError {
+            path: path.to_owned(),
+            position: span.map(|s| line_col(text, s.start)),
+            message,
+        };
+        let config: Config = toml::from_str(text).map_err(|e| error(e.span(), e.message().to_owned()))?;
+        let ring = &config.limits.ring_buffer_bytes;
+        if !ring.get_ref().is_power_of_two() || *ring.get_ref() < 65536 {
+            return Err(error(
+                Some(ring.span()),
+                format!(
+                    "limits.ring_buffer_bytes = {}: expected a power of two of at least 65536",
+                    ring.get_ref()
+                ),
+            ));
+        }
+        let queue = &config.limits.queue_events;
+        if *queue.get_ref() == 0 {
+            return Err(error(Some(queue.span()), "limits.queue_events must be at least 1".to_owned()));
+        }
+        Ok(config)
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/ksense/ksense.toml"))
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.probes.attach, AttachMode::Auto);
+        assert!(config.probes.fork && config.probes.exec && config.probes.exit);
+        assert!(!config.probes.thread_exits);
+        assert_eq!(*config.limits.ring_buffer_bytes.get_ref(), 16 << 20);
+    }
+
+    #[test]
+    fn shipped_config_parses_to_the_defaults() {
+        let text = include_str!("../../config/ksense.toml");
+        let config = parse(text).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.probes.attach, defaults.probes.attach);
+        assert_eq!(config.probes.thread_exits, defaults.probes.thread_exits);
+        assert_eq!(config.limits.ring_buffer_bytes.get_ref(), defaults.limits.ring_buffer_bytes.get_ref());
+        assert_eq!(config.limits.queue_events.get_ref(), defaults.limits.queue_events.get_ref());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[probes]\nfork = true\nforkk = false\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/ksense/ksense.toml:3:1: "), "{err}");
+        assert!(err.contains("forkk"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_line_and_expected_values() {
+        let err = parse("[probes]\nattach = \"kprobe\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/ksense/ksense.toml:2:10: "), "{err}");
+        assert!(err.contains("fentry") && err.contains("tracepoint"), "{err}");
+    }
+
+    #[test]
+    fn invalid_ring_buffer_size_is_located() {
+        let err = parse("[limits]\nring_buffer_bytes = 1000\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/ksense/ksense.toml:2:21: "), "{err}");
+        assert!(err.contains("power of two"), "{err}");
+    }
+}

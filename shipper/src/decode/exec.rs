@@ -1,0 +1,158 @@
+//! `process.exec` records (variable size: the fixed part, then argv).
+use std::mem::{offset_of, size_of};
+
+use ksense_abi::{
+    Task,
+    exec::{ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED, Exec, FILENAME_CAP},
+};
+
+use super::{DecodeError, process_from, read};
+use crate::{
+    clock::Clock,
+    event::{Detail, Event, Process, Render, hex},
+    record::{Severity, Value},
+    schema,
+    text::{lossless, one_line},
+};
+
+/// A process exec'd. The event's [`Process`] carries the path and argv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessExec {
+    /// Task id before the exec (a non-leader thread that execs takes over the leader's id).
+    pub old_tid: u32,
+    /// argv was longer than the probe copies ([`ARGS_CAP`] bytes) and was cut.
+    pub args_truncated: bool,
+    /// `mm->start_code` of the new image.
+    pub code_start: u64,
+    /// `mm->end_code`.
+    pub code_end: u64,
+}
+
+pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
+    let fixed = Exec::fixed_size();
+    if bytes.len() < fixed {
+        return Err(DecodeError::Short { len: bytes.len(), need: fixed });
+    }
+    let task: Task = read(bytes, offset_of!(Exec, task))?;
+    let old_tid: u32 = read(bytes, offset_of!(Exec, old_tid))?;
+    let flags: u32 = read(bytes, offset_of!(Exec, flags))?;
+    let filename_len = read::<u32>(bytes, offset_of!(Exec, filename_len))? as usize;
+    let args_len = read::<u32>(bytes, offset_of!(Exec, args_len))? as usize;
+    if filename_len >= FILENAME_CAP {
+        return Err(DecodeError::Field("filename_len"));
+    }
+    if args_len > ARGS_CAP || fixed + args_len != bytes.len() {
+        return Err(DecodeError::Field("args_len"));
+    }
+    let filename_at = offset_of!(Exec, filename);
+    let filename = &bytes[filename_at..filename_at + filename_len];
+    let args = split_args(&bytes[fixed..]);
+
+    let mut process = process_from(&task, clock);
+    process.exe = Some(filename.into());
+    process.args = Some(args.into());
+    let exec = ProcessExec {
+        old_tid,
+        args_truncated: flags & (EXEC_ARGS_TRUNCATED | EXEC_FILENAME_TRUNCATED) != 0,
+        code_start: read(bytes, offset_of!(Exec, code_start))?,
+        code_end: read(bytes, offset_of!(Exec, code_end))?,
+    };
+    const _: () = assert!(size_of::<Exec>() == Exec::fixed_size() + ARGS_CAP);
+    Ok((process, Detail::Exec(exec)))
+}
+
+/// Splits the argv area: NUL-terminated strings back to back. Empty arguments are kept; a cut
+/// last argument (no final NUL) is kept as far as it goes.
+pub fn split_args(area: &[u8]) -> Vec<Vec<u8>> {
+    if area.is_empty() {
+        return Vec::new();
+    }
+    let area = area.strip_suffix(&[0]).unwrap_or(area);
+    area.split(|&b| b == 0).map(<[u8]>::to_vec).collect()
+}
+
+impl Render for ProcessExec {
+    fn render(&self, event: &Event, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
+        attrs.push((schema::KSENSE_PROCESS_CODE_START, hex(self.code_start)));
+        attrs.push((schema::KSENSE_PROCESS_CODE_END, hex(self.code_end)));
+        if self.args_truncated {
+            attrs.push((schema::KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED, Value::Bool(true)));
+        }
+        let p = &event.process;
+        let command = match &p.args {
+            Some(args) if !args.is_empty() => {
+                args.iter().map(|a| lossless(a)).collect::<Vec<_>>().join(" ")
+            }
+            _ => p.exe.as_deref().map(lossless).unwrap_or_default(),
+        };
+        (Severity::Info, format!("{} executed {}", event.who(), one_line(&command)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{decode as decode_record, tests::{as_bytes, record}};
+    use ksense_abi::{Header, Hook};
+    use std::time::SystemTime;
+
+    fn exec_record(filename: &[u8], args: &[u8]) -> Vec<u8> {
+        let mut fixed = vec![0u8; Exec::fixed_size() - size_of::<Header>()];
+        let rel = |off: usize| off - size_of::<Header>();
+        let mut task = Task::default();
+        task.tgid = 42;
+        task.tid = 42;
+        task.comm[..6].copy_from_slice(b"marker");
+        fixed[rel(offset_of!(Exec, task))..][..size_of::<Task>()].copy_from_slice(as_bytes(&task));
+        fixed[rel(offset_of!(Exec, filename_len))..][..4].copy_from_slice(&(filename.len() as u32).to_ne_bytes());
+        fixed[rel(offset_of!(Exec, args_len))..][..4].copy_from_slice(&(args.len() as u32).to_ne_bytes());
+        fixed[rel(offset_of!(Exec, filename))..][..filename.len()].copy_from_slice(filename);
+        fixed.extend_from_slice(args);
+        record(Hook::TpBtfSchedProcessExec, &fixed)
+    }
+
+    #[test]
+    fn argv_is_kept_exactly() {
+        let bytes = exec_record(b"/usr/bin/marker", b"marker\0a b\0\"q\"\0line\nbreak\0\0\xff\0");
+        let event = decode_record(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap();
+        let record = event.to_record();
+        assert_eq!(
+            record.attribute(schema::PROCESS_COMMAND_ARGS),
+            Some(&Value::StrArray(vec![
+                "marker".into(),
+                "a b".into(),
+                "\"q\"".into(),
+                "line\nbreak".into(),
+                "".into(),
+                "\\xff".into()
+            ]))
+        );
+        assert_eq!(
+            record.attribute(schema::PROCESS_EXECUTABLE_PATH),
+            Some(&Value::Str("/usr/bin/marker".into()))
+        );
+        assert!(!record.body.contains('\n'), "{}", record.body);
+    }
+
+    #[test]
+    fn rejects_inconsistent_lengths() {
+        let mut bytes = exec_record(b"/bin/true", b"true\0");
+        let at = offset_of!(Exec, args_len);
+        bytes[at..at + 4].copy_from_slice(&99u32.to_ne_bytes());
+        let err = decode_record(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap_err();
+        assert_eq!(err, DecodeError::Field("args_len"));
+        let mut bytes = exec_record(b"/bin/true", b"true\0");
+        let at = offset_of!(Exec, filename_len);
+        bytes[at..at + 4].copy_from_slice(&(FILENAME_CAP as u32).to_ne_bytes());
+        let err = decode_record(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap_err();
+        assert_eq!(err, DecodeError::Field("filename_len"));
+    }
+
+    #[test]
+    fn split_args_cases() {
+        assert_eq!(split_args(b""), Vec::<Vec<u8>>::new());
+        assert_eq!(split_args(b"a\0"), vec![b"a".to_vec()]);
+        assert_eq!(split_args(b"a\0\0"), vec![b"a".to_vec(), b"".to_vec()]);
+        assert_eq!(split_args(b"a\0bc"), vec![b"a".to_vec(), b"bc".to_vec()]);
+    }
+}

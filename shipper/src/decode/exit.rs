@@ -1,0 +1,102 @@
+//! `process.exit` records.
+use std::mem::size_of;
+
+use ksense_abi::exit::Exit;
+
+use super::{DecodeError, process_from, read};
+use crate::{
+    clock::{Clock, rfc3339},
+    event::{Detail, Event, Process, Render},
+    record::{Severity, Value},
+    schema,
+};
+
+/// A task exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// Raw wait status (`task->exit_code`).
+    pub status: u32,
+    /// The last thread of its process: this is the process exit.
+    pub process_exit: bool,
+}
+
+impl ProcessExit {
+    /// The exit status (0-255) when it exited normally.
+    pub fn exit_code(&self) -> Option<u8> {
+        (self.status & 0x7f == 0).then_some((self.status >> 8) as u8)
+    }
+
+    /// The signal that killed it.
+    pub fn signal(&self) -> Option<u8> {
+        let signal = (self.status & 0x7f) as u8;
+        (signal != 0).then_some(signal)
+    }
+
+    /// Whether a core was dumped.
+    pub fn core_dumped(&self) -> bool {
+        self.status & 0x80 != 0
+    }
+}
+
+pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
+    if bytes.len() != size_of::<Exit>() {
+        return Err(DecodeError::SizeMismatch { header: size_of::<Exit>(), actual: bytes.len() });
+    }
+    let rec: Exit = read(bytes, 0)?;
+    let exit = ProcessExit { status: rec.exit_code, process_exit: rec.group_dead != 0 };
+    Ok((process_from(&rec.task, clock), Detail::Exit(exit)))
+}
+
+impl Render for ProcessExit {
+    fn render(&self, event: &Event, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
+        attrs.push((schema::PROCESS_EXIT_TIME, Value::Str(rfc3339(event.time))));
+        attrs.push((schema::KSENSE_PROCESS_EXIT_CORE_DUMPED, Value::Bool(self.core_dumped())));
+        let what = if self.process_exit { String::new() } else { format!(" thread {}", event.process.tid) };
+        match (self.exit_code(), self.signal()) {
+            (Some(code), _) => {
+                attrs.push((schema::PROCESS_EXIT_CODE, Value::Int(i64::from(code))));
+                (Severity::Info, format!("{}{what} exited with code {code}", event.who()))
+            }
+            (None, Some(signal)) => {
+                attrs.push((schema::KSENSE_PROCESS_EXIT_SIGNAL, Value::Int(i64::from(signal))));
+                let core = if self.core_dumped() { " (core dumped)" } else { "" };
+                let body = format!(
+                    "{}{what} was killed by signal {signal} ({}){core}",
+                    event.who(),
+                    signal_name(signal)
+                );
+                (Severity::Warn, body)
+            }
+            (None, None) => unreachable!("a status with no signal bits is a normal exit"),
+        }
+    }
+}
+
+/// The conventional name of a signal number on Linux x86-64/arm64.
+pub fn signal_name(signal: u8) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "0", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
+        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
+        "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
+        "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+    ];
+    NAMES.get(usize::from(signal)).copied().unwrap_or("real-time signal")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_exit() {
+        let exit = ProcessExit { status: 7 << 8, process_exit: true };
+        assert_eq!((exit.exit_code(), exit.signal(), exit.core_dumped()), (Some(7), None, false));
+    }
+
+    #[test]
+    fn killed_with_core() {
+        let exit = ProcessExit { status: 11 | 0x80, process_exit: true };
+        assert_eq!((exit.exit_code(), exit.signal(), exit.core_dumped()), (None, Some(11), true));
+        assert_eq!(signal_name(11), "SIGSEGV");
+    }
+}

@@ -1,0 +1,95 @@
+//! `process.fork` records.
+use std::mem::size_of;
+
+use ksense_abi::fork::{CLONE_THREAD, Fork};
+
+use super::{DecodeError, process_from, read};
+use crate::{
+    clock::Clock,
+    event::{Detail, Event, Process, Render, hex},
+    record::{Severity, Value},
+    schema,
+};
+
+/// A new task. The event's [`Process`] is the child; its `parent_pid` the forking process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessFork {
+    /// Raw clone flags.
+    pub clone_flags: u64,
+    /// `mm->start_code` of the child (its parent's image until it execs).
+    pub code_start: u64,
+    /// `mm->end_code`.
+    pub code_end: u64,
+}
+
+impl ProcessFork {
+    /// Whether the new task is a thread of the forking process.
+    pub fn thread(&self) -> bool {
+        self.clone_flags & CLONE_THREAD != 0
+    }
+}
+
+pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
+    if bytes.len() != size_of::<Fork>() {
+        return Err(DecodeError::SizeMismatch { header: size_of::<Fork>(), actual: bytes.len() });
+    }
+    let rec: Fork = read(bytes, 0)?;
+    // The child inherits comm and credentials; its ids and start time are its own.
+    let mut process = process_from(&rec.parent, clock);
+    process.pid = rec.child_tgid;
+    process.tid = rec.child_tid;
+    process.parent_pid = rec.parent.tgid;
+    process.start_time = (rec.child_start_ns != 0).then(|| clock.wall(rec.child_start_ns));
+    let fork = ProcessFork { clone_flags: rec.clone_flags, code_start: rec.code_start, code_end: rec.code_end };
+    Ok((process, Detail::Fork(fork)))
+}
+
+impl Render for ProcessFork {
+    fn render(&self, event: &Event, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
+        attrs.push((schema::KSENSE_CLONE_FLAGS, Value::Int(self.clone_flags as i64)));
+        attrs.push((schema::KSENSE_CLONE_THREAD, Value::Bool(self.thread())));
+        attrs.push((schema::KSENSE_PROCESS_CODE_START, hex(self.code_start)));
+        attrs.push((schema::KSENSE_PROCESS_CODE_END, hex(self.code_end)));
+        let p = &event.process;
+        let body = if self.thread() {
+            format!("{} started thread {}", event.who(), p.tid)
+        } else {
+            let comm = crate::text::one_line(&crate::text::lossless(&p.comm));
+            format!("{comm}[{}] forked child {}", p.parent_pid, p.pid)
+        };
+        (Severity::Info, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{decode as decode_record, tests::{as_bytes, record}};
+    use ksense_abi::Hook;
+    use std::time::SystemTime;
+
+    #[test]
+    fn child_is_the_acting_process() {
+        let mut rec = Fork::default();
+        rec.parent.tgid = 100;
+        rec.parent.tid = 101;
+        rec.parent.comm[..4].copy_from_slice(b"bash");
+        rec.child_tid = 200;
+        rec.child_tgid = 200;
+        rec.clone_flags = 0x11; // SIGCHLD
+        let bytes = record(Hook::TpBtfTaskNewtask, &as_bytes(&rec)[24..]);
+        let event = decode_record(&bytes, 7, &Clock::sample(), SystemTime::now()).unwrap();
+        assert_eq!((event.process.pid, event.process.tid, event.process.parent_pid), (200, 200, 100));
+        let record = event.to_record();
+        assert_eq!(record.attribute(schema::KSENSE_CLONE_THREAD), Some(&Value::Bool(false)));
+        assert_eq!(record.attribute(schema::KSENSE_EVENT_SEQ), Some(&Value::Int(7)));
+        assert_eq!(record.body, "bash[100] forked child 200");
+        assert!(record.attribute(schema::PROCESS_CREATION_TIME).is_some());
+    }
+
+    #[test]
+    fn thread_flag_follows_clone_thread() {
+        let fork = ProcessFork { clone_flags: CLONE_THREAD | 0x100, code_start: 0, code_end: 0 };
+        assert!(fork.thread());
+    }
+}

@@ -1,0 +1,159 @@
+//! The typed event every stage after decoding works on, and its rendering as a [`LogRecord`].
+use std::{sync::Arc, time::SystemTime};
+
+use ksense_abi::{EventKind, Hook};
+
+use crate::{
+    clock::rfc3339,
+    decode::{exec::ProcessExec, exit::ProcessExit, fork::ProcessFork},
+    record::{LogRecord, Severity, Value},
+    schema,
+    text::{lossless, one_line},
+};
+
+/// The acting process of an event: the one that forked (for a fork, the new child), exec'd or
+/// exited. Kernel-given fields are always set; the `Option`s are filled by enrichment.
+#[derive(Debug, Clone, Default)]
+pub struct Process {
+    /// Thread-group id.
+    pub pid: u32,
+    /// Kernel task id.
+    pub tid: u32,
+    /// Parent's thread-group id (for a fork: the forking process).
+    pub parent_pid: u32,
+    /// `comm`, raw bytes without NUL.
+    pub comm: Vec<u8>,
+    /// Real uid.
+    pub uid: u32,
+    /// Effective uid.
+    pub euid: u32,
+    /// Whether it is a kernel thread.
+    pub kernel_thread: bool,
+    /// When the process was created.
+    pub start_time: Option<SystemTime>,
+    /// Executable path, raw bytes.
+    pub exe: Option<Arc<[u8]>>,
+    /// argv, raw bytes per argument.
+    pub args: Option<Arc<[Vec<u8>]>>,
+    /// User name of the effective uid.
+    pub owner: Option<Arc<str>>,
+    /// Process group id.
+    pub pgid: Option<u32>,
+    /// Session id.
+    pub sid: Option<u32>,
+    /// The cgroup (a `/proc/<pid>/cgroup` line).
+    pub cgroup: Option<Arc<str>>,
+    /// Container id found in the cgroup path.
+    pub container_id: Option<Arc<str>>,
+}
+
+/// What happened, per kind.
+#[derive(Debug, Clone)]
+pub enum Detail {
+    /// `process.fork`.
+    Fork(ProcessFork),
+    /// `process.exec`.
+    Exec(ProcessExec),
+    /// `process.exit`.
+    Exit(ProcessExit),
+}
+
+/// One decoded event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// `ksense.event.seq`: one more per record read from the kernel.
+    pub seq: u64,
+    /// When the kernel saw it (wall clock).
+    pub time: SystemTime,
+    /// When ksense read it.
+    pub observed_time: SystemTime,
+    /// The hook that produced it.
+    pub hook: Hook,
+    /// The acting process.
+    pub process: Process,
+    /// Kind-specific data.
+    pub detail: Detail,
+}
+
+impl Event {
+    /// The event kind.
+    pub fn kind(&self) -> EventKind {
+        self.hook.kind()
+    }
+
+    /// The `ksense.probe` value: family and target, e.g. `tracepoint/sched/sched_process_exec`.
+    pub fn probe(&self) -> String {
+        format!("{}/{}", self.hook.family().name(), self.hook.target())
+    }
+
+    /// Renders the event as the contract's log record.
+    pub fn to_record(&self) -> LogRecord {
+        let p = &self.process;
+        let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(32);
+        let int = |v: u32| Value::Int(i64::from(v));
+        attrs.push((schema::EVENT_NAME, Value::Str(self.kind().name().to_owned())));
+        attrs.push((schema::PROCESS_PID, int(p.pid)));
+        attrs.push((schema::PROCESS_PARENT_PID, int(p.parent_pid)));
+        attrs.push((schema::THREAD_ID, int(p.tid)));
+        attrs.push((schema::PROCESS_EXECUTABLE_NAME, Value::Str(lossless(&p.comm))));
+        if let Some(exe) = &p.exe {
+            attrs.push((schema::PROCESS_EXECUTABLE_PATH, Value::Str(lossless(exe))));
+        }
+        if let Some(args) = &p.args {
+            let args: Vec<String> = args.iter().map(|a| lossless(a)).collect();
+            attrs.push((schema::PROCESS_COMMAND_LINE, Value::Str(args.join(" "))));
+            attrs.push((schema::PROCESS_COMMAND_ARGS, Value::StrArray(args)));
+        }
+        attrs.push((schema::PROCESS_USER_ID, int(p.euid)));
+        attrs.push((schema::PROCESS_REAL_USER_ID, int(p.uid)));
+        if let Some(owner) = &p.owner {
+            attrs.push((schema::PROCESS_OWNER, Value::Str(owner.to_string())));
+        }
+        if let Some(pgid) = p.pgid {
+            attrs.push((schema::PROCESS_GROUP_LEADER_PID, int(pgid)));
+        }
+        if let Some(sid) = p.sid {
+            attrs.push((schema::PROCESS_SESSION_LEADER_PID, int(sid)));
+        }
+        if let Some(start) = p.start_time {
+            attrs.push((schema::PROCESS_CREATION_TIME, Value::Str(rfc3339(start))));
+        }
+        if let Some(cgroup) = &p.cgroup {
+            attrs.push((schema::PROCESS_LINUX_CGROUP, Value::Str(cgroup.to_string())));
+        }
+        if let Some(id) = &p.container_id {
+            attrs.push((schema::CONTAINER_ID, Value::Str(id.to_string())));
+        }
+        let (severity, body) = match &self.detail {
+            Detail::Fork(fork) => fork.render(self, &mut attrs),
+            Detail::Exec(exec) => exec.render(self, &mut attrs),
+            Detail::Exit(exit) => exit.render(self, &mut attrs),
+        };
+        attrs.push((schema::KSENSE_PROBE, Value::Str(self.probe())));
+        attrs.push((schema::KSENSE_EVENT_SEQ, Value::Int(self.seq as i64)));
+        LogRecord {
+            event_name: self.kind().name(),
+            severity,
+            time: self.time,
+            observed_time: self.observed_time,
+            body,
+            attributes: attrs,
+        }
+    }
+
+    /// `comm[pid]` for a body message, safe on one line.
+    pub fn who(&self) -> String {
+        format!("{}[{}]", one_line(&lossless(&self.process.comm)), self.process.pid)
+    }
+}
+
+/// `0x`-prefixed hex, the contract's rendering of addresses.
+pub fn hex(value: u64) -> Value {
+    Value::Str(format!("{value:#x}"))
+}
+
+/// Renders a kind's own attributes and returns its severity and body.
+pub(crate) trait Render {
+    /// Appends this kind's attributes; returns (severity, body).
+    fn render(&self, event: &Event, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String);
+}

@@ -1,0 +1,199 @@
+//! ksense: a host-state sensor. eBPF probes in the kernel report process creation, exec and
+//! exit; this library loads them and runs the pipeline
+//!
+//! ```text
+//! probes (kernel) -> ring buffer -> ringbuf::Reader -> decode -> queue -> pipeline thread:
+//!                                                                 enrich -> sinks
+//! ```
+//!
+//! Main types: [`attach::Probes`] (load, choose and attach hooks), [`ringbuf::Reader`],
+//! [`decode::decode`] (bytes to [`event::Event`]), [`enrich::Enricher`], [`record::LogRecord`]
+//! (the one shape every sink takes) and the [`sinks`]. Attribute names live in [`schema`].
+#![deny(missing_docs)]
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use ksense_abi::EventKind;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+pub mod attach;
+pub mod btf;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod decode;
+pub mod enrich;
+pub mod event;
+pub mod offsets;
+pub mod pipeline;
+pub mod record;
+pub mod ringbuf;
+pub mod schema;
+pub mod sinks;
+pub mod telemetry;
+pub mod text;
+
+use attach::{AttachOptions, Outcome, Probes};
+use config::{AttachMode, Config, OutputFormat};
+use ringbuf::{Flow, Reader};
+use sinks::{Sink, jsonl::JsonlSink, pretty::PrettySink};
+use telemetry::{Counters, LossReporter};
+
+/// How often losses are checked and, when there are new ones, reported.
+const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Runs a parsed command line.
+pub fn main(cli: cli::Cli) -> anyhow::Result<()> {
+    match cli.command {
+        cli::Command::Run { config, output, attach } => {
+            let config = Config::load(config.as_deref())?;
+            run(&config, output, attach)
+        }
+        cli::Command::Probes { config, attach, json } => {
+            let config = Config::load(config.as_deref())?;
+            probes(&config, attach, json)
+        }
+        cli::Command::CheckConfig { file } => {
+            let path = file.unwrap_or_else(|| config::DEFAULT_PATH.into());
+            Config::from_file(&path)?;
+            println!("{}: ok", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn attach_options(config: &Config, attach: Option<AttachMode>) -> AttachOptions {
+    let p = &config.probes;
+    let kinds = [(EventKind::Fork, p.fork), (EventKind::Exec, p.exec), (EventKind::Exit, p.exit)]
+        .into_iter()
+        .filter_map(|(kind, on)| on.then_some(kind))
+        .collect();
+    AttachOptions {
+        mode: attach.unwrap_or(p.attach),
+        kinds,
+        thread_exits: p.thread_exits,
+        ring_buffer_bytes: *config.limits.ring_buffer_bytes.get_ref(),
+    }
+}
+
+/// `ksense run`: attach, read, ship; on SIGINT/SIGTERM detach, drain what the ring buffer
+/// holds to the sinks, and report totals.
+pub fn run(config: &Config, output: Option<OutputFormat>, attach: Option<AttachMode>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(run_async(config, output, attach))
+}
+
+async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option<AttachMode>) -> anyhow::Result<()> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    let mut probes = Probes::attach(&attach_options(config, attach))?;
+    for kind in &probes.report {
+        if let Some(hook) = kind.chosen() {
+            tracing::info!(event = kind.kind.name(), probe = %attach::probe_name(hook), "attached");
+        }
+    }
+    let ring = probes.take_ring_buffer()?;
+
+    let counters = Arc::new(Counters::default());
+    let (queue_tx, queue_rx) = mpsc::channel(*config.limits.queue_events.get_ref());
+    let sink: Box<dyn Sink> = match output.or(config.output.format).unwrap_or(OutputFormat::Json) {
+        OutputFormat::Json => Box::new(JsonlSink::new(std::io::stdout())),
+        OutputFormat::Pretty => Box::new(PrettySink::stdout()),
+    };
+    let pipeline = {
+        let counters = counters.clone();
+        std::thread::Builder::new()
+            .name("ksense-pipeline".into())
+            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), vec![sink], counters))
+            .context("cannot start the pipeline thread")?
+    };
+
+    let mut reader = Reader::new(ring, queue_tx, counters.clone())?;
+    let mut losses = LossReporter::default();
+    let mut tick = tokio::time::interval(LOSS_REPORT_INTERVAL);
+    tracing::info!("ksense is running");
+    loop {
+        tokio::select! {
+            flow = reader.wait_and_drain() => {
+                if flow? == Flow::Stop {
+                    break;
+                }
+            }
+            _ = tick.tick() => losses.report(counters.snapshot(probes.ring_lost()?)),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+
+    // Stop new events at the source, then ship everything already in the ring buffer.
+    probes.detach();
+    reader.drain();
+    drop(reader);
+    pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
+    let totals = counters.snapshot(probes.ring_lost()?);
+    losses.report(totals);
+    tracing::info!("ksense stopped: {totals}");
+    Ok(())
+}
+
+/// `ksense probes`: attach every enabled kind as `run` would, print the choices, detach.
+pub fn probes(config: &Config, attach: Option<AttachMode>, json: bool) -> anyhow::Result<()> {
+    let mut probes = Probes::attach(&attach_options(config, attach))?;
+    probes.detach();
+    if json {
+        let kinds: Vec<serde_json::Value> = probes
+            .report
+            .iter()
+            .map(|r| {
+                let hooks: Vec<serde_json::Value> = r
+                    .hooks
+                    .iter()
+                    .map(|(hook, outcome)| {
+                        let (status, reason) = match outcome {
+                            Outcome::Attached => ("attached", None),
+                            Outcome::Refused(why) => ("refused", Some(why)),
+                            Outcome::Skipped(why) => ("skipped", Some(why)),
+                        };
+                        serde_json::json!({"probe": attach::probe_name(*hook), "status": status, "reason": reason})
+                    })
+                    .collect();
+                serde_json::json!({
+                    "event": r.kind.name(),
+                    "enabled": r.enabled,
+                    "chosen": r.chosen().map(attach::probe_name),
+                    "hooks": hooks,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "kernel": kernel_release(), "kinds": kinds }))?);
+        return Ok(());
+    }
+    println!("kernel {}", kernel_release());
+    println!("{:<16} {:<36} {}", "EVENT", "HOOK", "STATUS");
+    for r in &probes.report {
+        for (i, (hook, outcome)) in r.hooks.iter().enumerate() {
+            let kind = if i == 0 { r.kind.name() } else { "" };
+            let status = match outcome {
+                Outcome::Attached => "CHOSEN".to_owned(),
+                Outcome::Refused(why) => format!("refused: {why}"),
+                Outcome::Skipped(why) => format!("not tried: {why}"),
+            };
+            println!("{kind:<16} {:<36} {status}", attach::probe_name(*hook));
+        }
+    }
+    Ok(())
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+

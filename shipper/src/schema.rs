@@ -1,0 +1,58 @@
+//! Every attribute name ksense emits, defined here and nowhere else (the contract is
+//! `../shared/EVENTS.md`). Sinks map these names mechanically: OTLP keys as they are, journald
+//! fields upper-cased with `.` turned into `_`, JSON keys as they are.
+
+/// Thread-group id (what `ps` calls PID) of the acting process; for `process.fork`, the child.
+pub const PROCESS_PID: &str = "process.pid";
+/// The acting process's parent; for `process.fork`, the forking process.
+pub const PROCESS_PARENT_PID: &str = "process.parent_pid";
+/// The kernel task id.
+pub const THREAD_ID: &str = "thread.id";
+/// `comm`.
+pub const PROCESS_EXECUTABLE_NAME: &str = "process.executable.name";
+/// Absolute path of the executable.
+pub const PROCESS_EXECUTABLE_PATH: &str = "process.executable.path";
+/// argv, as an array.
+pub const PROCESS_COMMAND_ARGS: &str = "process.command_args";
+/// argv joined with spaces.
+pub const PROCESS_COMMAND_LINE: &str = "process.command_line";
+/// Effective uid.
+pub const PROCESS_USER_ID: &str = "process.user.id";
+/// Real uid.
+pub const PROCESS_REAL_USER_ID: &str = "process.real_user.id";
+/// User name of the effective uid.
+pub const PROCESS_OWNER: &str = "process.owner";
+/// Process group id (the pid of the process group's leader).
+pub const PROCESS_GROUP_LEADER_PID: &str = "process.group_leader.pid";
+/// Session id (the pid of the session leader).
+pub const PROCESS_SESSION_LEADER_PID: &str = "process.session_leader.pid";
+/// When the process was created (RFC 3339).
+pub const PROCESS_CREATION_TIME: &str = "process.creation.time";
+/// Exit status, when it exited normally.
+pub const PROCESS_EXIT_CODE: &str = "process.exit.code";
+/// When it exited (RFC 3339).
+pub const PROCESS_EXIT_TIME: &str = "process.exit.time";
+/// The signal that killed it.
+pub const KSENSE_PROCESS_EXIT_SIGNAL: &str = "ksense.process.exit.signal";
+/// Whether it dumped core.
+pub const KSENSE_PROCESS_EXIT_CORE_DUMPED: &str = "ksense.process.exit.core_dumped";
+/// `mm->start_code`, hex.
+pub const KSENSE_PROCESS_CODE_START: &str = "ksense.process.code.start";
+/// `mm->end_code`, hex.
+pub const KSENSE_PROCESS_CODE_END: &str = "ksense.process.code.end";
+/// Raw clone flags.
+pub const KSENSE_CLONE_FLAGS: &str = "ksense.clone.flags";
+/// CLONE_THREAD was set.
+pub const KSENSE_CLONE_THREAD: &str = "ksense.clone.thread";
+/// Container id, from the cgroup path.
+pub const CONTAINER_ID: &str = "container.id";
+/// The cgroup, as a `/proc/<pid>/cgroup` line.
+pub const PROCESS_LINUX_CGROUP: &str = "process.linux.cgroup";
+/// The hook that produced the event, e.g. `tp_btf/sched_process_exec`.
+pub const KSENSE_PROBE: &str = "ksense.probe";
+/// Per-agent sequence number, one more per event read from the kernel.
+pub const KSENSE_EVENT_SEQ: &str = "ksense.event.seq";
+/// argv was longer than the probe copies and was cut.
+pub const KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED: &str = "ksense.process.command_args.truncated";
+/// The event name, repeated as an attribute for OTLP backends that predate the field.
+pub const EVENT_NAME: &str = "event.name";

@@ -1,0 +1,53 @@
+//! `process.exec` end to end: argv and path exactly as the process passed them.
+use std::{
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt,
+    process::Command,
+};
+
+use ksense_e2e::{Ksense, attr, is, workload_bin};
+
+#[test]
+fn exec_reports_exact_argv_and_path() {
+    let ksense = Ksense::start(&[]);
+    let bin = workload_bin();
+    let awkward: [&[u8]; 6] = [b"marker", b"two words", b"\"quoted\" 'single'", b"line\nbreak", b"", b"bad\xffbyte"];
+    let child = Command::new(&bin)
+        .args(awkward.iter().map(|a| OsStr::from_bytes(a)))
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let status = child.wait_with_output().unwrap().status;
+    assert!(status.success());
+
+    let exec = ksense.wait_for("exec of the marker", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
+    let mut expected = vec![bin.to_str().unwrap().to_owned()];
+    expected.extend(["marker", "two words", "\"quoted\" 'single'", "line\nbreak", "", "bad\\xffbyte"].map(String::from));
+    assert_eq!(attr(&exec, "process.command_args"), &serde_json::json!(expected), "{exec}");
+    assert_eq!(attr(&exec, "process.command_line"), expected.join(" ").as_str(), "{exec}");
+    assert_eq!(attr(&exec, "process.executable.path"), bin.to_str().unwrap(), "{exec}");
+    assert_eq!(attr(&exec, "process.executable.name"), "ksense-workload", "{exec}");
+    assert_eq!(attr(&exec, "process.parent_pid"), std::process::id(), "{exec}");
+    assert_eq!(attr(&exec, "thread.id"), pid, "{exec}");
+    assert_eq!(attr(&exec, "process.user.id"), 0, "{exec}");
+    assert_eq!(attr(&exec, "process.owner"), "root", "{exec}");
+    assert!(!exec["body"].as_str().unwrap().contains('\n'), "{exec}");
+    let start = u64::from_str_radix(attr(&exec, "ksense.process.code.start").as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let end = u64::from_str_radix(attr(&exec, "ksense.process.code.end").as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    assert!(0 < start && start < end, "{exec}");
+    assert!(attr(&exec, "process.linux.cgroup").is_string(), "{exec}");
+    ksense.stop();
+}
+
+#[test]
+fn exec_through_a_shell_keeps_the_command_line() {
+    let ksense = Ksense::start(&[]);
+    let child = Command::new("/bin/sh").args(["-c", "exec /bin/true 'a  b' c"]).spawn().unwrap();
+    let pid = child.id();
+    child.wait_with_output().unwrap();
+    let exec = ksense.wait_for("exec of /bin/true", |e| {
+        is(e, "process.exec") && attr(e, "process.pid") == pid && attr(e, "process.executable.path") == "/bin/true"
+    });
+    assert_eq!(attr(&exec, "process.command_args"), &serde_json::json!(["/bin/true", "a  b", "c"]), "{exec}");
+    ksense.stop();
+}

@@ -1,0 +1,76 @@
+//! `process.exit` end to end: exit codes, signals, thread exits, and ksense's own shutdown.
+use std::process::Command;
+
+use ksense_e2e::{Ksense, attr, is, printed, run_workload, workload_bin};
+
+#[test]
+fn exit_code_seven() {
+    let ksense = Ksense::start(&[]);
+    let child = Command::new("/bin/sh").args(["-c", "exit 7"]).spawn().unwrap();
+    let pid = child.id();
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(7));
+    let exit = ksense.wait_for("exit of sh", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
+    assert_eq!(attr(&exit, "process.exit.code"), 7, "{exit}");
+    assert_eq!(exit["severity"], "INFO", "{exit}");
+    assert!(attr(&exit, "ksense.process.exit.signal").is_null(), "{exit}");
+    assert_eq!(attr(&exit, "ksense.process.exit.core_dumped"), false, "{exit}");
+    assert!(attr(&exit, "process.exit.time").is_string(), "{exit}");
+    assert_eq!(attr(&exit, "process.executable.path"), "/bin/sh", "known from the exec: {exit}");
+    ksense.stop();
+}
+
+#[test]
+fn kill_nine_is_reported_at_warn() {
+    let ksense = Ksense::start(&[]);
+    let mut child = Command::new(workload_bin()).args(["sleep", "60"]).spawn().unwrap();
+    let pid = child.id();
+    ksense.wait_for("exec of the sleeper", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let exit = ksense.wait_for("exit of the sleeper", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
+    assert_eq!(attr(&exit, "ksense.process.exit.signal"), 9, "{exit}");
+    assert_eq!(exit["severity"], "WARN", "{exit}");
+    assert!(attr(&exit, "process.exit.code").is_null(), "{exit}");
+    assert!(exit["body"].as_str().unwrap().contains("SIGKILL"), "{exit}");
+    ksense.stop();
+}
+
+#[test]
+fn thread_exits_are_not_reported_by_default() {
+    let ksense = Ksense::start(&[]);
+    let (out, pid) = run_workload(&["thread"]);
+    let tid = printed(&out, "tid");
+    ksense.wait_for("exit of the process", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
+    let stopped = ksense.stop();
+    let thread_exits: Vec<_> = stopped
+        .events
+        .iter()
+        .filter(|e| is(e, "process.exit") && attr(e, "thread.id") == tid)
+        .collect();
+    assert!(thread_exits.is_empty(), "thread exit reported: {thread_exits:?}");
+}
+
+#[test]
+fn thread_exits_are_reported_when_configured() {
+    let config = std::env::temp_dir().join(format!("ksense-thread-exits-{}.toml", std::process::id()));
+    std::fs::write(&config, "[probes]\nthread_exits = true\n").unwrap();
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+    let (out, pid) = run_workload(&["thread"]);
+    let tid = printed(&out, "tid");
+    let exit = ksense.wait_for("exit of the thread", |e| is(e, "process.exit") && attr(e, "thread.id") == tid);
+    assert_eq!(attr(&exit, "process.pid"), pid, "{exit}");
+    ksense.wait_for("exit of the process", |e| is(e, "process.exit") && attr(e, "thread.id") == pid);
+    ksense.stop();
+    std::fs::remove_file(config).unwrap();
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_totals() {
+    let ksense = Ksense::start(&[]);
+    let (_, pid) = run_workload(&["marker"]);
+    ksense.wait_for("exit of the marker", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
+    let stopped = ksense.stop();
+    assert!(stopped.status.success(), "ksense exited with {:?}:\n{}", stopped.status, stopped.stderr);
+    assert!(stopped.counter("events_read") >= 3, "{}", stopped.stderr);
+    assert_eq!(stopped.counter("decode_errors"), 0, "{}", stopped.stderr);
+}

@@ -1,0 +1,85 @@
+//! `process.fork` end to end: real forks and threads on this kernel, seen through ksense.
+use std::time::Instant;
+
+use ksense_e2e::{Ksense, attr, is, printed, run_workload};
+
+#[test]
+fn fork_names_parent_and_child() {
+    let ksense = Ksense::start(&[]);
+    let (out, parent) = run_workload(&["fork-exit", "1"]);
+    let child = printed(&out, "child");
+    let fork = ksense.wait_for("fork event of the child", |e| {
+        is(e, "process.fork") && attr(e, "process.pid") == child
+    });
+    assert_eq!(attr(&fork, "process.parent_pid"), parent, "{fork}");
+    assert_eq!(attr(&fork, "thread.id"), child, "{fork}");
+    assert_eq!(attr(&fork, "process.executable.name"), "ksense-workload", "{fork}");
+    assert_eq!(attr(&fork, "ksense.clone.thread"), false, "{fork}");
+    assert!(attr(&fork, "ksense.clone.flags").is_i64(), "{fork}");
+    assert!(attr(&fork, "process.creation.time").is_string(), "{fork}");
+    assert_ne!(attr(&fork, "ksense.process.code.start"), "0x0", "{fork}");
+    assert!(attr(&fork, "ksense.probe").as_str().unwrap().ends_with("task_newtask")
+        || attr(&fork, "ksense.probe") == "fexit/kernel_clone", "{fork}");
+    assert_eq!(fork["severity"], "INFO");
+    ksense.stop();
+}
+
+#[test]
+fn thread_creation_is_flagged() {
+    let ksense = Ksense::start(&[]);
+    let (out, pid) = run_workload(&["thread"]);
+    let tid = printed(&out, "tid");
+    let fork = ksense.wait_for("fork event of the thread", |e| {
+        is(e, "process.fork") && attr(e, "thread.id") == tid
+    });
+    assert_eq!(attr(&fork, "ksense.clone.thread"), true, "{fork}");
+    assert_eq!(attr(&fork, "process.pid"), pid, "a thread belongs to its process: {fork}");
+    ksense.stop();
+}
+
+/// 2000 fork/exit pairs from one parent: every child's exit is reported, or the difference is
+/// counted as lost. Prints the workload's cost with and without ksense (not asserted: speed is
+/// for benchmarks).
+#[test]
+fn burst_of_2000_forks_is_accounted_for() {
+    const N: usize = 2000;
+    let started = Instant::now();
+    run_workload(&["fork-exit", &N.to_string()]);
+    let without = started.elapsed();
+
+    let ksense = Ksense::start(&[]);
+    let started = Instant::now();
+    let (_, parent) = run_workload(&["fork-exit", &N.to_string()]);
+    let with = started.elapsed();
+    // The workload has exited: its own exit is the last event we need.
+    ksense.wait_for("the workload's exit", |e| is(e, "process.exit") && attr(e, "process.pid") == parent);
+    let stopped = ksense.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    let exits = stopped
+        .events
+        .iter()
+        .filter(|e| is(e, "process.exit") && attr(e, "process.parent_pid") == parent)
+        .count();
+    let forks = stopped
+        .events
+        .iter()
+        .filter(|e| is(e, "process.fork") && attr(e, "process.parent_pid") == parent)
+        .count();
+    let lost = stopped.counter("lost_total");
+    eprintln!(
+        "{N} fork/exit pairs: {:.1} us/pair without ksense, {:.1} us/pair with ksense; \
+         {exits} exits and {forks} forks reported, {lost} events counted lost",
+        without.as_secs_f64() * 1e6 / N as f64,
+        with.as_secs_f64() * 1e6 / N as f64,
+    );
+    assert!(exits <= N && forks <= N, "more events than processes: {exits} exits, {forks} forks");
+    assert!(exits as u64 + lost >= N as u64, "{exits} exits reported and {lost} counted lost: {N} expected");
+    assert!(forks as u64 + lost >= N as u64, "{forks} forks reported and {lost} counted lost: {N} expected");
+    // Sequence numbers: one more per event read, so gaps show loss after the kernel.
+    let seqs: Vec<u64> = stopped.events.iter().map(|e| attr(e, "ksense.event.seq").as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "ksense.event.seq is not increasing");
+    let read = stopped.counter("events_read");
+    assert_eq!(seqs.last().copied(), Some(read), "last seq is the number of records read");
+    assert_eq!(read - seqs.len() as u64, stopped.counter("decode_errors") + stopped.counter("lost_queue_full"));
+}

@@ -1,0 +1,196 @@
+//! Harness for the end-to-end tests: start the real `ksense` binary (built by `cargo build`),
+//! collect the JSON lines it prints, drive real processes, and stop it like a user would.
+//!
+//! The tests need root (they load eBPF programs), as in CI.
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long to wait for an event before failing.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The `ksense` binary: `$KSENSE_BIN`, else the one in this test's target directory.
+pub fn ksense_bin() -> PathBuf {
+    match std::env::var_os("KSENSE_BIN") {
+        Some(bin) => bin.into(),
+        None => target_bin("ksense", "cargo build -p ksense"),
+    }
+}
+
+/// The workload binary built with these tests.
+pub fn workload_bin() -> PathBuf {
+    target_bin("ksense-workload", "cargo build -p ksense-e2e")
+}
+
+/// `name` in the target directory this test runs from (target/<profile>/deps/<test>).
+fn target_bin(name: &str, build: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join(name);
+    assert!(bin.exists(), "{} is missing: build it first with `{build}`", bin.display());
+    bin
+}
+
+fn require_root() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the end-to-end tests load eBPF programs: run them as root (sudo make test)"
+    );
+}
+
+/// A running ksense and what it has printed so far.
+pub struct Ksense {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What a stopped ksense left.
+pub struct Stopped {
+    /// Every event it printed.
+    pub events: Vec<Value>,
+    /// Its diagnostics.
+    pub stderr: String,
+    /// Its exit status.
+    pub status: std::process::ExitStatus,
+}
+
+impl Stopped {
+    /// The value of `key=N` in the final counters line.
+    pub fn counter(&self, key: &str) -> u64 {
+        let line = self.stderr.lines().rev().find(|l| l.contains("ksense stopped:")).unwrap_or_else(|| {
+            panic!("no final counters line in ksense's stderr:\n{}", self.stderr)
+        });
+        let needle = format!(" {key}=");
+        let at = line.find(&needle).unwrap_or_else(|| panic!("no {key} in {line}")) + needle.len();
+        line[at..].split_whitespace().next().unwrap().parse().unwrap()
+    }
+}
+
+impl Ksense {
+    /// Starts `ksense run --output json` with `extra` arguments and waits until it runs.
+    pub fn start(extra: &[&str]) -> Ksense {
+        require_root();
+        let mut child = Command::new(ksense_bin())
+            .args(["run", "--output", "json"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start ksense");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let readers = vec![
+            {
+                let events = events.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(out).split(b'\n') {
+                        let line = line.unwrap();
+                        let value: Value = serde_json::from_slice(&line).unwrap_or_else(|e| {
+                            panic!("ksense printed a line that is not JSON ({e}): {}", String::from_utf8_lossy(&line))
+                        });
+                        events.lock().unwrap().push(value);
+                    }
+                })
+            },
+            {
+                let stderr = stderr.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(err).lines() {
+                        let line = line.unwrap();
+                        let mut s = stderr.lock().unwrap();
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                })
+            },
+        ];
+        let ksense = Ksense { child, events, stderr, readers };
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while !ksense.stderr().contains("ksense is running") {
+            if Instant::now() > deadline {
+                panic!("ksense did not start:\n{}", ksense.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ksense
+    }
+
+    /// Diagnostics so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the first event matching `predicate`.
+    pub fn wait_for(&self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            if let Some(found) = self.events.lock().unwrap().iter().find(|e| predicate(e)) {
+                return found.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("no {what} within {EVENT_TIMEOUT:?}; ksense said:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for ksense to exit.
+    pub fn stop(mut self) -> Stopped {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        for reader in self.readers.drain(..) {
+            reader.join().expect("an output reader panicked");
+        }
+        let events = std::mem::take(&mut *self.events.lock().unwrap());
+        let stderr = self.stderr();
+        Stopped { events, stderr, status }
+    }
+}
+
+impl Drop for Ksense {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An attribute of an event.
+pub fn attr<'a>(event: &'a Value, name: &str) -> &'a Value {
+    &event["attributes"][name]
+}
+
+/// Whether `event` is the named kind.
+pub fn is(event: &Value, name: &str) -> bool {
+    event["event.name"] == name
+}
+
+/// Runs the workload with `args`, returning its stdout and pid.
+pub fn run_workload(args: &[&str]) -> (String, u32) {
+    let child = Command::new(workload_bin()).args(args).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "workload {args:?} failed: {:?}", out.status);
+    (String::from_utf8(out.stdout).unwrap(), pid)
+}
+
+/// The number after `key=` in a workload's output.
+pub fn printed(out: &str, key: &str) -> u32 {
+    let needle = format!("{key}=");
+    out.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .unwrap_or_else(|| panic!("workload printed no {key}: {out}"))
+        .trim()
+        .parse()
+        .unwrap()
+}

@@ -50,7 +50,9 @@ pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), D
 
     let mut process = process_from(&task, clock);
     process.exe = Some(filename.into());
-    process.args = Some(args.into());
+    // An empty argv area means the probe could not read it (no BTF offsets, or the page was
+    // not resident): leave argv to enrichment rather than report an empty command line.
+    process.args = (!args.is_empty()).then(|| args.into());
     let exec = ProcessExec {
         old_tid,
         args_truncated: flags & (EXEC_ARGS_TRUNCATED | EXEC_FILENAME_TRUNCATED) != 0,

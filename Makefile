@@ -1,0 +1,23 @@
+# The two commands of the README, and the steps behind them. Both need root: setup installs
+# packages and mounts tracefs, and ksense loads eBPF programs.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: setup build run test
+
+# Idempotent: installs only what is missing.
+setup:
+	bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release -p ksense
+
+# Run ksense on this host with the shipped (default) configuration, events pretty-printed.
+run: build
+	./target/release/ksense run --config config/ksense.toml --output pretty
+
+# Every test: unit tests, then end-to-end tests against this kernel (they start the real binary).
+test: setup
+	$(CARGO) build -p ksense -p ksense-e2e --bins
+	$(CARGO) test --no-fail-fast

@@ -182,7 +182,7 @@ impl TypeRec {
 }
 
 /// Type ids that share a name. Almost always one; the extra `Vec` then never allocates.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Ids {
     first: u32,
     more: Vec<u32>,
@@ -265,16 +265,20 @@ impl Btf {
     /// The file exists when the kernel was built with `CONFIG_DEBUG_INFO_BTF=y` (and sysfs is
     /// mounted); the error message says so when it is missing.
     pub fn from_sys_fs() -> Result<Btf, BtfError> {
-        let data = std::fs::read(VMLINUX_PATH).map_err(|e| {
+        Btf::from_file(VMLINUX_PATH)
+    }
+
+    fn from_file(path: &str) -> Result<Btf, BtfError> {
+        let data = std::fs::read(path).map_err(|e| {
             let hint =
                 if e.kind() == io::ErrorKind::NotFound { " (is CONFIG_DEBUG_INFO_BTF enabled?)" } else { "" };
             BtfError {
                 kind: BtfErrorKind::Io,
-                message: format!("cannot read {VMLINUX_PATH}: {e}{hint}"),
+                message: format!("cannot read {path}: {e}{hint}"),
                 source: Some(e),
             }
         })?;
-        Btf::parse(&data).map_err(|e| e.context(VMLINUX_PATH))
+        Btf::parse(&data).map_err(|e| e.context(path))
     }
 
     /// Parses raw BTF bytes: a little-endian BTF version 1 blob such as the content of
@@ -350,6 +354,7 @@ impl Btf {
                 KIND_ARRAY => 12,
                 KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
                 KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+                0 => return Err(BtfError::malformed(format!("BTF type id {id} has kind 0 (unknown)"))),
                 kind => {
                     return Err(BtfError::unsupported(format!(
                         "BTF type id {id} has kind {kind}, which this parser does not know \
@@ -549,9 +554,9 @@ impl Btf {
         answer.ok_or_else(|| BtfError::not_found(format!("kernel BTF has no function {func}")))
     }
 
-    /// Whether a `BTF_KIND_FUNC` with this name exists, i.e. whether fentry/fexit programs can
-    /// attach to the function. Inlined functions, and functions the BTF generator left out, have
-    /// none.
+    /// Whether a `BTF_KIND_FUNC` with this name exists, i.e. whether the function can be traced
+    /// with fentry/fexit programs. Inlined functions, and functions the BTF generator left out,
+    /// have none; the kernel can still refuse an attachment (e.g. to a `notrace` function).
     pub fn has_func(&self, func: &str) -> bool {
         self.funcs.contains_key(func)
     }
@@ -1117,6 +1122,8 @@ mod tests {
         b.add("tag", KIND_DECL_TAG, false, 0, outer, &[u32::MAX]);
         let var = b.add("v", KIND_VAR, false, 0, dbl, &[1]);
         b.add(".data", KIND_DATASEC, false, 1, 8, &[var, 0, 8]);
+        let pair_fwd = b.add("pair", KIND_FWD, false, 0, 0, &[]);
+        b.composite(KIND_STRUCT, "holder", 8, false, &[("fwd", pair_fwd, 0)]);
         b.composite(KIND_STRUCT, "last", 4, false, &[("z", int, 0)]);
         b.build()
     }
@@ -1162,6 +1169,9 @@ mod tests {
         assert_eq!(btf.field_size("legacy", "half").unwrap(), 2);
         assert_eq!(btf.field_offset("dup", "z").unwrap(), 0);
         assert_eq!(btf.field_offset("last", "z").unwrap(), 0);
+        // A member declared with a forward declaration uses the definition of that name.
+        assert_eq!(btf.field_offset("holder", "fwd.y").unwrap(), 4);
+        assert_eq!(btf.field_size("holder", "fwd").unwrap(), 8);
         // Missing pieces.
         let e = btf.field_offset("outer", "p.nope").unwrap_err();
         assert!(e.to_string().starts_with("struct outer has no field p.nope"), "{e}");
@@ -1202,6 +1212,7 @@ mod tests {
             ("dup", "z"),
             ("last", "z"),
             ("pair", "x"),
+            ("holder", "fwd.y"),
         ] {
             let _ = btf.field_offset(s, p);
             let _ = btf.field_size(s, p);
@@ -1257,6 +1268,22 @@ mod tests {
                 poke(&btf);
             }
         }
+    }
+
+    #[test]
+    fn unreadable_file() {
+        use std::error::Error as _;
+        let e = Btf::from_file("/nonexistent/ksense/vmlinux").unwrap_err();
+        assert_eq!(e.kind(), BtfErrorKind::Io);
+        let msg = e.to_string();
+        assert!(msg.starts_with("cannot read /nonexistent/ksense/vmlinux: "), "{msg}");
+        assert!(msg.ends_with(" (is CONFIG_DEBUG_INFO_BTF enabled?)"), "{msg}");
+        let source = e.source().expect("I/O errors keep their source");
+        assert_eq!(source.downcast_ref::<io::Error>().unwrap().kind(), io::ErrorKind::NotFound);
+        // A file that is not BTF: the message names it.
+        let e = Btf::from_file("/proc/self/cmdline").unwrap_err();
+        assert!(e.to_string().starts_with("/proc/self/cmdline: "), "{e}");
+        assert!(e.source().is_none());
     }
 
     #[test]

@@ -19,5 +19,4 @@ run: build
 
 # Every test: unit tests, then end-to-end tests against this kernel (they start the real binary).
 test: setup
-	$(CARGO) build -p ksense -p ksense-e2e --bins
-	$(CARGO) test --no-fail-fast
+	bash scripts/test.sh

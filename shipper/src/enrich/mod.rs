@@ -62,19 +62,30 @@ impl Enricher {
                         p.exe = Some(exe.into());
                     }
                 }
-                let mut info = procfs::read(&self.proc_root, pid, false).unwrap_or_default();
+                // An exec keeps process group, session and cgroup: if the process is already
+                // gone from /proc, what its fork (or its parent) told us still holds.
+                let known = match procfs::read(&self.proc_root, pid, false) {
+                    Some(info) => Some(info),
+                    None => {
+                        let (parent, kthread) = (p.parent_pid, p.kernel_thread);
+                        let inherited = self.procs.get(&pid).cloned().or_else(|| self.lookup(parent, kthread));
+                        inherited.map(|i| (*i).clone())
+                    }
+                };
+                let p = &mut event.process;
+                let mut info = known.unwrap_or_default();
                 info.exe = p.exe.clone();
                 info.args = p.args.clone();
                 self.procs.insert(pid, Arc::new(info));
             }
             Detail::Fork(fork) if !fork.thread() => {
-                if let Some(parent) = self.lookup(event.process.parent_pid, &event.process) {
+                if let Some(parent) = self.lookup(event.process.parent_pid, event.process.kernel_thread) {
                     self.procs.insert(pid, parent);
                 }
             }
             _ => {}
         }
-        if let Some(info) = self.lookup(pid, &event.process) {
+        if let Some(info) = self.lookup(pid, event.process.kernel_thread) {
             fill(&mut event.process, &info);
         }
         if let Detail::Exit(exit) = &event.detail
@@ -87,11 +98,11 @@ impl Enricher {
 
     /// The entry for `pid`, read from `/proc` on a miss (nothing for kernel threads, which have
     /// neither executable nor argv).
-    fn lookup(&mut self, pid: u32, process: &Process) -> Option<Arc<ProcInfo>> {
+    fn lookup(&mut self, pid: u32, kernel_thread: bool) -> Option<Arc<ProcInfo>> {
         if let Some(info) = self.procs.get(&pid) {
             return Some(info.clone());
         }
-        let info = Arc::new(procfs::read(&self.proc_root, pid, !process.kernel_thread)?);
+        let info = Arc::new(procfs::read(&self.proc_root, pid, !kernel_thread)?);
         self.procs.insert(pid, info.clone());
         Some(info)
     }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test (unit tests, then the end-to-end tests against this kernel) and ends with one
+# line totalling them: "N passed, N failed". Assumes scripts/setup.sh has run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+cargo build -p ksense -p ksense-e2e --bins || exit 1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# Library, binary and integration tests (the crates have no doc tests to run).
+cargo test --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+awk '/^test result:/ { p += $4; f += $6; s += $8 }
+     END { printf "\ntotal: %d passed, %d failed, %d skipped\n", p, f, s }' \
+    <(sed 's/;//g' "$log")
+exit "$status"

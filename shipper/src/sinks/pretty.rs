@@ -14,14 +14,14 @@ use crate::{
     text::one_line,
 };
 
-/// Attributes shown after the body, in this order, when present.
-const SHOWN: [&str; 6] = [
-    schema::PROCESS_PARENT_PID,
-    schema::PROCESS_USER_ID,
-    schema::PROCESS_OWNER,
-    schema::PROCESS_EXECUTABLE_PATH,
-    schema::CONTAINER_ID,
-    schema::KSENSE_PROBE,
+/// Attributes shown after the body, in this order, when present, with their short labels.
+const SHOWN: [(&str, &str); 6] = [
+    (schema::PROCESS_PARENT_PID, "ppid"),
+    (schema::PROCESS_USER_ID, "uid"),
+    (schema::PROCESS_OWNER, "user"),
+    (schema::PROCESS_EXECUTABLE_PATH, "path"),
+    (schema::CONTAINER_ID, "container"),
+    (schema::KSENSE_PROBE, "probe"),
 ];
 
 /// Writes pretty lines to any writer.
@@ -60,7 +60,7 @@ impl<W: Write + Send> Sink for PrettySink<W> {
         };
         let name = self.paint("36", &format!("{:<14}", record.event_name));
         let mut line = format!("{} {severity} {name} {}", self.paint("2", clock), one_line(&record.body));
-        for key in SHOWN {
+        for (key, label) in SHOWN {
             if let Some(value) = record.attribute(key) {
                 let value = match value {
                     Value::Int(v) => v.to_string(),
@@ -68,8 +68,7 @@ impl<W: Write + Send> Sink for PrettySink<W> {
                     Value::Str(v) => one_line(v),
                     Value::StrArray(v) => one_line(&v.join(" ")),
                 };
-                let short = key.rsplit('.').next().unwrap_or(key);
-                line.push_str(&format!(" {}={value}", self.paint("2", short)));
+                line.push_str(&format!(" {}={value}", self.paint("2", label)));
             }
         }
         line.push('\n');

@@ -7,7 +7,13 @@
 //!                                     prints "child=<pid>" for the first
 //! ksense-workload thread              start and join one thread; prints "tid=<tid>"
 //! ksense-workload sleep SECONDS       sleep (a target for kill -9)
+//! ksense-workload mprotect-text-rwx   make the page of its own code RWX, then r-x again
+//! ksense-workload mprotect-anon-rx    write code into an anonymous RW page, make it RX
+//! ksense-workload mprotect-anon-ro    make an anonymous RW page read-only
+//! ksense-workload mprotect-bad-addr   mprotect an unmapped page (fails with ENOMEM)
+//! ksense-workload mprotect-toggle N   toggle an anonymous page RW -> RX -> RW ... N times each
 //! ```
+//! The mprotect commands print `page=0x<address>`; the toggler also `ns_per_call=<n>`.
 use std::{io::Write, time::Duration};
 
 fn main() {
@@ -20,6 +26,43 @@ fn main() {
             let tid = std::thread::spawn(|| unsafe { libc::gettid() }).join().unwrap();
             println!("tid={tid}");
         }
+        Some("mprotect-text-rwx") => {
+            let page = page_of(fork_exit as usize);
+            protect(page, libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC);
+            protect(page, libc::PROT_READ | libc::PROT_EXEC);
+            println!("page={page:#x}");
+        }
+        Some("mprotect-anon-rx") => {
+            let page = anonymous_page();
+            // x86-64 `ret`: a stand-in for code a JIT would write.
+            unsafe { *(page as *mut u8) = 0xc3 };
+            protect(page, libc::PROT_READ | libc::PROT_EXEC);
+            println!("page={page:#x}");
+        }
+        Some("mprotect-anon-ro") => {
+            let page = anonymous_page();
+            protect(page, libc::PROT_READ);
+            println!("page={page:#x}");
+        }
+        Some("mprotect-bad-addr") => {
+            let page = anonymous_page();
+            unsafe { libc::munmap(page as *mut libc::c_void, PAGE) };
+            let rc = unsafe { libc::mprotect(page as *mut libc::c_void, PAGE, libc::PROT_READ) };
+            assert_eq!(rc, -1, "mprotect of an unmapped page succeeded");
+            println!("page={page:#x}");
+        }
+        Some("mprotect-toggle") => {
+            let n: u64 = args[1].parse().expect("mprotect-toggle N");
+            let page = anonymous_page();
+            let started = std::time::Instant::now();
+            for _ in 0..n {
+                protect(page, libc::PROT_READ | libc::PROT_EXEC);
+                protect(page, libc::PROT_READ | libc::PROT_WRITE);
+            }
+            let ns = started.elapsed().as_nanos() as u64 / (2 * n.max(1));
+            println!("page={page:#x}");
+            println!("ns_per_call={ns}");
+        }
         Some("sleep") => std::thread::sleep(Duration::from_secs(args[1].parse().expect("sleep SECONDS"))),
         other => {
             eprintln!("ksense-workload: unknown command {other:?}");
@@ -27,6 +70,26 @@ fn main() {
         }
     }
     std::io::stdout().flush().unwrap();
+}
+
+const PAGE: usize = 4096;
+
+fn page_of(addr: usize) -> usize {
+    addr & !(PAGE - 1)
+}
+
+/// A fresh anonymous read-write page.
+fn anonymous_page() -> usize {
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    let page = unsafe { libc::mmap(std::ptr::null_mut(), PAGE, prot, flags, -1, 0) };
+    assert_ne!(page, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    page as usize
+}
+
+fn protect(page: usize, prot: i32) {
+    let rc = unsafe { libc::mprotect(page as *mut libc::c_void, PAGE, prot) };
+    assert_eq!(rc, 0, "mprotect({page:#x}, {prot}): {}", std::io::Error::last_os_error());
 }
 
 fn fork_exit(n: usize) {

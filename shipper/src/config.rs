@@ -20,6 +20,8 @@ pub const DEFAULT_PATH: &str = "/etc/ksense/ksense.toml";
 pub struct Config {
     /// Which events to collect and how to hook them.
     pub probes: ProbesConfig,
+    /// Memory-protection reporting.
+    pub memory: MemoryConfig,
     /// Terminal / file output.
     pub output: OutputConfig,
     /// Buffer sizes.
@@ -38,13 +40,25 @@ pub struct ProbesConfig {
     pub exec: bool,
     /// Report `process.exit`.
     pub exit: bool,
+    /// Report `kernel.module.load`.
+    pub module: bool,
+    /// Report `process.memory.protect`.
+    pub memory: bool,
     /// Report the exit of every thread, not only the last thread of a process.
     pub thread_exits: bool,
 }
 
 impl Default for ProbesConfig {
     fn default() -> Self {
-        ProbesConfig { attach: AttachMode::Auto, fork: true, exec: true, exit: true, thread_exits: false }
+        ProbesConfig {
+            attach: AttachMode::Auto,
+            fork: true,
+            exec: true,
+            exit: true,
+            module: true,
+            memory: true,
+            thread_exits: false,
+        }
     }
 }
 
@@ -58,6 +72,34 @@ pub enum AttachMode {
     Fentry,
     /// Only tracepoints (BTF-typed, else plain).
     Tracepoint,
+}
+
+/// `[memory]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Which changes to report: `wx` (only those that matter) or `all`.
+    pub report: MemoryReport,
+    /// Repeats of one (process, range, transition) within this many milliseconds are counted
+    /// into one event (`ksense.event.count`); 0 reports each one.
+    pub coalesce_window_ms: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { report: MemoryReport::Wx, coalesce_window_ms: 1000 }
+    }
+}
+
+/// Which memory-protection changes to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryReport {
+    /// Changes that leave memory writable and executable, make code writable, make written
+    /// memory executable, or add exec to anonymous, stack or heap memory.
+    Wx,
+    /// Every change.
+    All,
 }
 
 /// `[output]`: events as text on standard output.
@@ -198,6 +240,10 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(config.probes.attach, defaults.probes.attach);
         assert_eq!(config.probes.thread_exits, defaults.probes.thread_exits);
+        assert_eq!(config.probes.module, defaults.probes.module);
+        assert_eq!(config.probes.memory, defaults.probes.memory);
+        assert_eq!(config.memory.report, defaults.memory.report);
+        assert_eq!(config.memory.coalesce_window_ms, defaults.memory.coalesce_window_ms);
         assert_eq!(config.limits.ring_buffer_bytes.get_ref(), defaults.limits.ring_buffer_bytes.get_ref());
         assert_eq!(config.limits.queue_events.get_ref(), defaults.limits.queue_events.get_ref());
     }

@@ -5,7 +5,10 @@ use ksense_abi::{EventKind, Hook};
 
 use crate::{
     clock::rfc3339,
-    decode::{exec::ProcessExec, exit::ProcessExit, fork::ProcessFork},
+    decode::{
+        exec::ProcessExec, exit::ProcessExit, fork::ProcessFork, memory::ProcessMemoryProtect,
+        module::KernelModuleLoad,
+    },
     record::{LogRecord, Severity, Value},
     schema,
     text::{lossless, one_line},
@@ -56,6 +59,10 @@ pub enum Detail {
     Exec(ProcessExec),
     /// `process.exit`.
     Exit(ProcessExit),
+    /// `kernel.module.load`.
+    ModuleLoad(KernelModuleLoad),
+    /// `process.memory.protect`.
+    MemoryProtect(ProcessMemoryProtect),
 }
 
 /// One decoded event.
@@ -128,6 +135,8 @@ impl Event {
             Detail::Fork(fork) => fork.render(self, &mut attrs),
             Detail::Exec(exec) => exec.render(self, &mut attrs),
             Detail::Exit(exit) => exit.render(self, &mut attrs),
+            Detail::ModuleLoad(module) => module.render(self, &mut attrs),
+            Detail::MemoryProtect(memory) => memory.render(self, &mut attrs),
         };
         attrs.push((schema::KSENSE_PROBE, Value::Str(self.probe())));
         attrs.push((schema::KSENSE_EVENT_SEQ, Value::Int(self.seq as i64)));

@@ -68,15 +68,25 @@ pub fn main(cli: cli::Cli) -> anyhow::Result<()> {
 
 fn attach_options(config: &Config, attach: Option<AttachMode>) -> AttachOptions {
     let p = &config.probes;
-    let kinds = [(EventKind::Fork, p.fork), (EventKind::Exec, p.exec), (EventKind::Exit, p.exit)]
-        .into_iter()
+    let kinds = [
+        (EventKind::Fork, p.fork),
+        (EventKind::Exec, p.exec),
+        (EventKind::Exit, p.exit),
+        (EventKind::ModuleLoad, p.module),
+        (EventKind::MemoryProtect, p.memory),
+    ]
+    .into_iter()
         .filter_map(|(kind, on)| on.then_some(kind))
         .collect();
     AttachOptions {
         mode: attach.unwrap_or(p.attach),
         kinds,
-        thread_exits: p.thread_exits,
         ring_buffer_bytes: *config.limits.ring_buffer_bytes.get_ref(),
+        switches: offsets::Switches {
+            thread_exits: p.thread_exits,
+            memory_report_all: config.memory.report == config::MemoryReport::All,
+            memory_coalesce_ns: config.memory.coalesce_window_ms * 1_000_000,
+        },
     }
 }
 
@@ -119,6 +129,9 @@ async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option
     let mut reader = Reader::new(ring, queue_tx, counters.clone())?;
     let mut losses = LossReporter::default();
     let mut tick = tokio::time::interval(LOSS_REPORT_INTERVAL);
+    let window = Duration::from_millis(config.memory.coalesce_window_ms);
+    // Coalesced memory repeats are swept at the window's pace (never if coalescing is off).
+    let mut sweep = tokio::time::interval(window.max(Duration::from_millis(100)));
     tracing::info!("ksense is running");
     loop {
         tokio::select! {
@@ -128,6 +141,11 @@ async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option
                 }
             }
             _ = tick.tick() => losses.report(counters.snapshot(probes.ring_lost()?)),
+            _ = sweep.tick(), if !window.is_zero() => {
+                if reader.inject(probes.take_idle_coalesced(window.as_nanos() as u64)) == Flow::Stop {
+                    break;
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -136,6 +154,8 @@ async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option
     // Stop new events at the source, then ship everything already in the ring buffer.
     probes.detach();
     reader.drain();
+    // Repeats still counted in the kernel are reported rather than lost with it.
+    reader.inject(probes.take_idle_coalesced(0));
     drop(reader);
     pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
     let totals = counters.snapshot(probes.ring_lost()?);
@@ -177,7 +197,7 @@ pub fn probes(config: &Config, attach: Option<AttachMode>, json: bool) -> anyhow
         return Ok(());
     }
     println!("kernel {}", kernel_release());
-    println!("{:<16} {:<36} {}", "EVENT", "HOOK", "STATUS");
+    println!("{:<24} {:<40} {}", "EVENT", "HOOK", "STATUS");
     for r in &probes.report {
         for (i, (hook, outcome)) in r.hooks.iter().enumerate() {
             let kind = if i == 0 { r.kind.name() } else { "" };
@@ -186,7 +206,7 @@ pub fn probes(config: &Config, attach: Option<AttachMode>, json: bool) -> anyhow
                 Outcome::Refused(why) => format!("refused: {why}"),
                 Outcome::Skipped(why) => format!("not tried: {why}"),
             };
-            println!("{kind:<16} {:<36} {status}", attach::probe_name(*hook));
+            println!("{kind:<24} {:<40} {status}", attach::probe_name(*hook));
         }
     }
     Ok(())

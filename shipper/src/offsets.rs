@@ -9,10 +9,21 @@ use std::{
 
 use ksense_abi::{
     Hook,
-    config::{MiscOffsets, MmOffsets, ProbeConfig, TaskOffsets, TracepointOffsets},
+    config::{MemoryOffsets, MiscOffsets, MmOffsets, ModuleOffsets, ProbeConfig, TaskOffsets},
 };
 
 use crate::btf::{Btf, BtfError};
+
+/// Behaviour switches passed to the probes.
+#[derive(Debug, Clone, Default)]
+pub struct Switches {
+    /// Report every thread's exit.
+    pub thread_exits: bool,
+    /// Report every memory-protection change, not only those that matter.
+    pub memory_report_all: bool,
+    /// Coalescing window for repeated memory-protection changes, ns (0: off).
+    pub memory_coalesce_ns: u64,
+}
 
 /// The resolved configuration and why some hooks cannot be used.
 #[derive(Debug)]
@@ -33,8 +44,13 @@ pub fn tracefs_root() -> Option<PathBuf> {
 
 /// Resolves everything. `btf` is the kernel's BTF or why it is unavailable; `tracefs` the
 /// tracefs mount, if any.
-pub fn resolve(btf: Result<&Btf, &BtfError>, tracefs: Option<&Path>, report_thread_exits: bool) -> Resolved {
-    let mut config = ProbeConfig { report_thread_exits: report_thread_exits.into(), ..Default::default() };
+pub fn resolve(btf: Result<&Btf, &BtfError>, tracefs: Option<&Path>, switches: &Switches) -> Resolved {
+    let mut config = ProbeConfig {
+        report_thread_exits: switches.thread_exits.into(),
+        memory_report_all: switches.memory_report_all.into(),
+        memory_coalesce_ns: switches.memory_coalesce_ns,
+        ..Default::default()
+    };
     let mut unusable = HashMap::new();
     let mut refuse = |hooks: &[Hook], why: String| {
         for hook in hooks {
@@ -43,6 +59,16 @@ pub fn resolve(btf: Result<&Btf, &BtfError>, tracefs: Option<&Path>, report_thre
     };
     let typed: Vec<Hook> =
         Hook::ALL.into_iter().filter(|h| h.family() != ksense_abi::HookFamily::Tracepoint).collect();
+
+    // First, so it is the reason given for every module hook.
+    if !Path::new("/proc/modules").exists() {
+        refuse(
+            &[Hook::FentryDoInitModule, Hook::TpBtfModuleLoad, Hook::TracepointModuleLoad],
+            "this kernel has no loadable module support (CONFIG_MODULES is off: /proc/modules is \
+             absent), so no module can ever load"
+                .to_owned(),
+        );
+    }
 
     match btf {
         Ok(btf) => match core_offsets(btf) {
@@ -54,21 +80,58 @@ pub fn resolve(btf: Result<&Btf, &BtfError>, tracefs: Option<&Path>, report_thre
                 if let Err(e) = fentry_positions(btf, &mut config.misc) {
                     refuse(&[Hook::FexitKernelClone, Hook::FentryDoExit], e.to_string());
                 }
+                match module_offsets(btf) {
+                    Ok(module) => config.module = module,
+                    Err(e) => refuse(&[Hook::FentryDoInitModule, Hook::TpBtfModuleLoad], e.to_string()),
+                }
+                if let Err(e) = btf.func_param_index("do_init_module", "mod").map(|i| config.module.init_mod_arg = i as u32) {
+                    refuse(&[Hook::FentryDoInitModule], e.to_string());
+                }
+                match memory_offsets(btf) {
+                    Ok(memory) => config.memory = memory,
+                    Err(e) => refuse(&[Hook::FentryMprotectFixup, Hook::TracepointMprotect], e.to_string()),
+                }
+                if let Err(e) = fixup_positions(btf, &mut config.memory) {
+                    refuse(&[Hook::FentryMprotectFixup], e.to_string());
+                }
             }
             Err(e) => refuse(&typed, format!("kernel BTF lacks a field ksense reads: {e}")),
         },
-        Err(e) => refuse(&typed, format!("no kernel BTF: {e}")),
+        Err(e) => {
+            refuse(&typed, format!("no kernel BTF: {e}"));
+            refuse(&[Hook::TracepointMprotect], format!("no kernel BTF to find VMAs with: {e}"));
+        }
     }
-
+    let plain: Vec<Hook> =
+        Hook::ALL.into_iter().filter(|h| h.family() == ksense_abi::HookFamily::Tracepoint).collect();
     match tracefs {
-        None => refuse(
-            &[Hook::TracepointTaskNewtask, Hook::TracepointSchedProcessExec, Hook::TracepointSchedProcessExit],
-            "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)".to_owned(),
-        ),
+        None => refuse(&plain, "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)".to_owned()),
         Some(root) => {
-            match tracepoint_offsets(root) {
-                Ok(tp) => config.tracepoint = tp,
-                Err((hooks, why)) => refuse(&hooks, why),
+            let tp = &mut config.tracepoint;
+            let results = [
+                read_fields(root, Hook::TracepointTaskNewtask, "task/task_newtask", &mut [
+                    ("pid", &mut tp.newtask_pid),
+                    ("clone_flags", &mut tp.newtask_clone_flags),
+                ]),
+                read_fields(root, Hook::TracepointSchedProcessExec, "sched/sched_process_exec", &mut [
+                    ("filename", &mut tp.exec_filename),
+                    ("old_pid", &mut tp.exec_old_pid),
+                ]),
+                read_fields(root, Hook::TracepointModuleLoad, "module/module_load", &mut [
+                    ("taints", &mut config.module.tp_taints),
+                    ("name", &mut config.module.tp_name),
+                ]),
+                read_fields(root, Hook::TracepointMprotect, "syscalls/sys_enter_mprotect", &mut [
+                    ("start", &mut config.memory.tp_start),
+                    ("len", &mut config.memory.tp_len),
+                    ("prot", &mut config.memory.tp_prot),
+                ]),
+                read_fields(root, Hook::TracepointMprotect, "syscalls/sys_exit_mprotect", &mut [
+                    ("ret", &mut config.memory.tp_ret),
+                ]),
+            ];
+            for (hook, why) in results.into_iter().filter_map(Result::err) {
+                refuse(&[hook], why);
             }
         }
     }
@@ -116,21 +179,66 @@ fn fentry_positions(btf: &Btf, misc: &mut MiscOffsets) -> Result<(), BtfError> {
     Ok(())
 }
 
-/// Record offsets of the plain tracepoints that read fields from their record.
-fn tracepoint_offsets(root: &Path) -> Result<TracepointOffsets, (Vec<Hook>, String)> {
-    let newtask = format_of(root, "task/task_newtask").map_err(|e| (vec![Hook::TracepointTaskNewtask], e))?;
-    let exec = format_of(root, "sched/sched_process_exec").map_err(|e| (vec![Hook::TracepointSchedProcessExec], e))?;
-    let field = |format: &HashMap<String, u32>, hook: Hook, name: &str| {
-        format.get(name).copied().ok_or_else(|| {
-            (vec![hook], format!("tracepoint {} has no field {name}", hook.target()))
-        })
+/// Sets each `(field, slot)` from the record format of `tracepoint`; on failure, says why
+/// `hook` cannot be used.
+fn read_fields(root: &Path, hook: Hook, tracepoint: &str, fields: &mut [(&str, &mut u32)]) -> Result<(), (Hook, String)> {
+    let format = format_of(root, tracepoint).map_err(|e| (hook, e))?;
+    for (name, slot) in fields.iter_mut() {
+        **slot = *format
+            .get(*name)
+            .ok_or_else(|| (hook, format!("tracepoint {tracepoint} has no field {name}")))?;
+    }
+    Ok(())
+}
+
+/// `struct module` offsets. The size moved from `core_layout.size` to an array of
+/// `module_memory` regions in 6.4; both are handled.
+fn module_offsets(btf: &Btf) -> Result<ModuleOffsets, BtfError> {
+    let mut module = ModuleOffsets {
+        name: btf.field_offset("module", "name")?,
+        taints: btf.field_offset("module", "taints")?,
+        ..ModuleOffsets::default()
     };
-    Ok(TracepointOffsets {
-        newtask_pid: field(&newtask, Hook::TracepointTaskNewtask, "pid")?,
-        newtask_clone_flags: field(&newtask, Hook::TracepointTaskNewtask, "clone_flags")?,
-        exec_filename: field(&exec, Hook::TracepointSchedProcessExec, "filename")?,
-        exec_old_pid: field(&exec, Hook::TracepointSchedProcessExec, "old_pid")?,
+    if let Ok(mem) = btf.field_offset("module", "mem") {
+        let regions = btf.enum_value("mod_mem_type", "MOD_MEM_NUM_TYPES")?;
+        let core = btf.enum_value("mod_mem_type", "MOD_INIT_TEXT")?; // core regions come first
+        module.size = mem + btf.field_offset("module_memory", "size")?;
+        module.size_stride = btf.field_size("module", "mem")? / regions.max(1) as u32;
+        module.size_count = core as u32;
+    } else {
+        module.size = btf.field_offset("module", "core_layout.size")?;
+        module.size_count = 1;
+    }
+    Ok(module)
+}
+
+/// Offsets the memory-protection hooks read (both paths).
+fn memory_offsets(btf: &Btf) -> Result<MemoryOffsets, BtfError> {
+    let vma = |f: &str| btf.field_offset("vm_area_struct", f);
+    let mm = |f: &str| btf.field_offset("mm_struct", f);
+    Ok(MemoryOffsets {
+        vma_start: vma("vm_start")?,
+        vma_end: vma("vm_end")?,
+        vma_flags: vma("vm_flags")?,
+        vma_file: vma("vm_file")?,
+        mm_start_brk: mm("start_brk")?,
+        mm_brk: mm("brk")?,
+        mm_start_stack: mm("start_stack")?,
+        mm_exe_file: mm("exe_file")?,
+        file_dentry: btf.field_offset("file", "f_path.dentry")?,
+        dentry_name: btf.field_offset("dentry", "d_name.name")?,
+        ..MemoryOffsets::default()
     })
+}
+
+/// Positions of `mprotect_fixup`'s parameters: its prototype gained leading parameters in 6.1
+/// (`tlb`) and 6.3 (`vmi`), so they are looked up by name.
+fn fixup_positions(btf: &Btf, memory: &mut MemoryOffsets) -> Result<(), BtfError> {
+    memory.fixup_vma_arg = btf.func_param_index("mprotect_fixup", "vma")? as u32;
+    memory.fixup_start_arg = btf.func_param_index("mprotect_fixup", "start")? as u32;
+    memory.fixup_end_arg = btf.func_param_index("mprotect_fixup", "end")? as u32;
+    memory.fixup_newflags_arg = btf.func_param_index("mprotect_fixup", "newflags")? as u32;
+    Ok(())
 }
 
 /// Field name -> offset from `events/<group>/<name>/format`.
@@ -171,9 +279,14 @@ mod tests {
     #[test]
     fn this_kernel_resolves_everything_the_host_path_needs() {
         let btf = Btf::from_sys_fs();
-        let resolved = resolve(btf.as_ref(), tracefs_root().as_deref(), false);
+        let resolved = resolve(btf.as_ref(), tracefs_root().as_deref(), &Switches::default());
         assert_eq!(resolved.config.have_btf_offsets, 1, "{:?}", resolved.unusable);
-        for hook in [Hook::TpBtfTaskNewtask, Hook::TpBtfSchedProcessExec, Hook::TpBtfSchedProcessExit] {
+        for hook in [
+            Hook::TpBtfTaskNewtask,
+            Hook::TpBtfSchedProcessExec,
+            Hook::TpBtfSchedProcessExit,
+            Hook::TracepointMprotect,
+        ] {
             assert!(!resolved.unusable.contains_key(&hook), "{hook:?}: {:?}", resolved.unusable);
         }
         assert_ne!(resolved.config.task.pid, resolved.config.task.tgid);
@@ -183,7 +296,8 @@ mod tests {
     #[test]
     fn without_btf_only_plain_tracepoints_remain() {
         let missing = Btf::parse(&[]).unwrap_err();
-        let resolved = resolve(Err(&missing), None, true);
+        let switches = Switches { thread_exits: true, ..Switches::default() };
+        let resolved = resolve(Err(&missing), None, &switches);
         assert_eq!(resolved.config.have_btf_offsets, 0);
         assert_eq!(resolved.config.report_thread_exits, 1);
         assert_eq!(resolved.unusable.len(), Hook::ALL.len());

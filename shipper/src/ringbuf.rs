@@ -55,25 +55,51 @@ impl Reader {
         Self::drain_ring(self.ring.get_mut(), &self.queue, &self.counters, &mut self.seq)
     }
 
-    fn drain_ring(ring: &mut RingBuf<MapData>, queue: &mpsc::Sender<Event>, counters: &Counters, seq: &mut u64) -> Flow {
+    /// Ships records that did not come through the ring buffer (coalesced memory repeats swept
+    /// from their map) exactly as if they had.
+    pub fn inject(&mut self, records: Vec<ksense_abi::memory::Memory>) -> Flow {
         let clock = Clock::sample();
-        while let Some(item) = ring.next() {
-            *seq += 1;
-            Counters::bump(&counters.read);
-            let event = match decode(&item, *seq, &clock, SystemTime::now()) {
-                Ok(event) => event,
-                Err(e) => {
-                    Counters::bump(&counters.decode_errors);
-                    tracing::debug!(seq = *seq, "rejected a ring-buffer record: {e}");
-                    continue;
-                }
+        for record in records {
+            // SAFETY: Memory is plain old data; its bytes are the record the probes write.
+            let bytes = unsafe {
+                std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<ksense_abi::memory::Memory>())
             };
-            match queue.try_send(event) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => Counters::bump(&counters.queue_full),
-                Err(mpsc::error::TrySendError::Closed(_)) => return Flow::Stop,
+            if Self::ship(bytes, &clock, &self.queue, &self.counters, &mut self.seq) == Flow::Stop {
+                return Flow::Stop;
             }
         }
         Flow::Continue
+    }
+
+    fn drain_ring(ring: &mut RingBuf<MapData>, queue: &mpsc::Sender<Event>, counters: &Counters, seq: &mut u64) -> Flow {
+        let clock = Clock::sample();
+        while let Some(item) = ring.next() {
+            if Self::ship(&item, &clock, queue, counters, seq) == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Numbers, decodes and queues one record.
+    fn ship(bytes: &[u8], clock: &Clock, queue: &mpsc::Sender<Event>, counters: &Counters, seq: &mut u64) -> Flow {
+        *seq += 1;
+        Counters::bump(&counters.read);
+        let event = match decode(bytes, *seq, clock, SystemTime::now()) {
+            Ok(event) => event,
+            Err(e) => {
+                Counters::bump(&counters.decode_errors);
+                tracing::debug!(seq = *seq, "rejected a record: {e}");
+                return Flow::Continue;
+            }
+        };
+        match queue.try_send(event) {
+            Ok(()) => Flow::Continue,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Counters::bump(&counters.queue_full);
+                Flow::Continue
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Flow::Stop,
+        }
     }
 }

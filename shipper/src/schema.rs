@@ -54,5 +54,29 @@ pub const KSENSE_PROBE: &str = "ksense.probe";
 pub const KSENSE_EVENT_SEQ: &str = "ksense.event.seq";
 /// argv was longer than the probe copies and was cut.
 pub const KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED: &str = "ksense.process.command_args.truncated";
+/// The module's name.
+pub const KSENSE_KERNEL_MODULE_NAME: &str = "ksense.kernel.module.name";
+/// Its size in bytes.
+pub const KSENSE_KERNEL_MODULE_SIZE: &str = "ksense.kernel.module.size";
+/// Its taint flags.
+pub const KSENSE_KERNEL_MODULE_TAINTS: &str = "ksense.kernel.module.taints";
+/// Start of the changed range, hex.
+pub const KSENSE_MEMORY_START: &str = "ksense.memory.start";
+/// Length of the changed range in bytes.
+pub const KSENSE_MEMORY_LENGTH: &str = "ksense.memory.length";
+/// Protection before, `rwx`-style.
+pub const KSENSE_MEMORY_PROTECTION_OLD: &str = "ksense.memory.protection.old";
+/// Protection requested, `rwx`-style.
+pub const KSENSE_MEMORY_PROTECTION_NEW: &str = "ksense.memory.protection.new";
+/// What the range is (`main_code`, `library_code`, `anonymous`, `stack`, `heap`, `file`).
+pub const KSENSE_MEMORY_REGION: &str = "ksense.memory.region";
+/// The backing file of a file-backed range.
+pub const KSENSE_MEMORY_FILE_PATH: &str = "ksense.memory.file.path";
+/// Writable and executable after the change, or writable memory made executable.
+pub const KSENSE_MEMORY_WX: &str = "ksense.memory.wx";
+/// The syscall's return value (0 or -errno).
+pub const KSENSE_MEMORY_RESULT: &str = "ksense.memory.result";
+/// How many identical occurrences one event stands for (coalescing).
+pub const KSENSE_EVENT_COUNT: &str = "ksense.event.count";
 /// The event name, repeated as an attribute for OTLP backends that predate the field.
 pub const EVENT_NAME: &str = "event.name";

@@ -81,6 +81,70 @@ pub struct TracepointOffsets {
     pub exec_old_pid: u32,
 }
 
+/// Offsets into `struct module`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ModuleOffsets {
+    /// `name`.
+    pub name: u32,
+    /// `taints`.
+    pub taints: u32,
+    /// First size field: `mem[0].size` (6.4+) or `core_layout.size` (older).
+    pub size: u32,
+    /// Bytes between consecutive size fields (`sizeof(struct module_memory)`), 0 if one field.
+    pub size_stride: u32,
+    /// Number of size fields to add up (the core text, data, rodata, ro_after_init regions).
+    pub size_count: u32,
+    /// Position of `do_init_module`'s `mod` parameter.
+    pub init_mod_arg: u32,
+    /// `module_load` tracepoint record: `taints`.
+    pub tp_taints: u32,
+    /// `module_load` tracepoint record: `name` (a `__data_loc char[]`).
+    pub tp_name: u32,
+}
+
+/// Offsets and positions the memory-protection hooks need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryOffsets {
+    /// `vm_area_struct.vm_start`.
+    pub vma_start: u32,
+    /// `vm_area_struct.vm_end`.
+    pub vma_end: u32,
+    /// `vm_area_struct.vm_flags`.
+    pub vma_flags: u32,
+    /// `vm_area_struct.vm_file`.
+    pub vma_file: u32,
+    /// `mm_struct.start_brk`.
+    pub mm_start_brk: u32,
+    /// `mm_struct.brk`.
+    pub mm_brk: u32,
+    /// `mm_struct.start_stack`.
+    pub mm_start_stack: u32,
+    /// `mm_struct.exe_file`.
+    pub mm_exe_file: u32,
+    /// `file.f_path.dentry`.
+    pub file_dentry: u32,
+    /// `dentry.d_name.name`.
+    pub dentry_name: u32,
+    /// Position of `mprotect_fixup`'s `vma` parameter.
+    pub fixup_vma_arg: u32,
+    /// Position of its `start` parameter.
+    pub fixup_start_arg: u32,
+    /// Position of its `end` parameter.
+    pub fixup_end_arg: u32,
+    /// Position of its `newflags` parameter.
+    pub fixup_newflags_arg: u32,
+    /// `sys_enter_mprotect` record: `start`.
+    pub tp_start: u32,
+    /// `sys_enter_mprotect` record: `len`.
+    pub tp_len: u32,
+    /// `sys_enter_mprotect` record: `prot`.
+    pub tp_prot: u32,
+    /// `sys_exit_mprotect` record: `ret`.
+    pub tp_ret: u32,
+}
+
 /// Everything the probes are told. All zero means "nothing resolved": the probes then report
 /// only what BPF helpers give (pid, tgid, uid, comm, cgroup id).
 #[repr(C)]
@@ -98,7 +162,22 @@ pub struct ProbeConfig {
     pub misc: MiscOffsets,
     /// Plain tracepoint record offsets.
     pub tracepoint: TracepointOffsets,
+    /// `struct module` offsets.
+    pub module: ModuleOffsets,
+    /// Memory-protection offsets.
+    pub memory: MemoryOffsets,
+    /// 1 to report every protection change, 0 for only those that matter (W^X, code made
+    /// writable, exec added to anonymous, stack or heap memory).
+    pub memory_report_all: u32,
+    /// Zero (keeps the next field 8-byte aligned without hidden padding).
+    pub reserved: u32,
+    /// Repeats of one (process, range, transition) within this many ns of its last record are
+    /// counted into the next record instead of each writing one; 0 turns coalescing off.
+    pub memory_coalesce_ns: u64,
 }
+
+// No padding: the daemon and the probes must agree byte for byte.
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56 * 4 + 8);
 
 // SAFETY: plain old data of u32 fields, no padding.
 #[cfg(feature = "user")]

@@ -14,6 +14,8 @@ pub mod config;
 pub mod exec;
 pub mod exit;
 pub mod fork;
+pub mod memory;
+pub mod module;
 
 /// Version of this layout, written into every [`Header`]; the daemon rejects other versions.
 pub const ABI_VERSION: u16 = 1;
@@ -26,7 +28,7 @@ pub const LOST_MAP: &str = "LOST";
 /// Name of the read-only global holding the [`config::ProbeConfig`].
 pub const CONFIG_GLOBAL: &str = "KSENSE_CONFIG";
 /// Number of slots in [`LOST_MAP`]: one per [`EventKind`] value (slot 0 is unused).
-pub const LOST_SLOTS: u32 = 4;
+pub const LOST_SLOTS: u32 = 6;
 
 /// Length of `task_struct::comm`, including its terminating NUL.
 pub const TASK_COMM_LEN: usize = 16;
@@ -41,11 +43,16 @@ pub enum EventKind {
     Exec = 2,
     /// A task exited (by default only the last thread of a process is reported).
     Exit = 3,
+    /// A kernel module is being initialised.
+    ModuleLoad = 4,
+    /// A process changed the protection of its memory.
+    MemoryProtect = 5,
 }
 
 impl EventKind {
     /// Every kind, in value order.
-    pub const ALL: [EventKind; 3] = [EventKind::Fork, EventKind::Exec, EventKind::Exit];
+    pub const ALL: [EventKind; 5] =
+        [EventKind::Fork, EventKind::Exec, EventKind::Exit, EventKind::ModuleLoad, EventKind::MemoryProtect];
 
     /// The kind with this wire value, if any.
     pub const fn from_u16(value: u16) -> Option<EventKind> {
@@ -53,6 +60,8 @@ impl EventKind {
             1 => Some(EventKind::Fork),
             2 => Some(EventKind::Exec),
             3 => Some(EventKind::Exit),
+            4 => Some(EventKind::ModuleLoad),
+            5 => Some(EventKind::MemoryProtect),
             _ => None,
         }
     }
@@ -63,6 +72,8 @@ impl EventKind {
             EventKind::Fork => "process.fork",
             EventKind::Exec => "process.exec",
             EventKind::Exit => "process.exit",
+            EventKind::ModuleLoad => "kernel.module.load",
+            EventKind::MemoryProtect => "process.memory.protect",
         }
     }
 }
@@ -87,11 +98,21 @@ pub enum Hook {
     TpBtfSchedProcessExit = 7,
     /// Plain tracepoint `sched:sched_process_exit`.
     TracepointSchedProcessExit = 8,
+    /// fentry on `do_init_module`.
+    FentryDoInitModule = 9,
+    /// BTF-typed tracepoint `module_load`.
+    TpBtfModuleLoad = 10,
+    /// Plain tracepoint `module:module_load`.
+    TracepointModuleLoad = 11,
+    /// fentry on `mprotect_fixup` (each VMA whose protection changes).
+    FentryMprotectFixup = 12,
+    /// Plain tracepoints `syscalls:sys_enter/sys_exit_mprotect` and `..._pkey_mprotect`.
+    TracepointMprotect = 13,
 }
 
 impl Hook {
     /// Every hook, in value order.
-    pub const ALL: [Hook; 8] = [
+    pub const ALL: [Hook; 13] = [
         Hook::FexitKernelClone,
         Hook::TpBtfTaskNewtask,
         Hook::TracepointTaskNewtask,
@@ -100,6 +121,11 @@ impl Hook {
         Hook::FentryDoExit,
         Hook::TpBtfSchedProcessExit,
         Hook::TracepointSchedProcessExit,
+        Hook::FentryDoInitModule,
+        Hook::TpBtfModuleLoad,
+        Hook::TracepointModuleLoad,
+        Hook::FentryMprotectFixup,
+        Hook::TracepointMprotect,
     ];
 
     /// The hook with this wire value, if any.
@@ -113,6 +139,11 @@ impl Hook {
             6 => Some(Hook::FentryDoExit),
             7 => Some(Hook::TpBtfSchedProcessExit),
             8 => Some(Hook::TracepointSchedProcessExit),
+            9 => Some(Hook::FentryDoInitModule),
+            10 => Some(Hook::TpBtfModuleLoad),
+            11 => Some(Hook::TracepointModuleLoad),
+            12 => Some(Hook::FentryMprotectFixup),
+            13 => Some(Hook::TracepointMprotect),
             _ => None,
         }
     }
@@ -127,35 +158,50 @@ impl Hook {
             Hook::FentryDoExit | Hook::TpBtfSchedProcessExit | Hook::TracepointSchedProcessExit => {
                 EventKind::Exit
             }
+            Hook::FentryDoInitModule | Hook::TpBtfModuleLoad | Hook::TracepointModuleLoad => {
+                EventKind::ModuleLoad
+            }
+            Hook::FentryMprotectFixup | Hook::TracepointMprotect => EventKind::MemoryProtect,
         }
     }
 
-    /// The name of the eBPF program implementing this hook (its function name in probes/ebpf).
-    pub const fn program_name(self) -> &'static str {
+    /// The eBPF programs implementing this hook and where each attaches: a function for
+    /// fentry/fexit, a tracepoint name for tp_btf, `group/name` for plain tracepoints. Most hooks
+    /// are one program at one place; the mprotect syscall hook is an enter and an exit program,
+    /// each on both `mprotect` and `pkey_mprotect`.
+    pub const fn attachments(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Hook::FexitKernelClone => "fexit_kernel_clone",
-            Hook::TpBtfTaskNewtask => "tp_btf_task_newtask",
-            Hook::TracepointTaskNewtask => "tracepoint_task_newtask",
-            Hook::TpBtfSchedProcessExec => "tp_btf_sched_process_exec",
-            Hook::TracepointSchedProcessExec => "tracepoint_sched_process_exec",
-            Hook::FentryDoExit => "fentry_do_exit",
-            Hook::TpBtfSchedProcessExit => "tp_btf_sched_process_exit",
-            Hook::TracepointSchedProcessExit => "tracepoint_sched_process_exit",
+            Hook::FexitKernelClone => &[("fexit_kernel_clone", "kernel_clone")],
+            Hook::TpBtfTaskNewtask => &[("tp_btf_task_newtask", "task_newtask")],
+            Hook::TracepointTaskNewtask => &[("tracepoint_task_newtask", "task/task_newtask")],
+            Hook::TpBtfSchedProcessExec => &[("tp_btf_sched_process_exec", "sched_process_exec")],
+            Hook::TracepointSchedProcessExec => {
+                &[("tracepoint_sched_process_exec", "sched/sched_process_exec")]
+            }
+            Hook::FentryDoExit => &[("fentry_do_exit", "do_exit")],
+            Hook::TpBtfSchedProcessExit => &[("tp_btf_sched_process_exit", "sched_process_exit")],
+            Hook::TracepointSchedProcessExit => {
+                &[("tracepoint_sched_process_exit", "sched/sched_process_exit")]
+            }
+            Hook::FentryDoInitModule => &[("fentry_do_init_module", "do_init_module")],
+            Hook::TpBtfModuleLoad => &[("tp_btf_module_load", "module_load")],
+            Hook::TracepointModuleLoad => &[("tracepoint_module_load", "module/module_load")],
+            Hook::FentryMprotectFixup => &[("fentry_mprotect_fixup", "mprotect_fixup")],
+            Hook::TracepointMprotect => &[
+                ("tracepoint_sys_enter_mprotect", "syscalls/sys_enter_mprotect"),
+                ("tracepoint_sys_enter_mprotect", "syscalls/sys_enter_pkey_mprotect"),
+                ("tracepoint_sys_exit_mprotect", "syscalls/sys_exit_mprotect"),
+                ("tracepoint_sys_exit_mprotect", "syscalls/sys_exit_pkey_mprotect"),
+            ],
         }
     }
 
-    /// The kernel attach point: a function for fentry/fexit, a tracepoint name for tp_btf,
-    /// `(category, name)` joined by `/` for plain tracepoints.
+    /// The attach point named in `ksense.probe` (the first of [`Hook::attachments`]; for the
+    /// mprotect syscall hook, the exit side, where the record is written).
     pub const fn target(self) -> &'static str {
         match self {
-            Hook::FexitKernelClone => "kernel_clone",
-            Hook::TpBtfTaskNewtask => "task_newtask",
-            Hook::TracepointTaskNewtask => "task/task_newtask",
-            Hook::TpBtfSchedProcessExec => "sched_process_exec",
-            Hook::TracepointSchedProcessExec => "sched/sched_process_exec",
-            Hook::FentryDoExit => "do_exit",
-            Hook::TpBtfSchedProcessExit => "sched_process_exit",
-            Hook::TracepointSchedProcessExit => "sched/sched_process_exit",
+            Hook::TracepointMprotect => "syscalls/sys_exit_mprotect",
+            hook => hook.attachments()[0].1,
         }
     }
 
@@ -163,13 +209,16 @@ impl Hook {
     pub const fn family(self) -> HookFamily {
         match self {
             Hook::FexitKernelClone => HookFamily::Fexit,
-            Hook::FentryDoExit => HookFamily::Fentry,
-            Hook::TpBtfTaskNewtask | Hook::TpBtfSchedProcessExec | Hook::TpBtfSchedProcessExit => {
-                HookFamily::TpBtf
-            }
+            Hook::FentryDoExit | Hook::FentryDoInitModule | Hook::FentryMprotectFixup => HookFamily::Fentry,
+            Hook::TpBtfTaskNewtask
+            | Hook::TpBtfSchedProcessExec
+            | Hook::TpBtfSchedProcessExit
+            | Hook::TpBtfModuleLoad => HookFamily::TpBtf,
             Hook::TracepointTaskNewtask
             | Hook::TracepointSchedProcessExec
-            | Hook::TracepointSchedProcessExit => HookFamily::Tracepoint,
+            | Hook::TracepointSchedProcessExit
+            | Hook::TracepointModuleLoad
+            | Hook::TracepointMprotect => HookFamily::Tracepoint,
         }
     }
 }

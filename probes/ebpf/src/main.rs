@@ -6,11 +6,16 @@
 //! resolved from the running kernel's BTF (see `ksense_abi::config`).
 #![no_std]
 #![no_main]
+// Atomic add/sub on map values (BPF_XADD); core's atomics are not available for the BPF target.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod exec;
 mod exit;
 mod fork;
 mod maps;
+mod memory;
+mod module;
 mod task;
 
 #[panic_handler]

@@ -7,7 +7,10 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, ProgramError, TracePoint},
 };
-use ksense_abi::{CONFIG_GLOBAL, EVENTS_MAP, EventKind, Hook, HookFamily, LOST_MAP};
+use ksense_abi::{
+    CONFIG_GLOBAL, EVENTS_MAP, EventKind, Hook, HookFamily, LOST_MAP,
+    memory::{COALESCE_MAP, CoalesceKey, CoalesceState, Memory},
+};
 
 use crate::{
     btf,
@@ -26,10 +29,10 @@ pub struct AttachOptions {
     pub mode: AttachMode,
     /// Kinds to attach.
     pub kinds: Vec<EventKind>,
-    /// Report every thread's exit.
-    pub thread_exits: bool,
     /// Ring buffer size in bytes.
     pub ring_buffer_bytes: u32,
+    /// Switches handed to the probes.
+    pub switches: offsets::Switches,
 }
 
 /// Why the eBPF object could not be used at all.
@@ -97,7 +100,7 @@ impl Probes {
         let our_btf = btf::Btf::from_sys_fs();
         let tracefs = offsets::tracefs_root();
         let Resolved { config, unusable } =
-            offsets::resolve(our_btf.as_ref(), tracefs.as_deref(), options.thread_exits);
+            offsets::resolve(our_btf.as_ref(), tracefs.as_deref(), &options.switches);
         tracing::debug!(?config, "probe configuration resolved from BTF and tracefs");
 
         let mut ebpf = EbpfLoader::new()
@@ -177,10 +180,41 @@ impl Probes {
     /// Detaches every program: no new events are written after this returns.
     pub fn detach(&mut self) {
         for hook in std::mem::take(&mut self.attached) {
-            if let Err(e) = unload(&mut self.ebpf, hook) {
-                tracing::warn!(probe = %probe_name(hook), "detaching failed: {e}");
+            let mut programs: Vec<&str> = hook.attachments().iter().map(|(p, _)| *p).collect();
+            programs.dedup();
+            for program in programs {
+                if let Err(e) = unload(&mut self.ebpf, hook.family(), program) {
+                    tracing::warn!(probe = %probe_name(hook), "detaching failed: {e}");
+                }
             }
         }
+    }
+
+    /// Takes the coalesced memory-protection repeats of every (process, range, transition)
+    /// not seen for `idle_ns`: each becomes one record (its last record, with the repeats as
+    /// its count) for the reader to ship. The kernel writes a record itself only when a repeat
+    /// arrives after the window, so without this the tail of a burst would never be reported.
+    pub fn take_idle_coalesced(&mut self, idle_ns: u64) -> Vec<Memory> {
+        let Some(map) = self.ebpf.map_mut(COALESCE_MAP) else { return Vec::new() };
+        let Ok(mut coalesce) = aya::maps::HashMap::<_, CoalesceKey, CoalesceState>::try_from(map) else {
+            return Vec::new();
+        };
+        let now = crate::clock::monotonic_ns() as u64;
+        let idle: Vec<(CoalesceKey, CoalesceState)> = coalesce
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, state)| state.pending > 0 && now.saturating_sub(state.seen_ns) >= idle_ns)
+            .collect();
+        idle.into_iter()
+            .filter_map(|(key, state)| {
+                // Idle for a whole window: a concurrent repeat is all but impossible here.
+                coalesce.remove(&key).ok()?;
+                let mut record = state.record;
+                record.count = state.pending;
+                record.header.ktime_ns = state.seen_ns;
+                Some(record)
+            })
+            .collect()
     }
 }
 
@@ -217,54 +251,77 @@ fn excluded_by_mode(mode: AttachMode, hook: Hook) -> Option<String> {
     }
 }
 
-/// Loads and attaches one hook's program; on failure leaves nothing loaded and says why.
+/// Loads and attaches one hook's programs; on failure leaves nothing loaded and says why.
 fn load_and_attach(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>) -> Result<(), String> {
-    let program = ebpf
-        .program_mut(hook.program_name())
-        .ok_or_else(|| format!("program {} is missing from the eBPF object", hook.program_name()))?;
-    let target = hook.target();
+    let mut loaded: Vec<&str> = Vec::new();
+    let result = hook.attachments().iter().try_for_each(|&(program, target)| {
+        let fresh = !loaded.contains(&program);
+        let result = attach_one(ebpf, hook.family(), program, target, fresh, btf);
+        if fresh && result.is_ok() {
+            loaded.push(program);
+        }
+        result
+    });
+    if result.is_err() {
+        for program in loaded {
+            let _ = unload(ebpf, hook.family(), program);
+        }
+    }
+    result
+}
+
+/// Loads `program` (if `fresh`) and attaches it at `target`.
+fn attach_one(
+    ebpf: &mut Ebpf,
+    family: HookFamily,
+    program: &str,
+    target: &str,
+    fresh: bool,
+    btf: Option<&aya::Btf>,
+) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} is missing from the eBPF object"))?;
     let btf_required = || btf.ok_or_else(|| "no kernel BTF".to_owned());
     // Each family loads differently; all unload on failure so a refused hook leaves nothing.
     macro_rules! try_hook {
-        ($ty:ty, $p:ident => $load_and_attach:expr) => {{
-            let $p: &mut $ty = program.try_into().map_err(|e: ProgramError| e.to_string())?;
-            let result = $load_and_attach;
-            if result.is_err() {
+        ($ty:ty, $p:ident => $load:expr, $attach:expr) => {{
+            let $p: &mut $ty = prog.try_into().map_err(|e: ProgramError| e.to_string())?;
+            let result = if fresh { $load } else { Ok(()) }.and_then(|()| $attach.map(drop));
+            if result.is_err() && fresh {
                 let _ = $p.unload();
             }
             result
         }};
     }
-    let result: Result<(), ProgramError> = match hook.family() {
-        HookFamily::Fentry => try_hook!(FEntry, p => p.load(target, btf_required()?).and_then(|()| p.attach().map(drop))),
-        HookFamily::Fexit => try_hook!(FExit, p => p.load(target, btf_required()?).and_then(|()| p.attach().map(drop))),
-        HookFamily::TpBtf => {
-            try_hook!(BtfTracePoint, p => p.load(target, btf_required()?).and_then(|()| p.attach().map(drop)))
-        }
+    let result: Result<(), ProgramError> = match family {
+        HookFamily::Fentry => try_hook!(FEntry, p => p.load(target, btf_required()?), p.attach()),
+        HookFamily::Fexit => try_hook!(FExit, p => p.load(target, btf_required()?), p.attach()),
+        HookFamily::TpBtf => try_hook!(BtfTracePoint, p => p.load(target, btf_required()?), p.attach()),
         HookFamily::Tracepoint => {
             let (category, name) = target.split_once('/').expect("plain tracepoint targets are group/name");
-            try_hook!(TracePoint, p => p.load().and_then(|()| p.attach(category, name).map(drop)))
+            try_hook!(TracePoint, p => p.load(), p.attach(category, name))
         }
     };
-    result.map_err(|e| explain(hook, &e))
+    result.map_err(|e| explain(program, target, &e))
 }
 
-/// Unloads (and so detaches) an attached hook's program.
-fn unload(ebpf: &mut Ebpf, hook: Hook) -> Result<(), ProgramError> {
-    let Some(program) = ebpf.program_mut(hook.program_name()) else { return Ok(()) };
-    match hook.family() {
-        HookFamily::Fentry => <&mut FEntry>::try_from(program)?.unload(),
-        HookFamily::Fexit => <&mut FExit>::try_from(program)?.unload(),
-        HookFamily::TpBtf => <&mut BtfTracePoint>::try_from(program)?.unload(),
-        HookFamily::Tracepoint => <&mut TracePoint>::try_from(program)?.unload(),
+/// Unloads (and so detaches) a program.
+fn unload(ebpf: &mut Ebpf, family: HookFamily, program: &str) -> Result<(), ProgramError> {
+    let Some(prog) = ebpf.program_mut(program) else { return Ok(()) };
+    match family {
+        HookFamily::Fentry => <&mut FEntry>::try_from(prog)?.unload(),
+        HookFamily::Fexit => <&mut FExit>::try_from(prog)?.unload(),
+        HookFamily::TpBtf => <&mut BtfTracePoint>::try_from(prog)?.unload(),
+        HookFamily::Tracepoint => <&mut TracePoint>::try_from(prog)?.unload(),
     }
 }
 
-/// A short reason for a refused hook; the verifier log goes to the debug log.
-fn explain(hook: Hook, error: &ProgramError) -> String {
+/// A short reason for a refused program; the verifier log goes to the debug log.
+fn explain(program: &str, target: &str, error: &ProgramError) -> String {
     match error {
         ProgramError::LoadError { io_error, verifier_log } => {
-            tracing::debug!(probe = %probe_name(hook), "verifier log:\n{verifier_log}");
+            tracing::debug!(program, target, "verifier log:\n{verifier_log}");
             format!("the kernel refused to load it: {io_error}")
         }
         other => {
@@ -274,7 +331,7 @@ fn explain(hook: Hook, error: &ProgramError) -> String {
                 text.push_str(&format!(": {s}"));
                 source = s.source();
             }
-            text
+            format!("{target}: {text}")
         }
     }
 }

@@ -14,6 +14,8 @@ use crate::{
 pub mod exec;
 pub mod exit;
 pub mod fork;
+pub mod memory;
+pub mod module;
 
 /// Why a record was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +61,8 @@ impl Plain for Header {}
 impl Plain for Task {}
 impl Plain for ksense_abi::fork::Fork {}
 impl Plain for ksense_abi::exit::Exit {}
+impl Plain for ksense_abi::module::ModuleLoad {}
+impl Plain for ksense_abi::memory::Memory {}
 impl Plain for u32 {}
 impl Plain for u64 {}
 
@@ -89,6 +93,8 @@ pub fn decode(bytes: &[u8], seq: u64, clock: &Clock, observed_time: SystemTime) 
         EventKind::Fork => fork::decode(bytes, clock)?,
         EventKind::Exec => exec::decode(bytes, clock)?,
         EventKind::Exit => exit::decode(bytes, clock)?,
+        EventKind::ModuleLoad => module::decode(bytes, clock)?,
+        EventKind::MemoryProtect => memory::decode(bytes, clock)?,
     };
     let time = clock.wall(header.ktime_ns);
     let mut process = process;

@@ -85,6 +85,13 @@ impl Enricher {
             }
             _ => {}
         }
+        if let Detail::MemoryProtect(memory) = &mut event.detail
+            && memory.file.is_some()
+            && let Some(path) = procfs::mapping_path(&self.proc_root, pid, memory.start)
+        {
+            // The kernel record holds the file's basename; the maps file has its full path.
+            memory.file = Some(path);
+        }
         if let Some(info) = self.lookup(pid, event.process.kernel_thread) {
             fill(&mut event.process, &info);
         }

@@ -35,6 +35,22 @@ fn exe_at(dir: &Path) -> Option<Vec<u8>> {
     Some(target.as_os_str().as_bytes().to_vec())
 }
 
+/// The path of the file mapped at `addr` in process `pid`, from `/proc/<pid>/maps`.
+pub(super) fn mapping_path(proc_root: &Path, pid: u32, addr: u64) -> Option<Vec<u8>> {
+    let maps = std::fs::read(proc_root.join(pid.to_string()).join("maps")).ok()?;
+    maps.split(|&b| b == b'\n').find_map(|line| {
+        // start-end perms offset dev inode path
+        let text = std::str::from_utf8(line.get(..line.iter().position(|&b| b == b' ')?)?).ok()?;
+        let (start, end) = text.split_once('-')?;
+        let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+        if !(start..end).contains(&addr) {
+            return None;
+        }
+        let path_at = line.iter().position(|&b| b == b'/')?;
+        Some(line[path_at..].to_vec())
+    })
+}
+
 /// (pgrp, session) from `/proc/<pid>/stat`. comm (field 2) may hold spaces and parentheses,
 /// so fields are counted from the last `)`.
 fn parse_stat(stat: &[u8]) -> Option<(u32, u32)> {

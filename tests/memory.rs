@@ -1,0 +1,101 @@
+//! `process.memory.protect` end to end on this kernel: W^X and code patching are reported with
+//! their region and old protection, harmless changes only with `report = "all"`, failures with
+//! their errno, and a toggling loop is coalesced without loss.
+use ksense_e2e::{Ksense, Stopped, attr, is, printed_hex, run_workload, temp_config};
+use serde_json::Value;
+
+fn changes<'a>(events: &'a [Value], pid: u32) -> Vec<&'a Value> {
+    events.iter().filter(|e| is(e, "process.memory.protect") && attr(e, "process.pid") == pid).collect()
+}
+
+fn run_and_stop(ksense: Ksense, command: &str) -> (Stopped, u32, u64) {
+    let (out, pid) = run_workload(&[command]);
+    let page = printed_hex(&out, "page");
+    ksense.wait_for("the workload's exit", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
+    (ksense.stop(), pid, page)
+}
+
+#[test]
+fn own_text_made_rwx_is_main_code_wx_at_warn() {
+    let (stopped, pid, page) = run_and_stop(Ksense::start(&[]), "mprotect-text-rwx");
+    let events = changes(&stopped.events, pid);
+    let rwx = events
+        .iter()
+        .find(|e| attr(e, "ksense.memory.protection.new") == "rwx")
+        .unwrap_or_else(|| panic!("no rwx change reported for {pid}: {events:?}"));
+    assert_eq!(attr(rwx, "ksense.memory.start"), format!("{page:#x}").as_str(), "{rwx}");
+    assert_eq!(attr(rwx, "ksense.memory.length"), 4096, "{rwx}");
+    assert_eq!(attr(rwx, "ksense.memory.region"), "main_code", "{rwx}");
+    assert_eq!(attr(rwx, "ksense.memory.protection.old"), "r-x", "{rwx}");
+    assert_eq!(attr(rwx, "ksense.memory.wx"), true, "{rwx}");
+    assert_eq!(attr(rwx, "ksense.memory.result"), 0, "{rwx}");
+    assert_eq!(rwx["severity"], "WARN", "{rwx}");
+    let exe = attr(rwx, "process.executable.path").as_str().unwrap();
+    assert_eq!(attr(rwx, "ksense.memory.file.path"), exe, "{rwx}");
+}
+
+#[test]
+fn anonymous_code_made_executable_is_wx() {
+    let (stopped, pid, page) = run_and_stop(Ksense::start(&[]), "mprotect-anon-rx");
+    let events = changes(&stopped.events, pid);
+    let rx = events
+        .iter()
+        .find(|e| attr(e, "ksense.memory.start") == format!("{page:#x}").as_str())
+        .unwrap_or_else(|| panic!("no change reported for page {page:#x}: {events:?}"));
+    assert_eq!(attr(rx, "ksense.memory.region"), "anonymous", "{rx}");
+    assert_eq!(attr(rx, "ksense.memory.protection.old"), "rw-", "{rx}");
+    assert_eq!(attr(rx, "ksense.memory.protection.new"), "r-x", "{rx}");
+    assert_eq!(attr(rx, "ksense.memory.wx"), true, "{rx}");
+    assert_eq!(rx["severity"], "WARN", "{rx}");
+}
+
+#[test]
+fn read_only_change_is_reported_only_with_all() {
+    let (stopped, pid, _) = run_and_stop(Ksense::start(&[]), "mprotect-anon-ro");
+    assert!(changes(&stopped.events, pid).is_empty(), "reported by default: {:?}", changes(&stopped.events, pid));
+
+    let config = temp_config("memory-all", "[memory]\nreport = \"all\"\n");
+    let (stopped, pid, page) = run_and_stop(Ksense::start(&["--config", config.to_str().unwrap()]), "mprotect-anon-ro");
+    let events = changes(&stopped.events, pid);
+    let ro = events
+        .iter()
+        .find(|e| attr(e, "ksense.memory.start") == format!("{page:#x}").as_str())
+        .unwrap_or_else(|| panic!("no change reported with report=all: {events:?}"));
+    assert_eq!(attr(ro, "ksense.memory.protection.new"), "r--", "{ro}");
+    assert_eq!(attr(ro, "ksense.memory.wx"), false, "{ro}");
+    assert_eq!(ro["severity"], "INFO", "{ro}");
+}
+
+#[test]
+fn failed_call_reports_its_errno_with_all() {
+    let config = temp_config("memory-bad", "[memory]\nreport = \"all\"\n");
+    let (stopped, pid, page) = run_and_stop(Ksense::start(&["--config", config.to_str().unwrap()]), "mprotect-bad-addr");
+    let events = changes(&stopped.events, pid);
+    let bad = events
+        .iter()
+        .find(|e| attr(e, "ksense.memory.start") == format!("{page:#x}").as_str())
+        .unwrap_or_else(|| panic!("failed mprotect not reported: {events:?}"));
+    assert_eq!(attr(bad, "ksense.memory.result"), -12, "ENOMEM: {bad}");
+}
+
+/// 100,000 RX/RW round trips: a handful of events whose counts add up to every transition,
+/// and nothing lost.
+#[test]
+fn toggling_is_coalesced_without_loss() {
+    const N: u64 = 100_000;
+    let ksense = Ksense::start(&[]);
+    let (out, pid) = run_workload(&["mprotect-toggle", &N.to_string()]);
+    ksense.wait_for("the toggler's exit", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
+    let stopped = ksense.stop();
+    let events = changes(&stopped.events, pid);
+    let total: u64 = events.iter().map(|e| attr(e, "ksense.event.count").as_u64().unwrap()).sum();
+    eprintln!(
+        "toggler: {} ns per mprotect with ksense; {} events for {} transitions",
+        printed_hex(&out, "ns_per_call"),
+        events.len(),
+        2 * N
+    );
+    assert_eq!(total, 2 * N, "counts of {} events add up to {total}", events.len());
+    assert!(events.len() < 100, "{} events: not coalesced", events.len());
+    assert_eq!(stopped.counter("lost_total"), 0, "{}", stopped.stderr);
+}

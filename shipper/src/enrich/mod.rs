@@ -85,15 +85,19 @@ impl Enricher {
             }
             _ => {}
         }
-        if let Detail::MemoryProtect(memory) = &mut event.detail
-            && memory.file.is_some()
-            && let Some(path) = procfs::mapping_path(&self.proc_root, pid, memory.start)
-        {
-            // The kernel record holds the file's basename; the maps file has its full path.
-            memory.file = Some(path);
-        }
         if let Some(info) = self.lookup(pid, event.process.kernel_thread) {
             fill(&mut event.process, &info);
+        }
+        if let Detail::MemoryProtect(memory) = &mut event.detail
+            && let Some(basename) = &memory.file
+        {
+            // The kernel record holds the file's basename. The maps file has its full path
+            // while the process lives; after that, the executable's path serves when the
+            // names agree (the process's own code), and the basename stays otherwise.
+            let exe = event.process.exe.as_deref().filter(|exe| exe.rsplit(|&b| b == b'/').next() == Some(basename));
+            if let Some(path) = procfs::mapping_path(&self.proc_root, pid, memory.start).or(exe.map(<[u8]>::to_vec)) {
+                memory.file = Some(path);
+            }
         }
         if let Detail::Exit(exit) = &event.detail
             && exit.process_exit

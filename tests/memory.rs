@@ -8,6 +8,15 @@ fn changes<'a>(events: &'a [Value], pid: u32) -> Vec<&'a Value> {
     events.iter().filter(|e| is(e, "process.memory.protect") && attr(e, "process.pid") == pid).collect()
 }
 
+/// The change reported for `page` by `pid`.
+fn change_at<'a>(events: &'a [Value], pid: u32, page: u64, what: &str) -> &'a Value {
+    let page = format!("{page:#x}");
+    events
+        .iter()
+        .find(|e| is(e, "process.memory.protect") && attr(e, "process.pid") == pid && attr(e, "ksense.memory.start") == page.as_str())
+        .unwrap_or_else(|| panic!("{what}: no change reported for page {page}: {:?}", changes(events, pid)))
+}
+
 fn run_and_stop(ksense: Ksense, command: &str) -> (Stopped, u32, u64) {
     let (out, pid) = run_workload(&[command]);
     let page = printed_hex(&out, "page");
@@ -37,11 +46,7 @@ fn own_text_made_rwx_is_main_code_wx_at_warn() {
 #[test]
 fn anonymous_code_made_executable_is_wx() {
     let (stopped, pid, page) = run_and_stop(Ksense::start(&[]), "mprotect-anon-rx");
-    let events = changes(&stopped.events, pid);
-    let rx = events
-        .iter()
-        .find(|e| attr(e, "ksense.memory.start") == format!("{page:#x}").as_str())
-        .unwrap_or_else(|| panic!("no change reported for page {page:#x}: {events:?}"));
+    let rx = change_at(&stopped.events, pid, page, "RW -> RX");
     assert_eq!(attr(rx, "ksense.memory.region"), "anonymous", "{rx}");
     assert_eq!(attr(rx, "ksense.memory.protection.old"), "rw-", "{rx}");
     assert_eq!(attr(rx, "ksense.memory.protection.new"), "r-x", "{rx}");
@@ -56,11 +61,7 @@ fn read_only_change_is_reported_only_with_all() {
 
     let config = temp_config("memory-all", "[memory]\nreport = \"all\"\n");
     let (stopped, pid, page) = run_and_stop(Ksense::start(&["--config", config.to_str().unwrap()]), "mprotect-anon-ro");
-    let events = changes(&stopped.events, pid);
-    let ro = events
-        .iter()
-        .find(|e| attr(e, "ksense.memory.start") == format!("{page:#x}").as_str())
-        .unwrap_or_else(|| panic!("no change reported with report=all: {events:?}"));
+    let ro = change_at(&stopped.events, pid, page, "read-only with report=all");
     assert_eq!(attr(ro, "ksense.memory.protection.new"), "r--", "{ro}");
     assert_eq!(attr(ro, "ksense.memory.wx"), false, "{ro}");
     assert_eq!(ro["severity"], "INFO", "{ro}");
@@ -70,11 +71,7 @@ fn read_only_change_is_reported_only_with_all() {
 fn failed_call_reports_its_errno_with_all() {
     let config = temp_config("memory-bad", "[memory]\nreport = \"all\"\n");
     let (stopped, pid, page) = run_and_stop(Ksense::start(&["--config", config.to_str().unwrap()]), "mprotect-bad-addr");
-    let events = changes(&stopped.events, pid);
-    let bad = events
-        .iter()
-        .find(|e| attr(e, "ksense.memory.start") == format!("{page:#x}").as_str())
-        .unwrap_or_else(|| panic!("failed mprotect not reported: {events:?}"));
+    let bad = change_at(&stopped.events, pid, page, "failed mprotect with report=all");
     assert_eq!(attr(bad, "ksense.memory.result"), -12, "ENOMEM: {bad}");
 }
 

@@ -24,6 +24,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Terminal / file output.
     pub output: OutputConfig,
+    /// Backends.
+    pub sinks: SinksConfig,
     /// Buffer sizes.
     pub limits: LimitsConfig,
 }
@@ -118,6 +120,64 @@ pub enum OutputFormat {
     Json,
     /// One readable, coloured line per event.
     Pretty,
+}
+
+/// `[sinks]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// `[sinks.journald]`.
+    pub journald: JournaldConfig,
+}
+
+/// Whether a sink runs: always, never, or when its backend is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", untagged)]
+pub enum Enabled {
+    /// `true` / `false`.
+    Fixed(bool),
+    /// `"auto"`.
+    Auto(AutoWord),
+}
+
+/// The word `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoWord {
+    /// Decide from the environment.
+    Auto,
+}
+
+impl Default for Enabled {
+    fn default() -> Self {
+        Enabled::Auto(AutoWord::Auto)
+    }
+}
+
+impl Enabled {
+    /// Whether the sink runs, given whether its backend was detected.
+    pub fn resolve(self, detected: bool) -> bool {
+        match self {
+            Enabled::Fixed(on) => on,
+            Enabled::Auto(_) => detected,
+        }
+    }
+}
+
+/// `[sinks.journald]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournaldConfig {
+    /// `true`, `false`, or `"auto"`: on when the socket exists.
+    pub enabled: Enabled,
+    /// journald's native-protocol socket.
+    pub socket: PathBuf,
+}
+
+impl Default for JournaldConfig {
+    fn default() -> Self {
+        JournaldConfig { enabled: Enabled::default(), socket: "/run/systemd/journal/socket".into() }
+    }
 }
 
 /// `[limits]`.

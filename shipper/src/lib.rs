@@ -40,7 +40,6 @@ pub mod text;
 use attach::{AttachOptions, Outcome, Probes};
 use config::{AttachMode, Config, OutputFormat};
 use ringbuf::{Flow, Reader};
-use sinks::{Sink, jsonl::JsonlSink, pretty::PrettySink};
 use telemetry::{Counters, LossReporter};
 
 /// How often losses are checked and, when there are new ones, reported.
@@ -114,15 +113,12 @@ async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option
 
     let counters = Arc::new(Counters::default());
     let (queue_tx, queue_rx) = mpsc::channel(*config.limits.queue_events.get_ref());
-    let sink: Box<dyn Sink> = match output.or(config.output.format).unwrap_or(OutputFormat::Json) {
-        OutputFormat::Json => Box::new(JsonlSink::new(std::io::stdout())),
-        OutputFormat::Pretty => Box::new(PrettySink::stdout()),
-    };
+    let sinks = sinks::build(config, output, &counters);
     let pipeline = {
         let counters = counters.clone();
         std::thread::Builder::new()
             .name("ksense-pipeline".into())
-            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), vec![sink], counters))
+            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), sinks, counters))
             .context("cannot start the pipeline thread")?
     };
 
@@ -159,7 +155,7 @@ async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option
     drop(reader);
     pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
     let totals = counters.snapshot(probes.ring_lost()?);
-    losses.report(totals);
+    losses.report(totals.clone());
     tracing::info!("ksense stopped: {totals}");
     Ok(())
 }

@@ -4,7 +4,10 @@
 //! [`crate::attach::Probes::ring_lost`]; every other drop is counted here.
 use std::{
     fmt,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
 };
 
 use ksense_abi::EventKind;
@@ -18,10 +21,39 @@ pub struct Counters {
     pub decode_errors: AtomicU64,
     /// Events dropped because the queue to the sinks was full.
     pub queue_full: AtomicU64,
-    /// Events handed to every sink.
+    /// Events that went through the pipeline to the sinks.
     pub written: AtomicU64,
-    /// Records a sink failed to write.
-    pub sink_errors: AtomicU64,
+    /// Each sink's own counters, in the order the sinks were created.
+    sinks: Mutex<Vec<(&'static str, Arc<SinkStats>)>>,
+}
+
+/// One sink's counters. A sink that queues (OTLP) counts its own queue overflows, retries and
+/// failed deliveries; for the others the pipeline counts failed writes.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Records delivered.
+    pub delivered: AtomicU64,
+    /// Records dropped because the sink's queue was full.
+    pub queue_full: AtomicU64,
+    /// Records that could not be delivered (after retries, where the sink retries).
+    pub failed: AtomicU64,
+    /// Delivery attempts that were retried.
+    pub retries: AtomicU64,
+}
+
+/// A point-in-time copy of one sink's counters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SinkSnapshot {
+    /// Sink name.
+    pub name: &'static str,
+    /// See [`SinkStats::delivered`].
+    pub delivered: u64,
+    /// See [`SinkStats::queue_full`].
+    pub queue_full: u64,
+    /// See [`SinkStats::failed`].
+    pub failed: u64,
+    /// See [`SinkStats::retries`].
+    pub retries: u64,
 }
 
 impl Counters {
@@ -30,15 +62,32 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Counters for a new sink called `name`.
+    pub fn register_sink(&self, name: &'static str) -> Arc<SinkStats> {
+        let stats = Arc::new(SinkStats::default());
+        self.sinks.lock().unwrap_or_else(|e| e.into_inner()).push((name, stats.clone()));
+        stats
+    }
+
     /// The counters now, with the kernel's ring-buffer losses per kind.
     pub fn snapshot(&self, ring_lost: RingLost) -> Snapshot {
+        let sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
         Snapshot {
             read: self.read.load(Relaxed),
             decode_errors: self.decode_errors.load(Relaxed),
             queue_full: self.queue_full.load(Relaxed),
             written: self.written.load(Relaxed),
-            sink_errors: self.sink_errors.load(Relaxed),
             ring_lost,
+            sinks: sinks
+                .iter()
+                .map(|(name, s)| SinkSnapshot {
+                    name,
+                    delivered: s.delivered.load(Relaxed),
+                    queue_full: s.queue_full.load(Relaxed),
+                    failed: s.failed.load(Relaxed),
+                    retries: s.retries.load(Relaxed),
+                })
+                .collect(),
         }
     }
 }
@@ -60,7 +109,7 @@ impl RingLost {
 }
 
 /// A point-in-time copy of every counter.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// See [`Counters::read`].
     pub read: u64,
@@ -70,16 +119,21 @@ pub struct Snapshot {
     pub queue_full: u64,
     /// See [`Counters::written`].
     pub written: u64,
-    /// See [`Counters::sink_errors`].
-    pub sink_errors: u64,
     /// Kernel-side losses.
     pub ring_lost: RingLost,
+    /// Per sink.
+    pub sinks: Vec<SinkSnapshot>,
 }
 
 impl Snapshot {
-    /// Every event lost anywhere.
+    /// Every event lost before the sinks (an event a sink loses is counted by that sink).
     pub fn lost(&self) -> u64 {
-        self.ring_lost.total() + self.decode_errors + self.queue_full + self.sink_errors
+        self.ring_lost.total() + self.decode_errors + self.queue_full
+    }
+
+    /// Records the sinks dropped or could not deliver, all sinks together.
+    pub fn sink_lost(&self) -> u64 {
+        self.sinks.iter().map(|s| s.queue_full + s.failed).sum()
     }
 }
 
@@ -92,11 +146,15 @@ impl fmt::Display for Snapshot {
             let name = kind.name().rsplit('.').next().unwrap_or_default();
             write!(f, " lost_ring_buffer_{name}={}", self.ring_lost.of(kind))?;
         }
-        write!(
-            f,
-            " lost_queue_full={} decode_errors={} sink_errors={}",
-            self.queue_full, self.decode_errors, self.sink_errors
-        )
+        write!(f, " lost_queue_full={} decode_errors={}", self.queue_full, self.decode_errors)?;
+        for s in &self.sinks {
+            write!(
+                f,
+                " sink_{0}_delivered={1} sink_{0}_queue_full={2} sink_{0}_failed={3} sink_{0}_retries={4}",
+                s.name, s.delivered, s.queue_full, s.failed, s.retries
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -109,11 +167,9 @@ pub struct LossReporter {
 impl LossReporter {
     /// Logs a warning if anything was lost since the last report.
     pub fn report(&mut self, now: Snapshot) {
-        if now.lost() > self.last.lost() {
-            tracing::warn!(
-                lost_since_last_report = now.lost() - self.last.lost(),
-                "events were lost: {now}"
-            );
+        let lost = |s: &Snapshot| s.lost() + s.sink_lost();
+        if lost(&now) > lost(&self.last) {
+            tracing::warn!(lost_since_last_report = lost(&now) - lost(&self.last), "events were lost: {now}");
         }
         self.last = now;
     }
@@ -127,9 +183,12 @@ mod tests {
     fn snapshot_line_names_every_loss() {
         let counters = Counters::default();
         Counters::bump(&counters.queue_full);
-        let line = counters.snapshot(RingLost([1, 2, 3])).to_string();
+        let sink = counters.register_sink("otlp");
+        Counters::bump(&sink.queue_full);
+        let line = counters.snapshot(RingLost([1, 2, 3, 0, 0])).to_string();
         assert!(line.contains("lost_total=7"), "{line}");
         assert!(line.contains("lost_ring_buffer_exit=3"), "{line}");
         assert!(line.contains("lost_queue_full=1"), "{line}");
+        assert!(line.contains("sink_otlp_queue_full=1"), "{line}");
     }
 }

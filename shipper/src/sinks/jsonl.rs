@@ -6,21 +6,25 @@ use std::io::{self, BufWriter, Write};
 
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 
+use std::sync::Arc;
+
 use super::Sink;
 use crate::{
     clock::rfc3339,
     record::{LogRecord, Value},
+    telemetry::{Counters, SinkStats},
 };
 
 /// Writes JSON lines to any writer (stdout, a file).
 pub struct JsonlSink<W: Write + Send> {
     out: BufWriter<W>,
+    stats: Arc<SinkStats>,
 }
 
 impl<W: Write + Send> JsonlSink<W> {
-    /// A sink writing to `out`.
-    pub fn new(out: W) -> Self {
-        JsonlSink { out: BufWriter::with_capacity(64 * 1024, out) }
+    /// A sink writing to `out`, counting into `stats`.
+    pub fn new(out: W, stats: Arc<SinkStats>) -> Self {
+        JsonlSink { out: BufWriter::with_capacity(64 * 1024, out), stats }
     }
 }
 
@@ -31,7 +35,9 @@ impl<W: Write + Send> Sink for JsonlSink<W> {
 
     fn write(&mut self, record: &LogRecord) -> io::Result<()> {
         write_record(&mut self.out, record)?;
-        self.out.write_all(b"\n")
+        self.out.write_all(b"\n")?;
+        Counters::bump(&self.stats.delivered);
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -103,7 +109,7 @@ mod tests {
                 ("ksense.clone.thread", Value::Bool(false)),
             ],
         };
-        let mut sink = JsonlSink::new(Vec::new());
+        let mut sink = JsonlSink::new(Vec::new(), Arc::default());
         sink.write(&record).unwrap();
         sink.flush().unwrap();
         let out = sink.out.into_inner().unwrap();

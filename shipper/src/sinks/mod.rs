@@ -1,9 +1,16 @@
-//! Where records go. Each sink owns its formatting and buffering; the pipeline hands every
-//! sink every record and asks them to flush when the queue runs dry.
-use std::io;
+//! Where records go. Each sink owns its formatting, buffering and retries; the pipeline hands
+//! every sink every record, asks them to flush when its queue runs dry, and closes them at exit.
+//! A sink that delivers synchronously counts delivered records in its [`crate::telemetry::SinkStats`]
+//! (the pipeline counts failed writes); a sink with its own queue counts everything itself.
+use std::{io, sync::Arc};
 
-use crate::record::LogRecord;
+use crate::{
+    config::{Config, OutputFormat},
+    record::LogRecord,
+    telemetry::{Counters, SinkStats},
+};
 
+pub mod journald;
 pub mod jsonl;
 pub mod pretty;
 
@@ -15,4 +22,30 @@ pub trait Sink: Send {
     fn write(&mut self, record: &LogRecord) -> io::Result<()>;
     /// Pushes buffered records out.
     fn flush(&mut self) -> io::Result<()>;
+    /// Delivers what is still queued (within a bounded time) before ksense exits.
+    fn close(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+/// The sinks a configuration asks for, each with its counters. Text output runs when asked for
+/// (`output`, else `[output] format`); journald when its socket exists (or as configured). If
+/// nothing at all is enabled, JSON lines go to stdout, so a bare `ksense run` shows something.
+pub fn build(config: &Config, output: Option<OutputFormat>, counters: &Counters) -> Vec<(Box<dyn Sink>, Arc<SinkStats>)> {
+    let mut sinks: Vec<(Box<dyn Sink>, Arc<SinkStats>)> = Vec::new();
+    let journald = &config.sinks.journald;
+    if journald.enabled.resolve(journald.socket.exists()) {
+        let stats = counters.register_sink("journald");
+        sinks.push((Box::new(journald::JournaldSink::new(journald.socket.clone(), stats.clone())), stats));
+    }
+    let text = output.or(config.output.format).or(sinks.is_empty().then_some(OutputFormat::Json));
+    if let Some(format) = text {
+        let stats = counters.register_sink("stdout");
+        let sink: Box<dyn Sink> = match format {
+            OutputFormat::Json => Box::new(jsonl::JsonlSink::new(io::stdout(), stats.clone())),
+            OutputFormat::Pretty => Box::new(pretty::PrettySink::stdout(stats.clone())),
+        };
+        sinks.push((sink, stats));
+    }
+    sinks
 }

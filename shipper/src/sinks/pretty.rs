@@ -6,11 +6,14 @@
 //! cannot move the cursor or start a fake line.
 use std::io::{self, BufWriter, IsTerminal, Write};
 
+use std::sync::Arc;
+
 use super::Sink;
 use crate::{
     clock::rfc3339,
     record::{LogRecord, Severity, Value},
     schema,
+    telemetry::{Counters, SinkStats},
     text::one_line,
 };
 
@@ -28,14 +31,15 @@ const SHOWN: [(&str, &str); 6] = [
 pub struct PrettySink<W: Write + Send> {
     out: BufWriter<W>,
     color: bool,
+    stats: Arc<SinkStats>,
 }
 
 impl PrettySink<io::Stdout> {
     /// A sink on standard output, coloured if it is a terminal and NO_COLOR is unset.
-    pub fn stdout() -> Self {
+    pub fn stdout(stats: Arc<SinkStats>) -> Self {
         let out = io::stdout();
         let color = out.is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        PrettySink { out: BufWriter::new(out), color }
+        PrettySink { out: BufWriter::new(out), color, stats }
     }
 }
 
@@ -72,7 +76,9 @@ impl<W: Write + Send> Sink for PrettySink<W> {
             }
         }
         line.push('\n');
-        self.out.write_all(line.as_bytes())
+        self.out.write_all(line.as_bytes())?;
+        Counters::bump(&self.stats.delivered);
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -95,7 +101,7 @@ mod tests {
             body: "x executed a\nFAKE LINE\x1b[2J".into(),
             attributes: vec![(schema::PROCESS_EXECUTABLE_PATH, Value::Str("/tmp/a\rb".into()))],
         };
-        let mut sink = PrettySink { out: BufWriter::new(Vec::new()), color: false };
+        let mut sink = PrettySink { out: BufWriter::new(Vec::new()), color: false, stats: Arc::default() };
         sink.write(&record).unwrap();
         let text = String::from_utf8(sink.out.into_inner().unwrap()).unwrap();
         assert_eq!(text.matches('\n').count(), 1, "{text}");

@@ -12,8 +12,20 @@ use std::{
 
 use serde_json::Value;
 
-/// How long to wait for an event before failing.
+/// How long to wait for ksense to start, or for an event, before failing, unless
+/// `$KSENSE_TEST_TIMEOUT_SECS` says otherwise (the VM test sets it: under qemu's software
+/// emulation everything is about ten times slower).
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// [`EVENT_TIMEOUT`], or `$KSENSE_TEST_TIMEOUT_SECS` seconds when set.
+pub fn event_timeout() -> Duration {
+    match std::env::var("KSENSE_TEST_TIMEOUT_SECS") {
+        Ok(secs) => Duration::from_secs(
+            secs.trim().parse().unwrap_or_else(|_| panic!("KSENSE_TEST_TIMEOUT_SECS={secs:?} is not a number of seconds")),
+        ),
+        Err(_) => EVENT_TIMEOUT,
+    }
+}
 
 /// The `ksense` binary: `$KSENSE_BIN`, else the one in this test's target directory.
 pub fn ksense_bin() -> PathBuf {
@@ -23,13 +35,16 @@ pub fn ksense_bin() -> PathBuf {
     }
 }
 
-/// The workload binary built with these tests.
+/// The workload binary: `$KSENSE_WORKLOAD_BIN`, else the one built with these tests.
 pub fn workload_bin() -> PathBuf {
-    target_bin("ksense-workload", "cargo build -p ksense-e2e")
+    match std::env::var_os("KSENSE_WORKLOAD_BIN") {
+        Some(bin) => bin.into(),
+        None => target_bin("ksense-workload", "cargo build -p ksense-e2e"),
+    }
 }
 
 /// `name` in the target directory this test runs from (target/<profile>/deps/<test>).
-fn target_bin(name: &str, build: &str) -> PathBuf {
+pub fn target_bin(name: &str, build: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join(name);
     assert!(bin.exists(), "{} is missing: build it first with `{build}`", bin.display());
@@ -115,9 +130,14 @@ impl Ksense {
                 })
             },
         ];
-        let ksense = Ksense { child, events, stderr, readers };
-        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let mut ksense = Ksense { child, events, stderr, readers };
+        let deadline = Instant::now() + event_timeout();
         while !ksense.stderr().contains("ksense is running") {
+            if let Ok(Some(status)) = ksense.child.try_wait() {
+                // Let the reader drain what it said before it went.
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("ksense exited ({status}) before it ran:\n{}", ksense.stderr());
+            }
             if Instant::now() > deadline {
                 panic!("ksense did not start:\n{}", ksense.stderr());
             }
@@ -133,16 +153,28 @@ impl Ksense {
 
     /// Waits for the first event matching `predicate`.
     pub fn wait_for(&self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let timeout = event_timeout();
+        self.try_wait_for(timeout, predicate)
+            .unwrap_or_else(|| panic!("no {what} within {timeout:?}; ksense said:\n{}", self.stderr()))
+    }
+
+    /// The first event matching `predicate`, waiting at most `timeout` for it.
+    pub fn try_wait_for(&self, timeout: Duration, predicate: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(found) = self.events.lock().unwrap().iter().find(|e| predicate(e)) {
-                return found.clone();
+                return Some(found.clone());
             }
             if Instant::now() > deadline {
-                panic!("no {what} within {EVENT_TIMEOUT:?}; ksense said:\n{}", self.stderr());
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Every event printed so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
     }
 
     /// Sends SIGTERM and waits for ksense to exit.
@@ -193,4 +225,25 @@ pub fn printed(out: &str, key: &str) -> u32 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// The hex number after `key=` (with or without `0x`) in a workload's output.
+pub fn printed_hex(out: &str, key: &str) -> u64 {
+    let needle = format!("{key}=");
+    let text = out
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .unwrap_or_else(|| panic!("workload printed no {key}: {out}"))
+        .trim();
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).unwrap(),
+        None => text.parse().unwrap(),
+    }
+}
+
+/// Writes a configuration file for one test and returns its path.
+pub fn temp_config(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("ksense-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
 }

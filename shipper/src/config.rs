@@ -128,6 +128,8 @@ pub enum OutputFormat {
 pub struct SinksConfig {
     /// `[sinks.journald]`.
     pub journald: JournaldConfig,
+    /// `[sinks.otlp]`.
+    pub otlp: crate::sinks::otlp::config::OtlpConfig,
 }
 
 /// Whether a sink runs: always, never, or when its backend is there.

@@ -113,7 +113,7 @@ async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option
 
     let counters = Arc::new(Counters::default());
     let (queue_tx, queue_rx) = mpsc::channel(*config.limits.queue_events.get_ref());
-    let sinks = sinks::build(config, output, &counters);
+    let sinks = sinks::build(config, output, &counters)?;
     let pipeline = {
         let counters = counters.clone();
         std::thread::Builder::new()

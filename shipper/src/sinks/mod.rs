@@ -12,6 +12,7 @@ use crate::{
 
 pub mod journald;
 pub mod jsonl;
+pub mod otlp;
 pub mod pretty;
 
 /// A destination for records.
@@ -29,10 +30,21 @@ pub trait Sink: Send {
 }
 
 /// The sinks a configuration asks for, each with its counters. Text output runs when asked for
-/// (`output`, else `[output] format`); journald when its socket exists (or as configured). If
+/// (`output`, else `[output] format`); journald when its socket exists, OTLP when an endpoint is
+/// configured (`[sinks.otlp]` or `OTEL_EXPORTER_OTLP_ENDPOINT`), or as configured. If
 /// nothing at all is enabled, JSON lines go to stdout, so a bare `ksense run` shows something.
-pub fn build(config: &Config, output: Option<OutputFormat>, counters: &Counters) -> Vec<(Box<dyn Sink>, Arc<SinkStats>)> {
+pub fn build(
+    config: &Config,
+    output: Option<OutputFormat>,
+    counters: &Counters,
+) -> Result<Vec<(Box<dyn Sink>, Arc<SinkStats>)>, otlp::config::SettingsError> {
     let mut sinks: Vec<(Box<dyn Sink>, Arc<SinkStats>)> = Vec::new();
+    if let Some(settings) = config.sinks.otlp.resolve(|name| std::env::var(name).ok())? {
+        let stats = counters.register_sink("otlp");
+        let sink = otlp::OtlpSink::start(settings, stats.clone())
+            .map_err(|e| otlp::config::SettingsError::from(format!("cannot start the OTLP worker: {e}")))?;
+        sinks.push((Box::new(sink), stats));
+    }
     let journald = &config.sinks.journald;
     if journald.enabled.resolve(journald.socket.exists()) {
         let stats = counters.register_sink("journald");
@@ -47,5 +59,5 @@ pub fn build(config: &Config, output: Option<OutputFormat>, counters: &Counters)
         };
         sinks.push((sink, stats));
     }
-    sinks
+    Ok(sinks)
 }

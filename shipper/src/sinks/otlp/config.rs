@@ -1,0 +1,312 @@
+//! Settings of the OTLP sink: `[sinks.otlp]` in the configuration file, else the standard
+//! `OTEL_EXPORTER_OTLP_*` environment variables, else defaults; the file wins, as an explicit
+//! setting does in every OpenTelemetry SDK.
+use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use crate::config::Enabled;
+
+/// `[sinks.otlp]` as written in the configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// `true`, `false`, or `"auto"`: on when an endpoint is configured here or in
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`.
+    pub enabled: Enabled,
+    /// Collector URL, e.g. `http://127.0.0.1:4317` (gRPC) or `http://127.0.0.1:4318` (HTTP).
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: Option<Protocol>,
+    /// Extra request headers (gRPC metadata), e.g. an API key.
+    pub headers: BTreeMap<String, String>,
+    /// A file of `name=value` lines added to the headers: keeps tokens out of the config file.
+    /// Its values are never logged.
+    pub headers_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the collector's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `client_key_file`).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM client key for mutual TLS.
+    pub client_key_file: Option<PathBuf>,
+    /// `none` or `gzip`.
+    pub compression: Option<Compression>,
+    /// Per-export timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Records per export request.
+    pub batch_size: usize,
+    /// Longest a record waits for its batch to fill, in milliseconds.
+    pub batch_interval_ms: u64,
+    /// Records held while the collector is slow or down; beyond this, new records are dropped
+    /// and counted.
+    pub queue_events: usize,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            enabled: Enabled::default(),
+            endpoint: None,
+            protocol: None,
+            headers: BTreeMap::new(),
+            headers_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            compression: None,
+            timeout_ms: None,
+            batch_size: 512,
+            batch_interval_ms: 1000,
+            queue_events: 65536,
+        }
+    }
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Protocol {
+    /// OTLP over gRPC (default port 4317).
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (default port 4318, path `/v1/logs`).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Request compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// None.
+    None,
+    /// gzip.
+    Gzip,
+}
+
+/// Everything the exporter needs, resolved.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OtlpSettings {
+    /// The URL requests go to (for HTTP, including `/v1/logs`).
+    pub endpoint: String,
+    /// Transport.
+    pub protocol: Protocol,
+    /// Headers, secrets included.
+    pub headers: BTreeMap<String, String>,
+    /// TLS CA.
+    pub ca_file: Option<PathBuf>,
+    /// TLS client certificate and key.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// Compression.
+    pub compression: Compression,
+    /// Per-export timeout.
+    pub timeout: Duration,
+    /// Records per request.
+    pub batch_size: usize,
+    /// Longest wait for a batch.
+    pub batch_interval: Duration,
+    /// Queue capacity.
+    pub queue_events: usize,
+}
+
+impl fmt::Debug for OtlpSettings {
+    /// Header names only: values may be secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpSettings")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("ca_file", &self.ca_file)
+            .field("client_identity", &self.client_identity)
+            .field("compression", &self.compression)
+            .field("timeout", &self.timeout)
+            .field("batch_size", &self.batch_size)
+            .field("batch_interval", &self.batch_interval)
+            .field("queue_events", &self.queue_events)
+            .finish()
+    }
+}
+
+/// A setting that could not be resolved (a headers file that cannot be read, a bad env value).
+#[derive(Debug, thiserror::Error)]
+#[error("[sinks.otlp]: {0}")]
+pub struct SettingsError(String);
+
+impl From<String> for SettingsError {
+    fn from(message: String) -> Self {
+        SettingsError(message)
+    }
+}
+
+impl OtlpConfig {
+    /// The settings, or `None` when the sink is off. `env` looks up environment variables.
+    pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<Option<OtlpSettings>, SettingsError> {
+        let signal_endpoint = env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT").filter(|s| !s.is_empty());
+        let generic_endpoint = env("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|s| !s.is_empty());
+        let configured = self.endpoint.is_some() || signal_endpoint.is_some() || generic_endpoint.is_some();
+        if !self.enabled.resolve(configured) {
+            return Ok(None);
+        }
+        let protocol = match self.protocol {
+            Some(p) => p,
+            None => match env("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL").or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL")).as_deref() {
+                None | Some("") | Some("grpc") => Protocol::Grpc,
+                Some("http/protobuf") => Protocol::HttpProtobuf,
+                Some(other) => {
+                    return Err(SettingsError(format!(
+                        "OTEL_EXPORTER_OTLP_PROTOCOL={other:?}: ksense supports \"grpc\" and \"http/protobuf\""
+                    )));
+                }
+            },
+        };
+        // A signal-specific URL is used as it is; a base URL gets the signal's path (HTTP).
+        let endpoint = match (&self.endpoint, signal_endpoint, generic_endpoint) {
+            (Some(e), _, _) => with_logs_path(e, protocol),
+            (None, Some(e), _) => e,
+            (None, None, Some(e)) => with_logs_path(&e, protocol),
+            (None, None, None) => match protocol {
+                Protocol::Grpc => "http://localhost:4317".to_owned(),
+                Protocol::HttpProtobuf => "http://localhost:4318/v1/logs".to_owned(),
+            },
+        };
+        let mut headers = BTreeMap::new();
+        if let Some(list) = env("OTEL_EXPORTER_OTLP_LOGS_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS")) {
+            headers.extend(parse_pairs(&list, ',').map_err(|e| SettingsError(format!("OTEL_EXPORTER_OTLP_HEADERS: {e}")))?);
+        }
+        headers.extend(self.headers.clone());
+        if let Some(path) = &self.headers_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| SettingsError(format!("headers_file {}: {e}", path.display())))?;
+            headers.extend(parse_pairs(&text, '\n').map_err(|e| SettingsError(format!("headers_file {}: {e}", path.display())))?);
+        }
+        let compression = match self.compression {
+            Some(c) => c,
+            None => match env("OTEL_EXPORTER_OTLP_COMPRESSION").as_deref() {
+                Some("gzip") => Compression::Gzip,
+                _ => Compression::None,
+            },
+        };
+        let timeout_ms = match self.timeout_ms {
+            Some(ms) => ms,
+            None => match env("OTEL_EXPORTER_OTLP_TIMEOUT") {
+                Some(ms) => ms.trim().parse().map_err(|_| SettingsError(format!("OTEL_EXPORTER_OTLP_TIMEOUT={ms:?} is not milliseconds")))?,
+                None => 10_000,
+            },
+        };
+        let ca_file = self.ca_file.clone().or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE").map(PathBuf::from));
+        let cert = self.client_cert_file.clone().or_else(|| env("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE").map(PathBuf::from));
+        let key = self.client_key_file.clone().or_else(|| env("OTEL_EXPORTER_OTLP_CLIENT_KEY").map(PathBuf::from));
+        let client_identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(SettingsError("client_cert_file and client_key_file go together".to_owned())),
+        };
+        if self.batch_size == 0 || self.queue_events == 0 {
+            return Err(SettingsError("batch_size and queue_events must be at least 1".to_owned()));
+        }
+        Ok(Some(OtlpSettings {
+            endpoint,
+            protocol,
+            headers,
+            ca_file,
+            client_identity,
+            compression,
+            timeout: Duration::from_millis(timeout_ms),
+            batch_size: self.batch_size,
+            batch_interval: Duration::from_millis(self.batch_interval_ms),
+            queue_events: self.queue_events,
+        }))
+    }
+}
+
+fn with_logs_path(base: &str, protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Grpc => base.to_owned(),
+        Protocol::HttpProtobuf if base.ends_with("/v1/logs") => base.to_owned(),
+        Protocol::HttpProtobuf => format!("{}/v1/logs", base.trim_end_matches('/')),
+    }
+}
+
+/// `name=value` pairs separated by `sep` (W3C baggage style, values percent-decoded).
+fn parse_pairs(text: &str, sep: char) -> Result<Vec<(String, String)>, String> {
+    text.split(sep)
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.starts_with('#'))
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').ok_or_else(|| format!("{:?} is not name=value", pair.split('=').next().unwrap_or("")))?;
+            Ok((percent_decode(name.trim()), percent_decode(value.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn off_without_an_endpoint_on_with_one() {
+        let config = OtlpConfig::default();
+        assert!(config.resolve(env(&[])).unwrap().is_none());
+        let on = config.resolve(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")])).unwrap().unwrap();
+        assert_eq!((on.endpoint.as_str(), on.protocol), ("http://c:4317", Protocol::Grpc));
+    }
+
+    #[test]
+    fn http_base_endpoint_gets_the_logs_path() {
+        let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
+        let s = OtlpConfig::default().resolve(env(&vars)).unwrap().unwrap();
+        assert_eq!(s.endpoint, "http://c:4318/v1/logs");
+        let vars = [("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4318/custom"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
+        assert_eq!(OtlpConfig::default().resolve(env(&vars)).unwrap().unwrap().endpoint, "http://c:4318/custom");
+    }
+
+    #[test]
+    fn file_settings_win_over_env_and_headers_merge() {
+        let dir = std::env::temp_dir().join(format!("ksense-otlp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secrets = dir.join("headers");
+        std::fs::write(&secrets, "# token\nauthorization=Bearer%20s3cret\n").unwrap();
+        let config = OtlpConfig {
+            endpoint: Some("http://file:4317".into()),
+            headers: [("x-team".to_owned(), "sec".to_owned())].into(),
+            headers_file: Some(secrets),
+            ..OtlpConfig::default()
+        };
+        let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"), ("OTEL_EXPORTER_OTLP_HEADERS", "a=1,b=2")];
+        let s = config.resolve(env(&vars)).unwrap().unwrap();
+        assert_eq!(s.endpoint, "http://file:4317");
+        assert_eq!(s.headers.get("authorization").map(String::as_str), Some("Bearer s3cret"));
+        assert_eq!(s.headers.len(), 4);
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("s3cret"), "secret printed: {shown}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")];
+        let err = OtlpConfig::default().resolve(env(&vars)).unwrap_err().to_string();
+        assert!(err.contains("http/json"), "{err}");
+    }
+}

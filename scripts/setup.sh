@@ -50,6 +50,14 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
         cargo install bpf-linker@0.13.0 --no-default-features --features llvm-22 -q
 fi
 
+# A real OpenTelemetry collector for the OTLP tests: rotel (a Rust collector shipped as a PyPI
+# wheel holding the binary), installed out of the way of the system Python.
+ROTEL_DIR=/opt/ksense-test/rotel
+if [ ! -x "$ROTEL_DIR/rotel/rotel-agent" ]; then
+    log "installing the rotel OTLP collector into $ROTEL_DIR"
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$ROTEL_DIR" rotel
+fi
+
 # tracefs: plain tracepoint formats are read from it at run time.
 if [ ! -e /sys/kernel/tracing/events ]; then
     log "mounting tracefs at /sys/kernel/tracing"

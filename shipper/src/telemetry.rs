@@ -143,8 +143,7 @@ impl fmt::Display for Snapshot {
         write!(f, "events_read={} events_written={} lost_total={}", self.read, self.written, self.lost())?;
         write!(f, " lost_ring_buffer={}", self.ring_lost.total())?;
         for kind in EventKind::ALL {
-            let name = kind.name().rsplit('.').next().unwrap_or_default();
-            write!(f, " lost_ring_buffer_{name}={}", self.ring_lost.of(kind))?;
+            write!(f, " lost_ring_buffer_{}={}", kind.name().replace('.', "_"), self.ring_lost.of(kind))?;
         }
         write!(f, " lost_queue_full={} decode_errors={}", self.queue_full, self.decode_errors)?;
         for s in &self.sinks {
@@ -187,7 +186,7 @@ mod tests {
         Counters::bump(&sink.queue_full);
         let line = counters.snapshot(RingLost([1, 2, 3, 0, 0])).to_string();
         assert!(line.contains("lost_total=7"), "{line}");
-        assert!(line.contains("lost_ring_buffer_exit=3"), "{line}");
+        assert!(line.contains("lost_ring_buffer_process_exit=3"), "{line}");
         assert!(line.contains("lost_queue_full=1"), "{line}");
         assert!(line.contains("sink_otlp_queue_full=1"), "{line}");
     }

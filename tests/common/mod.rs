@@ -12,6 +12,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod collector;
+
 /// How long to wait for ksense to start, or for an event, before failing, unless
 /// `$KSENSE_TEST_TIMEOUT_SECS` says otherwise (the VM test sets it: under qemu's software
 /// emulation everything is about ten times slower).
@@ -92,10 +94,16 @@ impl Stopped {
 impl Ksense {
     /// Starts `ksense run --output json` with `extra` arguments and waits until it runs.
     pub fn start(extra: &[&str]) -> Ksense {
+        Ksense::start_with_env(extra, &[])
+    }
+
+    /// [`Ksense::start`] with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Ksense {
         require_root();
         let mut child = Command::new(ksense_bin())
             .args(["run", "--output", "json"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -27,7 +27,7 @@ fn main() {
             println!("tid={tid}");
         }
         Some("mprotect-text-rwx") => {
-            let page = page_of(fork_exit as usize);
+            let page = page_of(fork_exit as *const () as usize);
             protect(page, libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC);
             protect(page, libc::PROT_READ | libc::PROT_EXEC);
             println!("page={page:#x}");

@@ -153,6 +153,7 @@ fn core_offsets(btf: &Btf) -> Result<(TaskOffsets, MmOffsets, MiscOffsets), BtfE
             exit_code: task("exit_code")?,
             signal: task("signal")?,
             flags: task("flags")?,
+            group_leader: task("group_leader")?,
         },
         MmOffsets {
             start_code: mm("start_code")?,
@@ -174,7 +175,6 @@ fn core_offsets(btf: &Btf) -> Result<(TaskOffsets, MmOffsets, MiscOffsets), BtfE
 fn fentry_positions(btf: &Btf, misc: &mut MiscOffsets) -> Result<(), BtfError> {
     misc.clone_args_flags = btf.field_offset("kernel_clone_args", "flags")?;
     misc.kernel_clone_args_arg = btf.func_param_index("kernel_clone", "args")? as u32;
-    misc.kernel_clone_nargs = btf.func_param_count("kernel_clone")? as u32;
     misc.do_exit_code_arg = btf.func_param_index("do_exit", "code")? as u32;
     Ok(())
 }

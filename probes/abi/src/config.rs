@@ -28,6 +28,8 @@ pub struct TaskOffsets {
     pub signal: u32,
     /// `flags`.
     pub flags: u32,
+    /// `group_leader` (a `task_struct *`).
+    pub group_leader: u32,
 }
 
 /// Offsets into `struct mm_struct`.
@@ -60,8 +62,6 @@ pub struct MiscOffsets {
     pub binprm_filename: u32,
     /// Position of `kernel_clone`'s `struct kernel_clone_args *` parameter.
     pub kernel_clone_args_arg: u32,
-    /// Number of `kernel_clone` parameters: its return value follows them in an fexit context.
-    pub kernel_clone_nargs: u32,
     /// Position of `do_exit`'s `code` parameter.
     pub do_exit_code_arg: u32,
 }

@@ -12,18 +12,18 @@ use ksense_abi::{
 
 use crate::{
     maps::{as_bytes, config, output},
-    task::{arg_at, code_range, current, fill_current, header, read},
+    task::{code_range, current, fill_current, func_arg, header, read},
 };
 
 /// fexit `kernel_clone(struct kernel_clone_args *args)`: returns the child's pid (in the
 /// caller's pid namespace) or a negative errno.
 #[fexit(function = "kernel_clone")]
 pub fn fexit_kernel_clone(ctx: FExitContext) -> i32 {
-    let ret = arg_at!(ctx, config!(misc.kernel_clone_nargs)) as u32 as i32;
+    let ret = ctx.ret::<i64>().unwrap_or(0) as i32;
     if ret <= 0 {
         return 0;
     }
-    let args = arg_at!(ctx, config!(misc.kernel_clone_args_arg)) as *const u8;
+    let args = func_arg(&ctx, config!(misc.kernel_clone_args_arg)) as *const u8;
     let flags: u64 = read(args, config!(misc.clone_args_flags));
     emit(Hook::FexitKernelClone, ret as u32, None, flags, 0, code_range(current()));
     0

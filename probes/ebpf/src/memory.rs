@@ -29,7 +29,7 @@ use ksense_abi::{
 
 use crate::{
     maps::{as_bytes, config, count_lost, output},
-    task::{arg_at, current, fill_current, have_offsets, header, read, read_ptr},
+    task::{current, func_arg, fill_current, have_offsets, header, read, read_ptr},
 };
 
 /// Low `vm_flags`/`PROT_*` bits: read, write, exec.
@@ -51,10 +51,10 @@ static MEMORY_SCRATCH: PerCpuArray<CoalesceState> = PerCpuArray::with_max_entrie
 /// its BTF prototype (they moved in 6.1 and again in 6.3).
 #[fentry(function = "mprotect_fixup")]
 pub fn fentry_mprotect_fixup(ctx: FEntryContext) -> i32 {
-    let vma = arg_at!(ctx, config!(memory.fixup_vma_arg)) as *const u8;
-    let start = arg_at!(ctx, config!(memory.fixup_start_arg));
-    let end = arg_at!(ctx, config!(memory.fixup_end_arg));
-    let newflags = arg_at!(ctx, config!(memory.fixup_newflags_arg)) as u32;
+    let vma = func_arg(&ctx, config!(memory.fixup_vma_arg)) as *const u8;
+    let start = func_arg(&ctx, config!(memory.fixup_start_arg));
+    let end = func_arg(&ctx, config!(memory.fixup_end_arg));
+    let newflags = func_arg(&ctx, config!(memory.fixup_newflags_arg)) as u32;
     let Some(state) = scratch() else { return 0 };
     let rec = &mut state.record;
     begin(rec, start, end.saturating_sub(start), newflags);

@@ -13,7 +13,7 @@ use ksense_abi::{
 
 use crate::{
     maps::{as_bytes, config, output},
-    task::{arg_at, fill_current, have_offsets, header, read},
+    task::{fill_current, func_arg, have_offsets, header, read},
 };
 
 /// At most this many size fields are added up (`module_memory` core regions).
@@ -22,7 +22,7 @@ const SIZE_FIELDS_MAX: u32 = 4;
 /// fentry `do_init_module(struct module *mod)`.
 #[fentry(function = "do_init_module")]
 pub fn fentry_do_init_module(ctx: FEntryContext) -> i32 {
-    let module = arg_at!(ctx, config!(module.init_mod_arg)) as *const u8;
+    let module = func_arg(&ctx, config!(module.init_mod_arg)) as *const u8;
     emit_from_module(Hook::FentryDoInitModule, module);
     0
 }

@@ -1,8 +1,14 @@
 //! Reads of `task_struct` and friends at BTF-resolved offsets, shared by every hook.
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
-    bpf_probe_read_kernel_buf,
-    generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_func_arg, bpf_get_smp_processor_id,
+            bpf_ktime_get_ns,
+        },
+    },
 };
 use ksense_abi::{ABI_VERSION, Header, Hook, Task};
 
@@ -107,20 +113,12 @@ pub fn live_threads(task: *const u8) -> i32 {
     read(signal, config!(misc.signal_live))
 }
 
-/// Reads argument `n` of an fentry/fexit context (for fexit, `n` = the number of arguments
-/// gives the return value). The verifier only allows constant context offsets, so the
-/// BTF-resolved position is matched onto constants.
-macro_rules! arg_at {
-    ($ctx:expr, $n:expr) => {
-        match $n {
-            0 => $ctx.arg::<u64>(0),
-            1 => $ctx.arg::<u64>(1),
-            2 => $ctx.arg::<u64>(2),
-            3 => $ctx.arg::<u64>(3),
-            4 => $ctx.arg::<u64>(4),
-            5 => $ctx.arg::<u64>(5),
-            _ => 0u64,
-        }
-    };
+/// Argument `n` of the traced function in an fentry/fexit program (`bpf_get_func_arg`, 5.17+).
+/// A helper rather than a context load: the position comes from BTF at run time, and the
+/// verifier only allows context loads at constant offsets.
+#[inline(always)]
+pub fn func_arg(ctx: &impl EbpfContext, n: u32) -> u64 {
+    let mut value = 0u64;
+    unsafe { bpf_get_func_arg(ctx.as_ptr(), n, &mut value) };
+    value
 }
-pub(crate) use arg_at;

@@ -108,6 +108,7 @@ fn main() {
         report("thread", catch(|| check_thread(&ksense)));
         report("module", catch(|| check_module(&ksense, probes.as_ref())));
         report("memory", catch(|| check_memory(&ksense)));
+        report("memory-coalesce", catch(|| check_memory_coalesce(&ksense)));
         match catch(|| ksense.stop()) {
             Ok(stopped) => {
                 let totals = stopped.stderr.lines().rev().find(|l| l.contains("ksense stopped:")).unwrap_or("(no totals line)");
@@ -115,6 +116,7 @@ fn main() {
             }
             Err(reason) => println!("vm-note kernel={kernel} mode={mode} ksense did not stop cleanly: {reason}"),
         }
+        report("memory-all", catch(|| check_memory_all(&kernel, mode)));
     }
     println!("vm-note guest ran for {:.1} s", started.elapsed().as_secs_f64());
     println!("vm-summary: {passed} passed, {failed} failed");
@@ -343,6 +345,53 @@ fn check_memory(ksense: &Ksense) {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A toggling loop (RW -> RX -> RW ...) yields a handful of events whose `ksense.event.count`
+/// add up to every transition (the tail is reported once the range has been idle a window).
+fn check_memory_coalesce(ksense: &Ksense) {
+    const N: u64 = 20_000;
+    let (_, pid) = run_workload(&["mprotect-toggle", &N.to_string()]);
+    let counted = || -> (u64, usize) {
+        let events: Vec<Value> = ksense
+            .events()
+            .into_iter()
+            .filter(|e| is(e, "process.memory.protect") && attr(e, "process.pid") == pid)
+            .collect();
+        (events.iter().map(|e| attr(e, "ksense.event.count").as_u64().unwrap_or(0)).sum(), events.len())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counted().0 < 2 * N && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (total, events) = counted();
+    assert_eq!(total, 2 * N, "counts of {events} events add up to {total}, not {}", 2 * N);
+    assert!(events < 100, "{events} events for {} transitions: not coalesced", 2 * N);
+}
+
+/// With `report = "all"`: a harmless change (RW -> R) is reported, and, on the syscall path, a
+/// failed call carries its errno. (On the fentry path a call that fails before reaching
+/// `mprotect_fixup` never touches a VMA, so there is nothing to see.)
+fn check_memory_all(kernel: &str, mode: &str) {
+    let config = "/tmp/ksense-memory-all.toml";
+    std::fs::write(config, "[memory]\nreport = \"all\"\n").unwrap();
+    let ksense = Ksense::start(&["--attach", mode, "--config", config]);
+    let (_, pid) = run_workload(&["mprotect-anon-ro"]);
+    let ro = caused_by(&ksense, pid, "RW -> R change", |e| {
+        is(e, "process.memory.protect") && attr(e, "process.pid") == pid && attr(e, "ksense.memory.protection.new") == "r--"
+    });
+    assert_eq!(attr(&ro, "ksense.memory.wx"), false, "{ro}");
+    assert_eq!(ro["severity"], "INFO", "{ro}");
+    if mode == "tracepoint" {
+        let (_, pid) = run_workload(&["mprotect-bad-addr"]);
+        let bad = caused_by(&ksense, pid, "failed mprotect", |e| {
+            is(e, "process.memory.protect") && attr(e, "process.pid") == pid && attr(e, "ksense.memory.result") == -12
+        });
+        assert_eq!(attr(&bad, "ksense.memory.protection.new"), "r--", "{bad}");
+    } else {
+        println!("vm-note kernel={kernel} mode={mode} memory-all: a failed mprotect is not checked on the fentry path (it never reaches mprotect_fixup)");
+    }
+    ksense.stop();
 }
 
 /// Runs `ksense-workload <workload>` and checks its `process.memory.protect` event on `region`.

@@ -4,4 +4,5 @@
 pub const MODES: [&str; 2] = ["fentry", "tracepoint"];
 
 /// The checks the guest runs in each mode, in order; the host expects one result line for each.
-pub const CHECKS: [&str; 7] = ["probes", "fork", "exec", "exit", "thread", "module", "memory"];
+pub const CHECKS: [&str; 9] =
+    ["probes", "fork", "exec", "exit", "thread", "module", "memory", "memory-coalesce", "memory-all"];

@@ -251,7 +251,7 @@ impl Config {
             position: span.map(|s| line_col(text, s.start)),
             message,
         };
-        let config: Config = toml::from_str(text).map_err(|e| error(e.span(), e.message().to_owned()))?;
+        let config: Config = toml::from_str(text).map_err(|e| error(e.span(), with_suggestion(e.message())))?;
         let ring = &config.limits.ring_buffer_bytes;
         if !ring.get_ref().is_power_of_two() || *ring.get_ref() < 65536 {
             return Err(error(
@@ -268,6 +268,40 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// serde's "unknown field `forkk`, expected one of `attach`, `fork`, ..." with
+/// "; did you mean `fork`?" added when one expected key is close to the unknown one.
+fn with_suggestion(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else { return message.trim_end().to_owned() };
+    let Some((unknown, expected)) = rest.split_once('`') else { return message.trim_end().to_owned() };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|key| (edit_distance(unknown, key), key))
+        .filter(|(d, key)| *d <= 2.max(key.len() / 3))
+        .min();
+    match best {
+        Some((_, key)) => format!("{}; did you mean `{key}`?", message.trim_end()),
+        None => message.trim_end().to_owned(),
+    }
+}
+
+/// Levenshtein distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(prev + usize::from(ca != *cb));
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -315,6 +349,7 @@ mod tests {
         let err = parse("[probes]\nfork = true\nforkk = false\n").unwrap_err().to_string();
         assert!(err.starts_with("/etc/ksense/ksense.toml:3:1: "), "{err}");
         assert!(err.contains("forkk"), "{err}");
+        assert!(err.ends_with("did you mean `fork`?"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod config;
 pub mod decode;
 pub mod enrich;
 pub mod event;
+pub mod notify;
 pub mod offsets;
 pub mod pipeline;
 pub mod record;
@@ -125,6 +126,18 @@ async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option
     let mut reader = Reader::new(ring, queue_tx, counters.clone())?;
     let mut losses = LossReporter::default();
     let mut tick = tokio::time::interval(LOSS_REPORT_INTERVAL);
+    let notifier = notify::Notifier::from_env();
+    let attached: Vec<String> = probes
+        .report
+        .iter()
+        .filter_map(|k| Some(format!("{}={}", k.kind.name(), attach::probe_name(k.chosen()?))))
+        .collect();
+    let status = |snapshot: &telemetry::Snapshot| {
+        format!("STATUS=attached {}; events {}; lost {}", attached.join(" "), snapshot.written, snapshot.lost() + snapshot.sink_lost())
+    };
+    notifier.send(&format!("READY=1\n{}", status(&counters.snapshot(probes.ring_lost()?))));
+    let mut watchdog = tokio::time::interval(notify::Notifier::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let watchdog_on = notify::Notifier::watchdog_interval().is_some();
     let window = Duration::from_millis(config.memory.coalesce_window_ms);
     // Coalesced memory repeats are swept at the window's pace (never if coalescing is off).
     let mut sweep = tokio::time::interval(window.max(Duration::from_millis(100)));
@@ -136,7 +149,12 @@ async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option
                     break;
                 }
             }
-            _ = tick.tick() => losses.report(counters.snapshot(probes.ring_lost()?)),
+            _ = tick.tick() => {
+                let snapshot = counters.snapshot(probes.ring_lost()?);
+                notifier.send(&status(&snapshot));
+                losses.report(snapshot);
+            }
+            _ = watchdog.tick(), if watchdog_on => notifier.send("WATCHDOG=1"),
             _ = sweep.tick(), if !window.is_zero() => {
                 if reader.inject(probes.take_idle_coalesced(window.as_nanos() as u64)) == Flow::Stop {
                     break;
@@ -148,6 +166,7 @@ async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option
     }
 
     // Stop new events at the source, then ship everything already in the ring buffer.
+    notifier.send("STOPPING=1");
     probes.detach();
     reader.drain();
     // Repeats still counted in the kernel are reported rather than lost with it.

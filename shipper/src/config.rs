@@ -31,7 +31,7 @@ pub struct Config {
 }
 
 /// `[probes]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbesConfig {
     /// Which hook family to use: `auto` tries fentry/fexit first and falls back to tracepoints.
@@ -77,7 +77,7 @@ pub enum AttachMode {
 }
 
 /// `[memory]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// Which changes to report: `wx` (only those that matter) or `all`.
@@ -183,7 +183,7 @@ impl Default for JournaldConfig {
 }
 
 /// `[limits]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Size of the kernel ring buffer in bytes: a power of two, at least 64 KiB.

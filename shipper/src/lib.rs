@@ -11,7 +11,7 @@
 //! (the one shape every sink takes) and the [`sinks`]. Attribute names live in [`schema`].
 #![deny(missing_docs)]
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use ksense_abi::EventKind;
@@ -49,10 +49,7 @@ const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Runs a parsed command line.
 pub fn main(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
-        cli::Command::Run { config, output, attach } => {
-            let config = Config::load(config.as_deref())?;
-            run(&config, output, attach)
-        }
+        cli::Command::Run { config, output, attach } => run(config.as_deref(), output, attach),
         cli::Command::Probes { config, attach, json } => {
             let config = Config::load(config.as_deref())?;
             probes(&config, attach, json)
@@ -90,19 +87,26 @@ fn attach_options(config: &Config, attach: Option<AttachMode>) -> AttachOptions 
     }
 }
 
-/// `ksense run`: attach, read, ship; on SIGINT/SIGTERM detach, drain what the ring buffer
-/// holds to the sinks, and report totals.
-pub fn run(config: &Config, output: Option<OutputFormat>, attach: Option<AttachMode>) -> anyhow::Result<()> {
+/// `ksense run`: attach, read, ship; on SIGHUP re-read the configuration and switch sinks; on
+/// SIGINT/SIGTERM detach, drain what the ring buffer holds to the sinks, and report totals.
+pub fn run(config_path: Option<&Path>, output: Option<OutputFormat>, attach: Option<AttachMode>) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(run_async(config, output, attach))
+    runtime.block_on(run_async(config_path, &config, output, attach))
 }
 
-async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option<AttachMode>) -> anyhow::Result<()> {
+async fn run_async(
+    config_path: Option<&Path>,
+    config: &Config,
+    output: Option<OutputFormat>,
+    attach: Option<AttachMode>,
+) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
 
     let mut probes = Probes::attach(&attach_options(config, attach))?;
     for kind in &probes.report {
@@ -115,11 +119,12 @@ async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option
     let counters = Arc::new(Counters::default());
     let (queue_tx, queue_rx) = mpsc::channel(*config.limits.queue_events.get_ref());
     let sinks = sinks::build(config, output, &counters)?;
+    let (reload_tx, reload_rx) = std::sync::mpsc::channel();
     let pipeline = {
         let counters = counters.clone();
         std::thread::Builder::new()
             .name("ksense-pipeline".into())
-            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), sinks, counters))
+            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), sinks, reload_rx, counters))
             .context("cannot start the pipeline thread")?
     };
 
@@ -160,6 +165,7 @@ async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option
                     break;
                 }
             }
+            _ = sighup.recv() => reload(config_path, config, output, &counters, &reload_tx),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -177,6 +183,34 @@ async fn run_async(config: &Config, output: Option<OutputFormat>, attach: Option
     losses.report(totals.clone());
     tracing::info!("ksense stopped: {totals}");
     Ok(())
+}
+
+/// SIGHUP: re-reads the configuration; a valid one replaces the sinks (the probes stay attached,
+/// so no event is missed); an invalid one is rejected and the running configuration stays.
+fn reload(
+    path: Option<&Path>,
+    running: &Config,
+    output: Option<OutputFormat>,
+    counters: &Counters,
+    sinks: &std::sync::mpsc::Sender<pipeline::Sinks>,
+) {
+    let new = match Config::load(path) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!("SIGHUP: the new configuration is rejected, the running one stays: {e}");
+            return;
+        }
+    };
+    if (&new.probes, &new.memory, &new.limits) != (&running.probes, &running.memory, &running.limits) {
+        tracing::warn!("SIGHUP: changes to [probes], [memory] and [limits] take effect when ksense restarts");
+    }
+    match sinks::build(&new, output, counters) {
+        Ok(built) => {
+            let _ = sinks.send(built);
+            tracing::info!("SIGHUP: configuration reloaded");
+        }
+        Err(e) => tracing::error!("SIGHUP: the new configuration is rejected, the running one stays: {e}"),
+    }
 }
 
 /// `ksense probes`: attach every enabled kind as `run` would, print the choices, detach.

@@ -11,16 +11,31 @@ use crate::{
     telemetry::{Counters, SinkStats},
 };
 
+/// A set of sinks with their counters.
+pub type Sinks = Vec<(Box<dyn Sink>, Arc<SinkStats>)>;
+
 /// Runs until the queue is closed and empty, or a sink's reader went away (broken pipe); then
-/// closes every sink (which delivers what it still holds).
-pub fn run(queue: mpsc::Receiver<Event>, enricher: Enricher, mut sinks: Vec<(Box<dyn Sink>, Arc<SinkStats>)>, counters: Arc<Counters>) {
-    feed(queue, enricher, &mut sinks, &counters);
-    for (sink, _) in &mut sinks {
+/// closes every sink (which delivers what it still holds). A new set of sinks arriving on
+/// `reloads` (SIGHUP) replaces the current one between two batches: the old sinks are closed,
+/// so they deliver what they hold, and no event is lost in the switch.
+pub fn run(queue: mpsc::Receiver<Event>, enricher: Enricher, mut sinks: Sinks, reloads: std::sync::mpsc::Receiver<Sinks>, counters: Arc<Counters>) {
+    feed(queue, enricher, &mut sinks, &reloads, &counters);
+    close(&mut sinks);
+}
+
+fn close(sinks: &mut Sinks) {
+    for (sink, _) in sinks.iter_mut() {
         sink.close();
     }
 }
 
-fn feed(mut queue: mpsc::Receiver<Event>, mut enricher: Enricher, sinks: &mut [(Box<dyn Sink>, Arc<SinkStats>)], counters: &Counters) {
+fn feed(
+    mut queue: mpsc::Receiver<Event>,
+    mut enricher: Enricher,
+    sinks: &mut Sinks,
+    reloads: &std::sync::mpsc::Receiver<Sinks>,
+    counters: &Counters,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut next = Some(first);
         while let Some(mut event) = next {
@@ -46,6 +61,12 @@ fn feed(mut queue: mpsc::Receiver<Event>, mut enricher: Enricher, sinks: &mut [(
                 }
                 tracing::warn!(sink = sink.name(), "could not flush: {e}");
             }
+        }
+        if let Some(new) = reloads.try_iter().last() {
+            close(sinks);
+            *sinks = new;
+            let names: Vec<&str> = sinks.iter().map(|(s, _)| s.name()).collect();
+            tracing::info!(sinks = ?names, "sinks reloaded");
         }
     }
 }

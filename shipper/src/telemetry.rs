@@ -62,10 +62,14 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
-    /// Counters for a new sink called `name`.
+    /// The counters of the sink called `name` (the same ones again when a reload recreates it).
     pub fn register_sink(&self, name: &'static str) -> Arc<SinkStats> {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, stats)) = sinks.iter().find(|(n, _)| *n == name) {
+            return stats.clone();
+        }
         let stats = Arc::new(SinkStats::default());
-        self.sinks.lock().unwrap_or_else(|e| e.into_inner()).push((name, stats.clone()));
+        sinks.push((name, stats.clone()));
         stats
     }
 

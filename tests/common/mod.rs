@@ -185,6 +185,11 @@ impl Ksense {
         self.events.lock().unwrap().clone()
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to ksense.
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
     /// Sends SIGTERM and waits for ksense to exit.
     pub fn stop(mut self) -> Stopped {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };

@@ -238,6 +238,15 @@ fn fixup_positions(btf: &Btf, memory: &mut MemoryOffsets) -> Result<(), BtfError
     memory.fixup_start_arg = btf.func_param_index("mprotect_fixup", "start")? as u32;
     memory.fixup_end_arg = btf.func_param_index("mprotect_fixup", "end")? as u32;
     memory.fixup_newflags_arg = btf.func_param_index("mprotect_fixup", "newflags")? as u32;
+    // The companion fexit on do_mprotect_pkey (failed calls); left at 0 where it is absent, in
+    // which case attaching it fails and the hook runs without it.
+    if let (Ok(start), Ok(len), Ok(prot)) = (
+        btf.func_param_index("do_mprotect_pkey", "start"),
+        btf.func_param_index("do_mprotect_pkey", "len"),
+        btf.func_param_index("do_mprotect_pkey", "prot"),
+    ) {
+        (memory.pkey_start_arg, memory.pkey_len_arg, memory.pkey_prot_arg) = (start as u32, len as u32, prot as u32);
+    }
     Ok(())
 }
 

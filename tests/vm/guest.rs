@@ -369,9 +369,8 @@ fn check_memory_coalesce(ksense: &Ksense) {
     assert!(events < 100, "{events} events for {} transitions: not coalesced", 2 * N);
 }
 
-/// With `report = "all"`: a harmless change (RW -> R) is reported, and, on the syscall path, a
-/// failed call carries its errno. (On the fentry path a call that fails before reaching
-/// `mprotect_fixup` never touches a VMA, so there is nothing to see.)
+/// With `report = "all"`: a harmless change (RW -> R) is reported, and a failed call carries its
+/// errno (on the fentry path through the fexit companion on `do_mprotect_pkey`).
 fn check_memory_all(kernel: &str, mode: &str) {
     let config = "/tmp/ksense-memory-all.toml";
     std::fs::write(config, "[memory]\nreport = \"all\"\n").unwrap();
@@ -382,15 +381,12 @@ fn check_memory_all(kernel: &str, mode: &str) {
     });
     assert_eq!(attr(&ro, "ksense.memory.wx"), false, "{ro}");
     assert_eq!(ro["severity"], "INFO", "{ro}");
-    if mode == "tracepoint" {
-        let (_, pid) = run_workload(&["mprotect-bad-addr"]);
-        let bad = caused_by(&ksense, pid, "failed mprotect", |e| {
-            is(e, "process.memory.protect") && attr(e, "process.pid") == pid && attr(e, "ksense.memory.result") == -12
-        });
-        assert_eq!(attr(&bad, "ksense.memory.protection.new"), "r--", "{bad}");
-    } else {
-        println!("vm-note kernel={kernel} mode={mode} memory-all: a failed mprotect is not checked on the fentry path (it never reaches mprotect_fixup)");
-    }
+    let (_, pid) = run_workload(&["mprotect-bad-addr"]);
+    let bad = caused_by(&ksense, pid, "failed mprotect", |e| {
+        is(e, "process.memory.protect") && attr(e, "process.pid") == pid && attr(e, "ksense.memory.result") == -12
+    });
+    assert_eq!(attr(&bad, "ksense.memory.protection.new"), "r--", "{bad}");
+    println!("vm-note kernel={kernel} mode={mode} memory-all: failed mprotect reported by {}", attr(&bad, "ksense.probe"));
     ksense.stop();
 }
 

@@ -143,6 +143,12 @@ pub struct MemoryOffsets {
     pub tp_prot: u32,
     /// `sys_exit_mprotect` record: `ret`.
     pub tp_ret: u32,
+    /// Position of `do_mprotect_pkey`'s `start` parameter.
+    pub pkey_start_arg: u32,
+    /// Position of its `len` parameter.
+    pub pkey_len_arg: u32,
+    /// Position of its `prot` parameter.
+    pub pkey_prot_arg: u32,
 }
 
 /// Everything the probes are told. All zero means "nothing resolved": the probes then report
@@ -169,15 +175,13 @@ pub struct ProbeConfig {
     /// 1 to report every protection change, 0 for only those that matter (W^X, code made
     /// writable, exec added to anonymous, stack or heap memory).
     pub memory_report_all: u32,
-    /// Zero (keeps the next field 8-byte aligned without hidden padding).
-    pub reserved: u32,
     /// Repeats of one (process, range, transition) within this many ns of its last record are
     /// counted into the next record instead of each writing one; 0 turns coalescing off.
     pub memory_coalesce_ns: u64,
 }
 
 // No padding: the daemon and the probes must agree byte for byte.
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 58 * 4 + 8);
 
 // SAFETY: plain old data of u32 fields, no padding.
 #[cfg(feature = "user")]

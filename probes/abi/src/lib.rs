@@ -196,6 +196,17 @@ impl Hook {
         }
     }
 
+    /// Programs attached alongside the hook when the kernel allows, `(program, target, family)`:
+    /// they add detail the main program cannot see, and the hook works without them. The
+    /// mprotect_fixup hook never sees a call that fails before reaching it; an fexit on
+    /// `do_mprotect_pkey` reports those (with `report = "all"`).
+    pub const fn companions(self) -> &'static [(&'static str, &'static str, HookFamily)] {
+        match self {
+            Hook::FentryMprotectFixup => &[("fexit_do_mprotect_pkey", "do_mprotect_pkey", HookFamily::Fexit)],
+            _ => &[],
+        }
+    }
+
     /// The attach point named in `ksense.probe` (the first of [`Hook::attachments`]; for the
     /// mprotect syscall hook, the exit side, where the record is written).
     pub const fn target(self) -> &'static str {

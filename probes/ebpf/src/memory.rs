@@ -11,9 +11,9 @@ use aya_ebpf::{
         bpf_probe_read_kernel_str_bytes,
         generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_ktime_get_ns},
     },
-    macros::{fentry, map, tracepoint},
+    macros::{fentry, fexit, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{FEntryContext, TracePointContext},
+    programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use core::{
     ffi::c_void,
@@ -65,6 +65,29 @@ pub fn fentry_mprotect_fixup(ctx: FEntryContext) -> i32 {
         file: read_ptr(vma, config!(memory.vma_file)),
     };
     describe(rec, &vm);
+    finish(Hook::FentryMprotectFixup, state);
+    0
+}
+
+/// fexit `do_mprotect_pkey(start, len, prot, pkey)`, companion of the fentry hook: a call that
+/// fails before reaching `mprotect_fixup` (an unmapped address, say) is reported here, with its
+/// errno, when every change is reported. Successful calls were seen per VMA by the fentry.
+#[fexit(function = "do_mprotect_pkey")]
+pub fn fexit_do_mprotect_pkey(ctx: FExitContext) -> i32 {
+    if config!(memory_report_all) == 0 {
+        return 0;
+    }
+    let ret = ctx.ret::<i64>().unwrap_or(0) as i32;
+    if ret >= 0 {
+        return 0;
+    }
+    let start = func_arg(&ctx, config!(memory.pkey_start_arg));
+    let len = func_arg(&ctx, config!(memory.pkey_len_arg));
+    let prot = func_arg(&ctx, config!(memory.pkey_prot_arg)) as u32;
+    let Some(state) = scratch() else { return 0 };
+    begin(&mut state.record, start, len, prot);
+    state.record.result = ret;
+    state.record.flags |= MEMORY_RESULT_KNOWN;
     finish(Hook::FentryMprotectFixup, state);
     0
 }

@@ -88,7 +88,8 @@ impl KindReport {
 /// The loaded eBPF object with its attached programs.
 pub struct Probes {
     ebpf: Ebpf,
-    attached: Vec<Hook>,
+    /// Every loaded program, to unload at detach.
+    loaded: Vec<(HookFamily, &'static str)>,
     /// Per kind, the hook chosen and why the others were not.
     pub report: Vec<KindReport>,
 }
@@ -109,7 +110,7 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(AttachError::Load)?;
 
-        let mut attached = Vec::new();
+        let mut loaded = Vec::new();
         let mut report = Vec::new();
         for kind in EventKind::ALL {
             let enabled = options.kinds.contains(&kind);
@@ -129,8 +130,9 @@ impl Probes {
                             Outcome::Skipped(format!("no kernel BTF: {e}"))
                         }
                         (btf, _) => match load_and_attach(&mut ebpf, hook, btf.as_ref().ok()) {
-                            Ok(()) => {
-                                attached.push(hook);
+                            Ok(programs) => {
+                                loaded.extend(programs.into_iter().map(|p| (hook.family(), p)));
+                                loaded.extend(attach_companions(&mut ebpf, hook, btf.as_ref().ok()));
                                 Outcome::Attached
                             }
                             Err(why) => Outcome::Refused(why),
@@ -146,10 +148,10 @@ impl Probes {
             }
             report.push(kind_report);
         }
-        if attached.is_empty() && !options.kinds.is_empty() {
+        if loaded.is_empty() && !options.kinds.is_empty() {
             return Err(AttachError::NothingAttached);
         }
-        Ok(Probes { ebpf, attached, report })
+        Ok(Probes { ebpf, loaded, report })
     }
 
     /// Takes the ring buffer the probes write to (once).
@@ -179,13 +181,9 @@ impl Probes {
 
     /// Detaches every program: no new events are written after this returns.
     pub fn detach(&mut self) {
-        for hook in std::mem::take(&mut self.attached) {
-            let mut programs: Vec<&str> = hook.attachments().iter().map(|(p, _)| *p).collect();
-            programs.dedup();
-            for program in programs {
-                if let Err(e) = unload(&mut self.ebpf, hook.family(), program) {
-                    tracing::warn!(probe = %probe_name(hook), "detaching failed: {e}");
-                }
+        for (family, program) in std::mem::take(&mut self.loaded) {
+            if let Err(e) = unload(&mut self.ebpf, family, program) {
+                tracing::warn!(program, "detaching failed: {e}");
             }
         }
     }
@@ -251,9 +249,10 @@ fn excluded_by_mode(mode: AttachMode, hook: Hook) -> Option<String> {
     }
 }
 
-/// Loads and attaches one hook's programs; on failure leaves nothing loaded and says why.
-fn load_and_attach(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>) -> Result<(), String> {
-    let mut loaded: Vec<&str> = Vec::new();
+/// Loads and attaches one hook's programs, returning their names; on failure leaves nothing
+/// loaded and says why.
+fn load_and_attach(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>) -> Result<Vec<&'static str>, String> {
+    let mut loaded: Vec<&'static str> = Vec::new();
     let result = hook.attachments().iter().try_for_each(|&(program, target)| {
         let fresh = !loaded.contains(&program);
         let result = attach_one(ebpf, hook.family(), program, target, fresh, btf);
@@ -262,12 +261,26 @@ fn load_and_attach(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>) -> Resul
         }
         result
     });
-    if result.is_err() {
+    if let Err(why) = result {
         for program in loaded {
             let _ = unload(ebpf, hook.family(), program);
         }
+        return Err(why);
     }
-    result
+    Ok(loaded)
+}
+
+/// Attaches what the kernel accepts of a hook's companions (see `Hook::companions`); a refusal
+/// is reported once and the hook runs without that detail.
+fn attach_companions(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>) -> Vec<(HookFamily, &'static str)> {
+    let mut loaded = Vec::new();
+    for &(program, target, family) in hook.companions() {
+        match attach_one(ebpf, family, program, target, true, btf) {
+            Ok(()) => loaded.push((family, program)),
+            Err(why) => tracing::info!(probe = %probe_name(hook), companion = %format!("{}/{target}", family.name()), "without this companion: {why}"),
+        }
+    }
+    loaded
 }
 
 /// Loads `program` (if `fresh`) and attaches it at `target`.

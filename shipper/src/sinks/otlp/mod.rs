@@ -84,3 +84,51 @@ impl Sink for OtlpSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Severity, Value};
+    use std::{sync::atomic::Ordering::Relaxed, time::{Instant, SystemTime}};
+
+    /// Records/s the sink delivers to a real collector: `KSENSE_BENCH_OTLP=http://127.0.0.1:4317
+    /// cargo test --release -p ksense --lib otlp_throughput -- --ignored --nocapture`
+    /// (with e.g. `rotel-agent start --exporter blackhole` listening there).
+    #[test]
+    #[ignore]
+    fn otlp_throughput() {
+        let endpoint = std::env::var("KSENSE_BENCH_OTLP").expect("KSENSE_BENCH_OTLP=<collector URL>");
+        let n: u64 = std::env::var("KSENSE_BENCH_N").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
+        let config = config::OtlpConfig { endpoint: Some(endpoint), enabled: crate::config::Enabled::Fixed(true), ..Default::default() };
+        let settings = config.resolve(|_| None).unwrap().unwrap();
+        let stats = Arc::new(SinkStats::default());
+        let mut sink = OtlpSink::start(settings, stats.clone()).unwrap();
+        let record = LogRecord {
+            event_name: "process.exec",
+            severity: Severity::Info,
+            time: SystemTime::now(),
+            observed_time: SystemTime::now(),
+            body: "bash[4242] executed /usr/bin/ls -la /tmp".into(),
+            attributes: (0..20)
+                .map(|i| (crate::schema::PROCESS_PID, if i % 2 == 0 { Value::Int(4242) } else { Value::Str("/usr/bin/ls".into()) }))
+                .collect(),
+        };
+        let started = Instant::now();
+        for written in 0..n {
+            // Keep within the queue, so the figure is delivery, not dropping.
+            while written - stats.delivered.load(Relaxed) >= 60_000 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            sink.write(&record).unwrap();
+        }
+        sink.close();
+        let elapsed = started.elapsed();
+        let delivered = stats.delivered.load(Relaxed);
+        eprintln!(
+            "OTLP: {delivered} of {n} records delivered in {:.2} s: {:.0} records/s ({} dropped: queue full)",
+            elapsed.as_secs_f64(),
+            delivered as f64 / elapsed.as_secs_f64(),
+            stats.queue_full.load(Relaxed)
+        );
+    }
+}

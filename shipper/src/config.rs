@@ -26,12 +26,14 @@ pub struct Config {
     pub output: OutputConfig,
     /// Backends.
     pub sinks: SinksConfig,
-    /// Buffer sizes.
+    /// Which events go on to the sinks.
+    pub filters: crate::filter::FiltersConfig,
+    /// Buffer sizes and rate limits.
     pub limits: LimitsConfig,
 }
 
 /// `[probes]`.
-#[derive(Debug, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbesConfig {
     /// Which hook family to use: `auto` tries fentry/fexit first and falls back to tracepoints.
@@ -77,7 +79,7 @@ pub enum AttachMode {
 }
 
 /// `[memory]`.
-#[derive(Debug, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// Which changes to report: `wx` (only those that matter) or `all`.
@@ -130,6 +132,8 @@ pub struct SinksConfig {
     pub journald: JournaldConfig,
     /// `[sinks.otlp]`.
     pub otlp: crate::sinks::otlp::config::OtlpConfig,
+    /// `[sinks.file]`.
+    pub file: crate::sinks::file::FileConfig,
 }
 
 /// Whether a sink runs: always, never, or when its backend is there.
@@ -191,6 +195,9 @@ pub struct LimitsConfig {
     /// Events held between the ring-buffer reader and the sinks before new ones are dropped
     /// (and counted).
     pub queue_events: Spanned<usize>,
+    /// Most events per second passed on per event kind, e.g. `{ "process.exec" = 5000 }`;
+    /// beyond it events are dropped and counted (`rate_limited`). Unlisted kinds are unlimited.
+    pub rate_per_second: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for LimitsConfig {
@@ -198,6 +205,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             ring_buffer_bytes: Spanned::new(0..0, 16 << 20),
             queue_events: Spanned::new(0..0, 65536),
+            rate_per_second: Default::default(),
         }
     }
 }
@@ -261,6 +269,10 @@ impl Config {
                     ring.get_ref()
                 ),
             ));
+        }
+        let kinds: Vec<&str> = ksense_abi::EventKind::ALL.iter().map(|k| k.name()).collect();
+        if let Some(unknown) = config.limits.rate_per_second.keys().find(|k| !kinds.contains(&k.as_str())) {
+            return Err(error(None, format!("limits.rate_per_second: unknown event kind {unknown:?}, expected one of {kinds:?}")));
         }
         let queue = &config.limits.queue_events;
         if *queue.get_ref() == 0 {

@@ -28,6 +28,7 @@ pub mod config;
 pub mod decode;
 pub mod enrich;
 pub mod event;
+pub mod filter;
 pub mod notify;
 pub mod offsets;
 pub mod pipeline;
@@ -118,13 +119,14 @@ async fn run_async(
 
     let counters = Arc::new(Counters::default());
     let (queue_tx, queue_rx) = mpsc::channel(*config.limits.queue_events.get_ref());
-    let sinks = sinks::build(config, output, &counters)?;
+    probes.set_exclusions(&config.filters)?;
+    let outputs = outputs(config, output, &counters)?;
     let (reload_tx, reload_rx) = std::sync::mpsc::channel();
     let pipeline = {
         let counters = counters.clone();
         std::thread::Builder::new()
             .name("ksense-pipeline".into())
-            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), sinks, reload_rx, counters))
+            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), outputs, reload_rx, counters))
             .context("cannot start the pipeline thread")?
     };
 
@@ -165,7 +167,7 @@ async fn run_async(
                     break;
                 }
             }
-            _ = sighup.recv() => reload(config_path, config, output, &counters, &reload_tx),
+            _ = sighup.recv() => reload(config_path, config, output, &counters, &mut probes, &reload_tx),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -185,14 +187,25 @@ async fn run_async(
     Ok(())
 }
 
-/// SIGHUP: re-reads the configuration; a valid one replaces the sinks (the probes stay attached,
-/// so no event is missed); an invalid one is rejected and the running configuration stays.
+/// What runs after enrichment for `config`: filter, rate limits, sinks.
+fn outputs(config: &Config, output: Option<OutputFormat>, counters: &Counters) -> anyhow::Result<pipeline::Outputs> {
+    Ok(pipeline::Outputs {
+        filter: filter::Filter::new(config.filters.clone()),
+        limiter: filter::rate::RateLimiter::new(&config.limits.rate_per_second),
+        sinks: sinks::build(config, output, counters)?,
+    })
+}
+
+/// SIGHUP: re-reads the configuration; a valid one replaces filters, rate limits and sinks (the
+/// probes stay attached, so no event is missed); an invalid one is rejected and the running
+/// configuration stays.
 fn reload(
     path: Option<&Path>,
     running: &Config,
     output: Option<OutputFormat>,
     counters: &Counters,
-    sinks: &std::sync::mpsc::Sender<pipeline::Sinks>,
+    probes: &mut Probes,
+    reloads: &std::sync::mpsc::Sender<pipeline::Outputs>,
 ) {
     let new = match Config::load(path) {
         Ok(new) => new,
@@ -201,15 +214,19 @@ fn reload(
             return;
         }
     };
-    if (&new.probes, &new.memory, &new.limits) != (&running.probes, &running.memory, &running.limits) {
-        tracing::warn!("SIGHUP: changes to [probes], [memory] and [limits] take effect when ksense restarts");
+    let restart_only = |c: &Config| (c.probes.clone(), c.memory.clone(), c.limits.ring_buffer_bytes.clone(), c.limits.queue_events.clone());
+    if restart_only(&new) != restart_only(running) {
+        tracing::warn!("SIGHUP: changes to [probes], [memory] and the [limits] sizes take effect when ksense restarts");
     }
-    match sinks::build(&new, output, counters) {
+    match outputs(&new, output, counters) {
         Ok(built) => {
-            let _ = sinks.send(built);
+            if let Err(e) = probes.set_exclusions(&new.filters) {
+                tracing::error!("SIGHUP: cannot update the in-kernel filters: {e}");
+            }
+            let _ = reloads.send(built);
             tracing::info!("SIGHUP: configuration reloaded");
         }
-        Err(e) => tracing::error!("SIGHUP: the new configuration is rejected, the running one stays: {e}"),
+        Err(e) => tracing::error!("SIGHUP: the new configuration is rejected, the running one stays: {e:#}"),
     }
 }
 

@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 use crate::{
     enrich::Enricher,
     event::Event,
+    filter::{Filter, rate::RateLimiter},
     sinks::Sink,
     telemetry::{Counters, SinkStats},
 };
@@ -14,13 +15,23 @@ use crate::{
 /// A set of sinks with their counters.
 pub type Sinks = Vec<(Box<dyn Sink>, Arc<SinkStats>)>;
 
+/// What a configuration decides after enrichment: which events pass, how many, and where to.
+pub struct Outputs {
+    /// `[filters]`.
+    pub filter: Filter,
+    /// `[limits] rate_per_second`.
+    pub limiter: RateLimiter,
+    /// The sinks.
+    pub sinks: Sinks,
+}
+
 /// Runs until the queue is closed and empty, or a sink's reader went away (broken pipe); then
-/// closes every sink (which delivers what it still holds). A new set of sinks arriving on
-/// `reloads` (SIGHUP) replaces the current one between two batches: the old sinks are closed,
+/// closes every sink (which delivers what it still holds). New [`Outputs`] arriving on
+/// `reloads` (SIGHUP) replace the current ones between two batches: the old sinks are closed,
 /// so they deliver what they hold, and no event is lost in the switch.
-pub fn run(queue: mpsc::Receiver<Event>, enricher: Enricher, mut sinks: Sinks, reloads: std::sync::mpsc::Receiver<Sinks>, counters: Arc<Counters>) {
-    feed(queue, enricher, &mut sinks, &reloads, &counters);
-    close(&mut sinks);
+pub fn run(queue: mpsc::Receiver<Event>, enricher: Enricher, mut outputs: Outputs, reloads: std::sync::mpsc::Receiver<Outputs>, counters: Arc<Counters>) {
+    feed(queue, enricher, &mut outputs, &reloads, &counters);
+    close(&mut outputs.sinks);
 }
 
 fn close(sinks: &mut Sinks) {
@@ -32,16 +43,26 @@ fn close(sinks: &mut Sinks) {
 fn feed(
     mut queue: mpsc::Receiver<Event>,
     mut enricher: Enricher,
-    sinks: &mut Sinks,
-    reloads: &std::sync::mpsc::Receiver<Sinks>,
+    outputs: &mut Outputs,
+    reloads: &std::sync::mpsc::Receiver<Outputs>,
     counters: &Counters,
 ) {
     while let Some(first) = queue.blocking_recv() {
         let mut next = Some(first);
         while let Some(mut event) = next {
+            next = queue.try_recv().ok();
+            if !outputs.limiter.admit(event.kind()) {
+                Counters::bump(&counters.rate_limited);
+                continue;
+            }
+            // Enrich before filtering: path and container rules need what enrichment adds.
             enricher.enrich(&mut event);
+            if !outputs.filter.allows(&event.process) {
+                Counters::bump(&counters.filtered);
+                continue;
+            }
             let record = event.to_record();
-            for (sink, stats) in sinks.iter_mut() {
+            for (sink, stats) in outputs.sinks.iter_mut() {
                 if let Err(e) = sink.write(&record) {
                     if e.kind() == io::ErrorKind::BrokenPipe {
                         // Whoever read our output is gone (`ksense run | head`): a normal end.
@@ -54,9 +75,8 @@ fn feed(
                 }
             }
             Counters::bump(&counters.written);
-            next = queue.try_recv().ok();
         }
-        for (sink, _) in sinks.iter_mut() {
+        for (sink, _) in outputs.sinks.iter_mut() {
             if let Err(e) = sink.flush() {
                 if e.kind() == io::ErrorKind::BrokenPipe {
                     return;
@@ -65,10 +85,10 @@ fn feed(
             }
         }
         if let Some(new) = reloads.try_iter().last() {
-            close(sinks);
-            *sinks = new;
-            let names: Vec<&str> = sinks.iter().map(|(s, _)| s.name()).collect();
-            tracing::info!(sinks = ?names, "sinks reloaded");
+            close(&mut outputs.sinks);
+            *outputs = new;
+            let names: Vec<&str> = outputs.sinks.iter().map(|(s, _)| s.name()).collect();
+            tracing::info!(sinks = ?names, "filters and sinks reloaded");
         }
     }
 }

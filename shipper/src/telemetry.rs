@@ -23,6 +23,10 @@ pub struct Counters {
     pub queue_full: AtomicU64,
     /// Events that went through the pipeline to the sinks.
     pub written: AtomicU64,
+    /// Events the `[filters]` rules kept from the sinks (by choice: not a loss).
+    pub filtered: AtomicU64,
+    /// Events dropped by `[limits] rate_per_second`.
+    pub rate_limited: AtomicU64,
     /// Each sink's own counters, in the order the sinks were created.
     sinks: Mutex<Vec<(&'static str, Arc<SinkStats>)>>,
 }
@@ -81,6 +85,8 @@ impl Counters {
             decode_errors: self.decode_errors.load(Relaxed),
             queue_full: self.queue_full.load(Relaxed),
             written: self.written.load(Relaxed),
+            filtered: self.filtered.load(Relaxed),
+            rate_limited: self.rate_limited.load(Relaxed),
             ring_lost,
             sinks: sinks
                 .iter()
@@ -123,6 +129,10 @@ pub struct Snapshot {
     pub queue_full: u64,
     /// See [`Counters::written`].
     pub written: u64,
+    /// See [`Counters::filtered`].
+    pub filtered: u64,
+    /// See [`Counters::rate_limited`].
+    pub rate_limited: u64,
     /// Kernel-side losses.
     pub ring_lost: RingLost,
     /// Per sink.
@@ -130,9 +140,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Every event lost before the sinks (an event a sink loses is counted by that sink).
+    /// Every event lost before the sinks (an event a sink loses is counted by that sink),
+    /// rate-limited ones included; filtered ones are not lost, they were not wanted.
     pub fn lost(&self) -> u64 {
-        self.ring_lost.total() + self.decode_errors + self.queue_full
+        self.ring_lost.total() + self.decode_errors + self.queue_full + self.rate_limited
     }
 
     /// Records the sinks dropped or could not deliver, all sinks together.
@@ -149,7 +160,11 @@ impl fmt::Display for Snapshot {
         for kind in EventKind::ALL {
             write!(f, " lost_ring_buffer_{}={}", kind.name().replace('.', "_"), self.ring_lost.of(kind))?;
         }
-        write!(f, " lost_queue_full={} decode_errors={}", self.queue_full, self.decode_errors)?;
+        write!(
+            f,
+            " lost_queue_full={} decode_errors={} rate_limited={} filtered={}",
+            self.queue_full, self.decode_errors, self.rate_limited, self.filtered
+        )?;
         for s in &self.sinks {
             write!(
                 f,

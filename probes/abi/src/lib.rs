@@ -25,6 +25,12 @@ pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array counting, per [`EventKind`], events the probes could not write
 /// because the ring buffer was full.
 pub const LOST_MAP: &str = "LOST";
+/// Name of the hash map of effective uids whose events the probes drop (`[filters] exclude`).
+pub const EXCLUDE_UIDS_MAP: &str = "EXCLUDE_UIDS";
+/// Name of the hash map of exact comms (NUL-padded) whose events the probes drop.
+pub const EXCLUDE_COMMS_MAP: &str = "EXCLUDE_COMMS";
+/// Entries each exclusion map holds.
+pub const EXCLUDE_MAX: u32 = 1024;
 /// Name of the read-only global holding the [`config::ProbeConfig`].
 pub const CONFIG_GLOBAL: &str = "KSENSE_CONFIG";
 /// Number of slots in [`LOST_MAP`]: one per [`EventKind`] value (slot 0 is unused).

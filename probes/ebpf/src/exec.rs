@@ -13,7 +13,7 @@ use ksense_abi::{
 };
 
 use crate::{
-    maps::{EXEC_SCRATCH, config, count_lost, output},
+    maps::{EXEC_SCRATCH, config, count_lost, excluded, output},
     task::{code_range, current, fill_current, have_offsets, header, read, read_ptr},
 };
 
@@ -50,6 +50,9 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
     let ev = unsafe { &mut *ev };
     ev.task = Default::default();
     fill_current(&mut ev.task);
+    if excluded(&ev.task) {
+        return;
+    }
     ev.old_tid = old_tid;
     ev.flags = 0;
 

@@ -17,7 +17,7 @@ use aya_ebpf::{
 use ksense_abi::{EventKind, Hook, exit::Exit};
 
 use crate::{
-    maps::{as_bytes, config, output},
+    maps::{as_bytes, config, excluded, output},
     task::{current, fill_current, func_arg, have_offsets, header, live_threads, read, read_ptr},
 };
 
@@ -78,6 +78,9 @@ fn emit(hook: Hook, exit_code: u32, live_after: i32) {
     }
     let mut ev = Exit::default();
     fill_current(&mut ev.task);
+    if excluded(&ev.task) {
+        return;
+    }
     ev.exit_code = exit_code;
     ev.group_dead = process_exit as u32;
     ev.header = header(hook, size_of::<Exit>());

@@ -11,7 +11,7 @@ use ksense_abi::{
 };
 
 use crate::{
-    maps::{as_bytes, config, output},
+    maps::{as_bytes, config, excluded, output},
     task::{code_range, current, fill_current, func_arg, header, read},
 };
 
@@ -63,6 +63,10 @@ pub fn tracepoint_task_newtask(ctx: TracePointContext) -> i32 {
 fn emit(hook: Hook, child_tid: u32, child_tgid: Option<u32>, flags: u64, child_start_ns: u64, code: (u64, u64)) {
     let mut ev = Fork::default();
     fill_current(&mut ev.parent);
+    // The child has its parent's comm and credentials until it execs.
+    if excluded(&ev.parent) {
+        return;
+    }
     ev.child_tid = child_tid;
     ev.child_tgid = match child_tgid {
         Some(tgid) => tgid,

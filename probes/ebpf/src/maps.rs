@@ -1,9 +1,9 @@
 //! The maps and the configuration global shared by every hook.
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
-use ksense_abi::{EventKind, LOST_SLOTS, config::ProbeConfig, exec::Exec};
+use ksense_abi::{EXCLUDE_MAX, EventKind, LOST_SLOTS, TASK_COMM_LEN, Task, config::ProbeConfig, exec::Exec};
 
 /// Events to user space. Its size is set by the daemon at load time (`[limits] ring_buffer_bytes`).
 #[map]
@@ -16,6 +16,20 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0)
 /// Per-CPU room to build an exec record, too large for the 512-byte BPF stack.
 #[map]
 pub static EXEC_SCRATCH: PerCpuArray<Exec> = PerCpuArray::with_max_entries(1, 0);
+
+/// Effective uids whose events are dropped here (filled by the daemon from `[filters]`).
+#[map]
+pub static EXCLUDE_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(EXCLUDE_MAX, 0);
+
+/// Exact comms whose events are dropped here.
+#[map]
+pub static EXCLUDE_COMMS: HashMap<[u8; TASK_COMM_LEN], u8> = HashMap::with_max_entries(EXCLUDE_MAX, 0);
+
+/// Whether `task` is excluded by a kernel-side filter rule.
+#[inline(always)]
+pub fn excluded(task: &Task) -> bool {
+    unsafe { EXCLUDE_UIDS.get(&task.euid).is_some() || EXCLUDE_COMMS.get(&task.comm).is_some() }
+}
 
 /// Set by the daemon before loading (read-only to the programs).
 #[unsafe(no_mangle)]

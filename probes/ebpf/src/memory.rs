@@ -28,7 +28,7 @@ use ksense_abi::{
 };
 
 use crate::{
-    maps::{as_bytes, config, count_lost, output},
+    maps::{as_bytes, config, count_lost, excluded, output},
     task::{current, func_arg, fill_current, have_offsets, header, read, read_ptr},
 };
 
@@ -57,7 +57,9 @@ pub fn fentry_mprotect_fixup(ctx: FEntryContext) -> i32 {
     let newflags = func_arg(&ctx, config!(memory.fixup_newflags_arg)) as u32;
     let Some(state) = scratch() else { return 0 };
     let rec = &mut state.record;
-    begin(rec, start, end.saturating_sub(start), newflags);
+    if !begin(rec, start, end.saturating_sub(start), newflags) {
+        return 0;
+    }
     let vm = Vma {
         start: read(vma, config!(memory.vma_start)),
         end: read(vma, config!(memory.vma_end)),
@@ -85,7 +87,9 @@ pub fn fexit_do_mprotect_pkey(ctx: FExitContext) -> i32 {
     let len = func_arg(&ctx, config!(memory.pkey_len_arg));
     let prot = func_arg(&ctx, config!(memory.pkey_prot_arg)) as u32;
     let Some(state) = scratch() else { return 0 };
-    begin(&mut state.record, start, len, prot);
+    if !begin(&mut state.record, start, len, prot) {
+        return 0;
+    }
     state.record.result = ret;
     state.record.flags |= MEMORY_RESULT_KNOWN;
     finish(Hook::FentryMprotectFixup, state);
@@ -102,7 +106,9 @@ pub fn tracepoint_sys_enter_mprotect(ctx: TracePointContext) -> i32 {
     let prot = unsafe { ctx.read_at::<u64>(prot_at as usize) }.unwrap_or(0) as u32;
     let Some(state) = scratch() else { return 0 };
     let rec = &mut state.record;
-    begin(rec, start, len, prot);
+    if !begin(rec, start, len, prot) {
+        return 0;
+    }
     let mut vm = Vma { start: 0, end: 0, flags: 0, file: core::ptr::null() };
     let found = unsafe {
         bpf_find_vma(
@@ -173,11 +179,14 @@ fn scratch() -> Option<&'static mut CoalesceState> {
     }
 }
 
-/// Starts a record for the current task.
+/// Starts a record for the current task; false when a filter excludes the task.
 #[inline(always)]
-fn begin(rec: &mut Memory, start: u64, len: u64, new_prot: u32) {
+fn begin(rec: &mut Memory, start: u64, len: u64, new_prot: u32) -> bool {
     rec.task = Default::default();
     fill_current(&mut rec.task);
+    if excluded(&rec.task) {
+        return false;
+    }
     rec.start = start;
     rec.len = len;
     rec.count = 1;
@@ -188,6 +197,7 @@ fn begin(rec: &mut Memory, start: u64, len: u64, new_prot: u32) {
     rec.flags = 0;
     rec.file_len = 0;
     rec.file[0] = 0;
+    true
 }
 
 /// Fills the old protection, the region and the backing file's name from the VMA.

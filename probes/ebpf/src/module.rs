@@ -12,7 +12,7 @@ use ksense_abi::{
 };
 
 use crate::{
-    maps::{as_bytes, config, output},
+    maps::{as_bytes, config, excluded, output},
     task::{fill_current, func_arg, have_offsets, header, read},
 };
 
@@ -94,6 +94,9 @@ fn read_name(ev: &mut ModuleLoad, name: *const u8) {
 #[inline(always)]
 fn submit(hook: Hook, ev: &mut ModuleLoad) {
     fill_current(&mut ev.task);
+    if excluded(&ev.task) {
+        return;
+    }
     ev.header = header(hook, size_of::<ModuleLoad>());
     output(EventKind::ModuleLoad, as_bytes(ev));
 }

@@ -8,7 +8,7 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, ProgramError, TracePoint},
 };
 use ksense_abi::{
-    CONFIG_GLOBAL, EVENTS_MAP, EventKind, Hook, HookFamily, LOST_MAP,
+    CONFIG_GLOBAL, EVENTS_MAP, EXCLUDE_COMMS_MAP, EXCLUDE_UIDS_MAP, EventKind, Hook, HookFamily, LOST_MAP,
     memory::{COALESCE_MAP, CoalesceKey, CoalesceState, Memory},
 };
 
@@ -188,6 +188,14 @@ impl Probes {
         }
     }
 
+    /// Makes the probes drop events of the uids and exact comms `filters` excludes (replacing
+    /// what was there: called at start and on SIGHUP).
+    pub fn set_exclusions(&mut self, filters: &crate::filter::FiltersConfig) -> Result<(), AttachError> {
+        let (uids, comms) = crate::filter::kernel_exclusions(filters);
+        replace_set(&mut self.ebpf, EXCLUDE_UIDS_MAP, &uids)?;
+        replace_set(&mut self.ebpf, EXCLUDE_COMMS_MAP, &comms)
+    }
+
     /// Takes the coalesced memory-protection repeats of every (process, range, transition)
     /// not seen for `idle_ns`: each becomes one record (its last record, with the repeats as
     /// its count) for the reader to ship. The kernel writes a record itself only when a repeat
@@ -214,6 +222,21 @@ impl Probes {
             })
             .collect()
     }
+}
+
+/// Makes the hash map `name` hold exactly `keys` (value 1 each).
+fn replace_set<K: aya::Pod + PartialEq>(ebpf: &mut Ebpf, name: &'static str, keys: &[K]) -> Result<(), AttachError> {
+    let error = |source| AttachError::Map { name, source };
+    let map = ebpf.map_mut(name).ok_or(error(aya::maps::MapError::InvalidName { name: name.into() }))?;
+    let mut set = aya::maps::HashMap::<_, K, u8>::try_from(map).map_err(error)?;
+    let stale: Vec<K> = set.keys().filter_map(Result::ok).filter(|k| !keys.contains(k)).collect();
+    for key in stale {
+        set.remove(&key).map_err(error)?;
+    }
+    for key in keys {
+        set.insert(key, 1, 0).map_err(error)?;
+    }
+    Ok(())
 }
 
 /// `family/target`, the `ksense.probe` value of a hook.

@@ -4,12 +4,15 @@
 //! (the pipeline counts failed writes); a sink with its own queue counts everything itself.
 use std::{io, sync::Arc};
 
+use anyhow::Context as _;
+
 use crate::{
     config::{Config, OutputFormat},
     record::LogRecord,
     telemetry::{Counters, SinkStats},
 };
 
+pub mod file;
 pub mod journald;
 pub mod jsonl;
 pub mod otlp;
@@ -37,18 +40,22 @@ pub fn build(
     config: &Config,
     output: Option<OutputFormat>,
     counters: &Counters,
-) -> Result<Vec<(Box<dyn Sink>, Arc<SinkStats>)>, otlp::config::SettingsError> {
+) -> anyhow::Result<Vec<(Box<dyn Sink>, Arc<SinkStats>)>> {
     let mut sinks: Vec<(Box<dyn Sink>, Arc<SinkStats>)> = Vec::new();
     if let Some(settings) = config.sinks.otlp.resolve(|name| std::env::var(name).ok())? {
         let stats = counters.register_sink("otlp");
-        let sink = otlp::OtlpSink::start(settings, stats.clone())
-            .map_err(|e| otlp::config::SettingsError::from(format!("cannot start the OTLP worker: {e}")))?;
+        let sink = otlp::OtlpSink::start(settings, stats.clone()).context("cannot start the OTLP worker")?;
         sinks.push((Box::new(sink), stats));
     }
     let journald = &config.sinks.journald;
     if journald.enabled.resolve(journald.socket.exists()) {
         let stats = counters.register_sink("journald");
         sinks.push((Box::new(journald::JournaldSink::new(journald.socket.clone(), stats.clone())), stats));
+    }
+    if config.sinks.file.enabled {
+        let stats = counters.register_sink("file");
+        let sink = file::FileSink::open(config.sinks.file.clone(), stats.clone()).context("[sinks.file]")?;
+        sinks.push((Box::new(sink), stats));
     }
     let text = output.or(config.output.format).or(sinks.is_empty().then_some(OutputFormat::Json));
     if let Some(format) = text {

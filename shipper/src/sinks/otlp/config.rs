@@ -131,11 +131,6 @@ impl fmt::Debug for OtlpSettings {
 #[error("[sinks.otlp]: {0}")]
 pub struct SettingsError(String);
 
-impl From<String> for SettingsError {
-    fn from(message: String) -> Self {
-        SettingsError(message)
-    }
-}
 
 impl OtlpConfig {
     /// The settings, or `None` when the sink is off. `env` looks up environment variables.

@@ -1,9 +1,7 @@
 //! `process.exit` records.
-use std::mem::size_of;
-
 use ksense_abi::exit::Exit;
 
-use super::{DecodeError, process_from, read};
+use super::{DecodeError, process_from, read_whole};
 use crate::{
     clock::{Clock, rfc3339},
     event::{Detail, Event, Process, Render},
@@ -39,10 +37,7 @@ impl ProcessExit {
 }
 
 pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
-    if bytes.len() != size_of::<Exit>() {
-        return Err(DecodeError::SizeMismatch { header: size_of::<Exit>(), actual: bytes.len() });
-    }
-    let rec: Exit = read(bytes, 0)?;
+    let rec: Exit = read_whole(bytes)?;
     let exit = ProcessExit { status: rec.exit_code, process_exit: rec.group_dead != 0 };
     Ok((process_from(&rec.task, clock), Detail::Exit(exit)))
 }

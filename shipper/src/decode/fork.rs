@@ -1,9 +1,7 @@
 //! `process.fork` records.
-use std::mem::size_of;
-
 use ksense_abi::fork::{CLONE_THREAD, Fork};
 
-use super::{DecodeError, process_from, read};
+use super::{DecodeError, process_from, read_whole};
 use crate::{
     clock::Clock,
     event::{Detail, Event, Process, Render, hex},
@@ -30,10 +28,7 @@ impl ProcessFork {
 }
 
 pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
-    if bytes.len() != size_of::<Fork>() {
-        return Err(DecodeError::SizeMismatch { header: size_of::<Fork>(), actual: bytes.len() });
-    }
-    let rec: Fork = read(bytes, 0)?;
+    let rec: Fork = read_whole(bytes)?;
     // The child inherits comm and credentials; its ids and start time are its own.
     let mut process = process_from(&rec.parent, clock);
     process.pid = rec.child_tgid;

@@ -1,11 +1,9 @@
 //! `process.memory.protect` records.
-use std::mem::size_of;
-
 use ksense_abi::memory::{
     MEMORY_FILE_CAP, MEMORY_OLD_KNOWN, MEMORY_RESULT_KNOWN, Memory, PROT_EXEC, PROT_READ, PROT_WRITE, Region,
 };
 
-use super::{DecodeError, process_from, read};
+use super::{DecodeError, process_from, read_whole};
 use crate::{
     clock::Clock,
     event::{Detail, Event, Process, Render, hex},
@@ -59,10 +57,7 @@ pub fn prot_string(prot: u32) -> String {
 }
 
 pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
-    if bytes.len() != size_of::<Memory>() {
-        return Err(DecodeError::SizeMismatch { header: size_of::<Memory>(), actual: bytes.len() });
-    }
-    let rec: Memory = read(bytes, 0)?;
+    let rec: Memory = read_whole(bytes)?;
     if rec.file_len as usize >= MEMORY_FILE_CAP {
         return Err(DecodeError::Field("file_len"));
     }

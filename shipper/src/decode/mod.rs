@@ -76,6 +76,14 @@ pub(crate) fn read<T: Plain>(bytes: &[u8], offset: usize) -> Result<T, DecodeErr
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(offset).cast::<T>()) })
 }
 
+/// Reads a fixed-size record: exactly `size_of::<T>()` bytes.
+pub(crate) fn read_whole<T: Plain>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() != size_of::<T>() {
+        return Err(DecodeError::SizeMismatch { header: size_of::<T>(), actual: bytes.len() });
+    }
+    read(bytes, 0)
+}
+
 /// Decodes one record. `seq` becomes `ksense.event.seq`.
 pub fn decode(bytes: &[u8], seq: u64, clock: &Clock, observed_time: SystemTime) -> Result<Event, DecodeError> {
     let header: Header = read(bytes, 0)?;

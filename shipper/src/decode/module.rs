@@ -1,9 +1,7 @@
 //! `kernel.module.load` records.
-use std::mem::size_of;
-
 use ksense_abi::module::{MODULE_NAME_CAP, MODULE_SIZE_KNOWN, MODULE_TAINTS_KNOWN, ModuleLoad};
 
-use super::{DecodeError, process_from, read};
+use super::{DecodeError, process_from, read_whole};
 use crate::{
     clock::Clock,
     event::{Detail, Event, Process, Render},
@@ -24,10 +22,7 @@ pub struct KernelModuleLoad {
 }
 
 pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
-    if bytes.len() != size_of::<ModuleLoad>() {
-        return Err(DecodeError::SizeMismatch { header: size_of::<ModuleLoad>(), actual: bytes.len() });
-    }
-    let rec: ModuleLoad = read(bytes, 0)?;
+    let rec: ModuleLoad = read_whole(bytes)?;
     if rec.name_len as usize >= MODULE_NAME_CAP {
         return Err(DecodeError::Field("name_len"));
     }

@@ -18,9 +18,11 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 # Debian packages: LLVM 22 for bpf-linker (rustc nightly uses LLVM 22), journald, a
 # shell toolkit for the tests, and for the VM test (tests/vm) qemu (TCG), cpio and a static
-# busybox to build and boot an initramfs on Debian's 6.1 kernel.
+# busybox to build and boot an initramfs on Debian's 6.1 kernel; for the packages
+# (scripts/package.sh, tests/package.rs) dpkg-dev (cargo-deb's dependency resolution and strip)
+# and rpm (to list and check the .rpm).
 APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev systemd python3-venv
-              qemu-system-x86 cpio busybox-static)
+              qemu-system-x86 cpio busybox-static dpkg-dev rpm)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

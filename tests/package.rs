@@ -258,6 +258,74 @@ fn rpm_holds_the_same_files_and_the_systemd_scripts() {
     }
 }
 
+/// The unit under a real systemd (252, this machine's) as PID 1, in a VM on Debian 12's 6.1
+/// kernel (scripts/unit-vm-check.sh): the whole sandbox applies (seccomp filter, mount namespace,
+/// capabilities), `Type=notify` start, reload, module events despite `ProtectKernelModules=`,
+/// journald delivery, clean stop; and, with a drop-in taking CAP_SYS_PTRACE away, what it is for.
+#[test]
+fn unit_runs_hardened_under_systemd_in_a_vm() {
+    let deb = &packages().deb;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    for variant in ["", "no-ptrace"] {
+        let work = std::env::temp_dir().join(format!("ksense-unit-vm-{}{variant}", std::process::id()));
+        let out = Command::new("bash")
+            .arg(repo.join("scripts/unit-vm-check.sh"))
+            .arg(deb)
+            .arg(&work)
+            .args((!variant.is_empty()).then_some(variant))
+            .current_dir(repo)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run bash");
+        let console = std::fs::read(work.join("console.log")).unwrap_or_default();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let context = format!(
+            "scripts/unit-vm-check.sh {variant}: {}\n{stdout}\n{}\nconsole:\n{}",
+            out.status,
+            tail(&out.stderr, 2000),
+            tail(&console, 6000)
+        );
+        assert!(out.status.success(), "{context}");
+        let checks: std::collections::BTreeMap<&str, &str> =
+            stdout.lines().filter_map(|l| l.strip_prefix("CHECK ")?.split_once('=')).collect();
+        let check = |key: &str| *checks.get(key).unwrap_or_else(|| panic!("no CHECK {key}: {context}"));
+        let ptrace = variant.is_empty();
+
+        assert_eq!(check("done"), "yes", "{context}");
+        assert_eq!(check("active"), "active/running", "Type=notify: READY=1 came: {context}");
+        let status = check("status");
+        assert!(status.starts_with("attached ") && status.contains("kernel.module.load="), "STATUS=: {context}");
+        let caps = if ptrace { "000000c000080000" } else { "000000c000000000" };
+        assert_eq!(
+            check("capeff"),
+            caps,
+            "CAP_BPF CAP_PERFMON{}: {context}",
+            if ptrace { " CAP_SYS_PTRACE" } else { "" }
+        );
+        assert_eq!(check("nnp"), "1", "{context}");
+        assert_eq!(check("seccomp"), "2", "SystemCallFilter= is in force: {context}");
+        assert_eq!(check("own_mount_namespace"), "yes", "{context}");
+        assert_eq!(check("root_mount"), "ro", "ProtectSystem=strict: {context}");
+        assert_eq!(check("insmod"), "ok", "{context}");
+        assert_eq!(check("module_events"), "1", "a module load is reported under ProtectKernelModules=yes: {context}");
+        assert_eq!(check("exec_marker"), "1", "the exec reached journald: {context}");
+        assert_eq!(check("reload"), "active/running pid-kept=yes", "ExecReload= (SIGHUP): {context}");
+        assert_ne!(check("reloaded_logged"), "0", "ksense logged the reload: {context}");
+        assert_eq!(check("stop"), "success exit=0", "{context}");
+        // The kernel's rule on 6.1, and what the capability gives ksense.
+        assert_eq!(check("exe_without_ptrace"), "denied", "{context}");
+        assert_eq!(check("maps_without_ptrace"), "denied", "{context}");
+        assert_eq!(check("exe_with_ptrace"), "/usr/bin/busybox", "{context}");
+        let exe = if ptrace { "/usr/bin/busybox" } else { "" };
+        assert_eq!(
+            check("other_user_exe"),
+            exe,
+            "process.executable.path of another user's process that ran before ksense: {context}"
+        );
+        let _ = std::fs::remove_dir_all(&work);
+    }
+}
+
 /// The files (not directories) in a .deb, as absolute paths.
 fn deb_files(deb: &Path) -> BTreeSet<String> {
     run("dpkg-deb", &["-c", deb.to_str().unwrap()])

@@ -34,7 +34,7 @@ pub struct Resolved {
     pub unusable: HashMap<Hook, String>,
 }
 
-/// Where tracefs is mounted, if anywhere.
+/// Where tracefs is mounted and readable, if anywhere.
 pub fn tracefs_root() -> Option<PathBuf> {
     ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .into_iter()
@@ -105,7 +105,7 @@ pub fn resolve(btf: Result<&Btf, &BtfError>, tracefs: Option<&Path>, switches: &
     let plain: Vec<Hook> =
         Hook::ALL.into_iter().filter(|h| h.family() == ksense_abi::HookFamily::Tracepoint).collect();
     match tracefs {
-        None => refuse(&plain, "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)".to_owned()),
+        None => refuse(&plain, "tracefs is not mounted, or not readable by ksense (mount -t tracefs tracefs /sys/kernel/tracing; it is root's, mode 0700)".to_owned()),
         Some(root) => {
             let tp = &mut config.tracepoint;
             let results = [

@@ -52,6 +52,13 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
         cargo install bpf-linker@0.13.0 --no-default-features --features llvm-22 -q
 fi
 
+# cargo-fuzz for the fuzzing smoke run at the end of scripts/test.sh (docs/FUZZING.md); 0.13.2
+# builds with the stable toolchain, the targets themselves with nightly.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz 0.13.2 (about 45 s)"
+    cargo install --locked cargo-fuzz@0.13.2 -q
+fi
+
 # A real OpenTelemetry collector for the OTLP tests: rotel (a Rust collector shipped as a PyPI
 # wheel holding the binary), installed out of the way of the system Python.
 ROTEL_DIR=/opt/ksense-test/rotel

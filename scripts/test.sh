@@ -11,7 +11,11 @@ trap 'rm -f "$log"' EXIT
 # Library, binary and integration tests (the crates have no doc tests to run).
 cargo test --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# Each fuzz target for 30 s over its committed corpus (docs/FUZZING.md); counted in the total.
+bash scripts/fuzz-smoke.sh 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 awk '/^test result:/ { p += $4; f += $6; s += $8 }
+     /^fuzz: [0-9]+ passed/ { p += $2; f += $4 }
      END { printf "\ntotal: %d passed, %d failed, %d skipped\n", p, f, s }' \
     <(sed 's/;//g' "$log")
 exit "$status"

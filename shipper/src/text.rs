@@ -31,9 +31,15 @@ pub fn one_line(s: &str) -> String {
     if !s.chars().any(|c| c.is_control() || c == '\\') {
         return s.to_owned();
     }
-    s.chars()
-        .map(|c| if c.is_control() || c == '\\' { c.escape_debug().to_string() } else { c.to_string() })
-        .collect()
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() || c == '\\' {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -136,27 +136,40 @@ pub struct SinksConfig {
     pub file: crate::sinks::file::FileConfig,
 }
 
-/// Whether a sink runs: always, never, or when its backend is there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase", untagged)]
+/// Whether a sink runs: always, never, or when its backend is there (`true`, `false`, `"auto"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enabled {
     /// `true` / `false`.
     Fixed(bool),
-    /// `"auto"`.
-    Auto(AutoWord),
+    /// `"auto"`: decide from the environment.
+    Auto,
 }
 
-/// The word `auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AutoWord {
-    /// Decide from the environment.
-    Auto,
+impl<'de> Deserialize<'de> for Enabled {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Enabled;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Enabled, E> {
+                Ok(Enabled::Fixed(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Enabled, E> {
+                match v {
+                    "auto" => Ok(Enabled::Auto),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl Default for Enabled {
     fn default() -> Self {
-        Enabled::Auto(AutoWord::Auto)
+        Enabled::Auto
     }
 }
 
@@ -165,7 +178,7 @@ impl Enabled {
     pub fn resolve(self, detected: bool) -> bool {
         match self {
             Enabled::Fixed(on) => on,
-            Enabled::Auto(_) => detected,
+            Enabled::Auto => detected,
         }
     }
 }
@@ -369,6 +382,14 @@ mod tests {
         let err = parse("[probes]\nattach = \"kprobe\"\n").unwrap_err().to_string();
         assert!(err.starts_with("/etc/ksense/ksense.toml:2:10: "), "{err}");
         assert!(err.contains("fentry") && err.contains("tracepoint"), "{err}");
+    }
+
+    #[test]
+    fn enabled_takes_a_bool_or_auto() {
+        assert_eq!(parse("[sinks.journald]\nenabled = false\n").unwrap().sinks.journald.enabled, Enabled::Fixed(false));
+        assert_eq!(parse("[sinks.journald]\nenabled = \"auto\"\n").unwrap().sinks.journald.enabled, Enabled::Auto);
+        let err = parse("[sinks.journald]\nenabled = \"yes\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/ksense/ksense.toml:2:11: ") && err.contains("true, false or \"auto\""), "{err}");
     }
 
     #[test]

@@ -2,17 +2,13 @@
 //! `journalctl -o json` finds it by the contract's fields (`../shared/EVENTS.md`, "The three
 //! renderings"). Starts a real `systemd-journald` when none runs, and leaves it running.
 use std::{
-    fs::File,
-    os::{fd::AsRawFd, unix::net::UnixDatagram},
     process::{Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use ksense_e2e::{Ksense, attr, event_timeout, is, temp_config, workload_bin};
+use ksense_e2e::{Ksense, attr, event_timeout, is, journald, temp_config, workload_bin};
 use serde_json::Value;
 
-const SOCKET: &str = "/run/systemd/journal/socket";
-const JOURNALD: &str = "/usr/lib/systemd/systemd-journald";
 
 /// The `MESSAGE_ID`s ksense promises (fixed: catalogs and saved queries depend on them).
 const EXEC_MESSAGE_ID: &str = "40c8251563fd4f72b506462540d4bb5e";
@@ -20,38 +16,6 @@ const EXIT_MESSAGE_ID: &str = "2dee3ba51e464cb9b57f6bf8db8fffb6";
 
 /// An argument that would set two fields if the sink framed values with newlines.
 const EVIL: &str = "x\nSYSLOG_IDENTIFIER=evil\nPRIORITY=0";
-
-/// Whether a journald takes datagrams on its socket (it discards an empty one).
-fn journald_listens() -> bool {
-    UnixDatagram::unbound().and_then(|s| s.send_to(&[], SOCKET)).is_ok()
-}
-
-/// Makes sure a journald runs, starting one when none does (PID 1 is not systemd here). It is
-/// left running, for the other tests and later runs; a lock keeps parallel tests from starting two.
-fn ensure_journald() {
-    let lock = File::create(std::env::temp_dir().join("ksense-test-journald.lock")).unwrap();
-    // SAFETY: flock on a valid descriptor; released when `lock` is closed.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0, "flock");
-    if journald_listens() {
-        return;
-    }
-    assert!(std::path::Path::new(JOURNALD).exists(), "{JOURNALD} is missing: run scripts/setup.sh (package systemd)");
-    // Daemonized (`setsid --fork`: own session, parent init), so it outlives this test, a Ctrl-C
-    // on the tests does not take it down, and no zombie is left when it stops.
-    let status = Command::new("setsid")
-        .args(["--fork", JOURNALD])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("cannot run setsid");
-    assert!(status.success(), "setsid --fork {JOURNALD}: {status}");
-    let deadline = Instant::now() + event_timeout();
-    while !journald_listens() {
-        assert!(Instant::now() < deadline, "systemd-journald did not open {SOCKET}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A ksense with the journald sink on (it would be anyway while the socket exists), and what
 /// finds its entries: every ksense running (other tests' too) writes every event, so entries are
@@ -64,7 +28,7 @@ struct Run {
 
 impl Run {
     fn start(name: &str) -> Run {
-        ensure_journald();
+        journald::ensure();
         let config = temp_config(name, "[sinks.journald]\nenabled = true\n").to_str().unwrap().to_owned();
         let since = since_now();
         let ksense = Ksense::start(&["--config", &config]);

@@ -13,17 +13,14 @@
 use std::{
     collections::BTreeSet,
     fs::File,
-    os::{
-        fd::AsRawFd,
-        unix::{fs::PermissionsExt, net::UnixDatagram},
-    },
+    os::unix::{fs::PermissionsExt, net::UnixDatagram},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{Mutex, OnceLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use ksense_e2e::event_timeout;
+use ksense_e2e::{event_timeout, journald};
 use serde_json::Value;
 
 const UNIT: &str = "/usr/lib/systemd/system/ksense.service";
@@ -32,8 +29,6 @@ const CATALOG: &str = "/usr/lib/systemd/catalog/ksense.catalog";
 const ENABLED_LINK: &str = "/etc/systemd/system/multi-user.target.wants/ksense.service";
 /// Says that the ksense installed on this machine was installed by this test.
 const MARKER: &str = "/var/tmp/ksense-package-test.installed";
-const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
-const JOURNALD: &str = "/usr/lib/systemd/systemd-journald";
 
 /// Every file both packages install, but for the unit's zsh completion directory (each
 /// distribution's own) and the .deb's copyright file.
@@ -138,7 +133,7 @@ fn deb_installs_runs_under_the_units_limits_and_purges() {
     assert!(check.status.success(), "ksense check-config {CONFIG}: {}", String::from_utf8_lossy(&check.stderr));
 
     // Run it as the unit does, and find its events in the journal.
-    ensure_journald();
+    journald::ensure();
     let unit = Unit::read(UNIT);
     let since = since_now();
     let mut service = Service::start(&unit);
@@ -595,36 +590,6 @@ fn tail(bytes: &[u8], n: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let start = text.len().saturating_sub(n);
     text[text.char_indices().map(|(i, _)| i).find(|&i| i >= start).unwrap_or(0)..].to_owned()
-}
-
-/// Whether a journald takes datagrams on its socket.
-fn journald_listens() -> bool {
-    UnixDatagram::unbound().and_then(|s| s.send_to(&[], JOURNAL_SOCKET)).is_ok()
-}
-
-/// Starts systemd-journald when none runs (systemd is not PID 1 here), as tests/journald.rs
-/// does and under the same lock; it is left running.
-fn ensure_journald() {
-    let lock = File::create(std::env::temp_dir().join("ksense-test-journald.lock")).unwrap();
-    // SAFETY: flock on a valid descriptor; released when `lock` is closed.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0, "flock");
-    if journald_listens() {
-        return;
-    }
-    assert!(Path::new(JOURNALD).exists(), "{JOURNALD} is missing: run scripts/setup.sh (package systemd)");
-    let status = Command::new("setsid")
-        .args(["--fork", JOURNALD])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("cannot run setsid");
-    assert!(status.success(), "setsid --fork {JOURNALD}: {status}");
-    let deadline = Instant::now() + event_timeout();
-    while !journald_listens() {
-        assert!(Instant::now() < deadline, "systemd-journald did not open {JOURNAL_SOCKET}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn since_now() -> String {

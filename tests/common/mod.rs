@@ -13,6 +13,7 @@ use std::{
 use serde_json::Value;
 
 pub mod collector;
+pub mod journald;
 
 /// How long to wait for ksense to start, or for an event, before failing, unless
 /// `$KSENSE_TEST_TIMEOUT_SECS` says otherwise (the VM test sets it: under qemu's software

@@ -2,8 +2,8 @@
 //! `journalctl -o json` finds it by the contract's fields (`../shared/EVENTS.md`, "The three
 //! renderings"). Starts a real `systemd-journald` when none runs, and leaves it running.
 use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    process::Command,
+    time::{Duration, Instant},
 };
 
 use ksense_e2e::{Ksense, attr, event_timeout, is, journald, temp_config, workload_bin};
@@ -30,7 +30,7 @@ impl Run {
     fn start(name: &str) -> Run {
         journald::ensure();
         let config = temp_config(name, "[sinks.journald]\nenabled = true\n").to_str().unwrap().to_owned();
-        let since = since_now();
+        let since = journald::since_now();
         let ksense = Ksense::start(&["--config", &config]);
         Run { ksense, config, since }
     }
@@ -39,7 +39,7 @@ impl Run {
     fn entry(&self, matches: &[&str]) -> Value {
         let deadline = Instant::now() + event_timeout();
         loop {
-            let mut found: Vec<Value> = journal(&self.since, matches)
+            let mut found: Vec<Value> = journald::entries(&self.since, matches)
                 .into_iter()
                 .filter(|e| e["_CMDLINE"].as_str().is_some_and(|c| c.contains(&self.config)))
                 .collect();
@@ -55,28 +55,6 @@ impl Run {
             }
         }
     }
-}
-
-/// `--since` for entries written from now on (a second early: journald's clock is the same one).
-fn since_now() -> String {
-    format!("@{}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 1)
-}
-
-/// Entries matching `matches` (journalctl `FIELD=value` terms) written since `since`.
-fn journal(since: &str, matches: &[&str]) -> Vec<Value> {
-    // Ask journald to write out what it holds; fine to fail on an old journalctl.
-    let _ = Command::new("journalctl").arg("--sync").stderr(Stdio::null()).status();
-    let out = Command::new("journalctl")
-        .args(["-o", "json", "--all", "--no-pager", "--since", since])
-        .args(matches)
-        .output()
-        .expect("cannot run journalctl");
-    assert!(out.status.success(), "journalctl {matches:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("journalctl printed {l:?}: {e}")))
-        .collect()
 }
 
 /// An entry for a failure message, long values cut.
@@ -184,10 +162,10 @@ fn argv_cannot_inject_fields() {
     );
 
     assert!(
-        journal(&run.since, &["SYSLOG_IDENTIFIER=evil"]).is_empty(),
+        journald::entries(&run.since, &["SYSLOG_IDENTIFIER=evil"]).is_empty(),
         "an argv element became an entry's identifier"
     );
-    assert!(journal(&run.since, &["MESSAGE=fake"]).is_empty(), "an argv element became an entry's message");
+    assert!(journald::entries(&run.since, &["MESSAGE=fake"]).is_empty(), "an argv element became an entry's message");
     let stopped = run.ksense.stop();
     assert_eq!(stopped.counter("sink_journald_failed"), 0, "{}", stopped.stderr);
 }

@@ -17,7 +17,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{Mutex, OnceLock},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use ksense_e2e::{event_timeout, journald};
@@ -135,7 +135,7 @@ fn deb_installs_runs_under_the_units_limits_and_purges() {
     // Run it as the unit does, and find its events in the journal.
     journald::ensure();
     let unit = Unit::read(UNIT);
-    let since = since_now();
+    let since = journald::since_now();
     let mut service = Service::start(&unit);
     let ready = service.wait_for_notify("READY=1");
     assert!(ready.contains("STATUS="), "READY=1 comes with a STATUS line: {ready:?}");
@@ -592,25 +592,11 @@ fn tail(bytes: &[u8], n: usize) -> String {
     text[text.char_indices().map(|(i, _)| i).find(|&i| i >= start).unwrap_or(0)..].to_owned()
 }
 
-fn since_now() -> String {
-    format!("@{}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 1)
-}
-
 /// Waits for exactly one journal entry matching `matches`, written since `since`.
 fn wait_for_entry(since: &str, matches: &[String], service: &mut Service) -> Value {
     let deadline = Instant::now() + event_timeout();
     loop {
-        let _ = Command::new("journalctl").arg("--sync").stderr(Stdio::null()).status();
-        let out = Command::new("journalctl")
-            .args(["-o", "json", "--all", "--no-pager", "--since", since])
-            .args(matches)
-            .output()
-            .expect("cannot run journalctl");
-        assert!(out.status.success(), "journalctl {matches:?}: {}", String::from_utf8_lossy(&out.stderr));
-        let mut found: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("journalctl printed {l:?}: {e}")))
-            .collect();
+        let mut found = journald::entries(since, matches);
         match found.len() {
             1 => return found.pop().unwrap(),
             0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),

@@ -4,8 +4,10 @@ use std::{
     fs::File,
     os::{fd::AsRawFd, unix::net::UnixDatagram},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
+
+use serde_json::Value;
 
 use crate::event_timeout;
 
@@ -44,4 +46,26 @@ pub fn ensure() {
         assert!(Instant::now() < deadline, "systemd-journald did not open {SOCKET}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `--since` for entries written from now on (a second early: journald's clock is the same one).
+pub fn since_now() -> String {
+    format!("@{}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 1)
+}
+
+/// Entries matching `matches` (journalctl `FIELD=value` terms) written since `since`.
+pub fn entries<S: AsRef<std::ffi::OsStr>>(since: &str, matches: &[S]) -> Vec<Value> {
+    // Ask journald to write out what it holds; fine to fail on an old journalctl.
+    let _ = Command::new("journalctl").arg("--sync").stderr(Stdio::null()).status();
+    let out = Command::new("journalctl")
+        .args(["-o", "json", "--all", "--no-pager", "--since", since])
+        .args(matches)
+        .output()
+        .expect("cannot run journalctl");
+    let terms: Vec<_> = matches.iter().map(|m| m.as_ref().to_string_lossy().into_owned()).collect();
+    assert!(out.status.success(), "journalctl {terms:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("journalctl printed {l:?}: {e}")))
+        .collect()
 }

@@ -1,17 +1,28 @@
 //! Rendering untrusted bytes from monitored processes (argv, comm, paths) as text.
 //!
-//! Valid UTF-8 passes through unchanged, so argv with spaces, quotes or newlines is kept exactly.
-//! Each byte that is not part of valid UTF-8 becomes the four characters `\xNN` (lower-case hex),
-//! like Python's `backslashreplace`. Sinks escape what their format needs (JSON escapes control
-//! characters; journald takes values binary-safe); the pretty terminal output additionally
+//! The rule ([`lossless`]), one rendering per byte string and back ([`lossless_bytes`]):
+//! - valid UTF-8 passes through unchanged (spaces, quotes, newlines, control characters), except
+//!   the backslash, which is doubled: `\` becomes `\\`;
+//! - each byte that is not part of valid UTF-8 becomes the four characters `\xNN` (lower-case hex),
+//!   like Python's `backslashreplace`.
+//!
+//! Doubling the backslash is what makes the rendering unambiguous: a user who types the four
+//! characters `\xff` gets `\\xff`, the invalid byte 0xff gets `\xff`, and a backslash in the
+//! rendering is always followed by `\` or `x`. Sinks escape what their format needs (JSON escapes
+//! control characters; journald takes values binary-safe); the pretty terminal output additionally
 //! escapes control characters so a crafted argv cannot move the cursor or fake a line.
 use std::fmt::Write as _;
 
-/// `bytes` as a `String`, invalid UTF-8 bytes written as `\xNN`.
+/// `bytes` as a `String`: a backslash doubled, invalid UTF-8 bytes written as `\xNN`.
 pub fn lossless(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
-        out.push_str(chunk.valid());
+        for (i, part) in chunk.valid().split('\\').enumerate() {
+            if i > 0 {
+                out.push_str("\\\\");
+            }
+            out.push_str(part);
+        }
         for b in chunk.invalid() {
             let _ = write!(out, "\\x{b:02x}");
         }
@@ -19,10 +30,43 @@ pub fn lossless(bytes: &[u8]) -> String {
     out
 }
 
-/// `bytes` up to the first NUL (a C string in a fixed buffer), via [`lossless`].
-pub fn c_string(bytes: &[u8]) -> String {
+/// The bytes a [`lossless`] rendering stands for; `None` when `text` is not one (a lone
+/// backslash, `\x` without two lower-case hex digits, or `\xNN` for a byte that is valid there).
+pub fn lossless_bytes(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        out.extend_from_slice(&rest[..at]);
+        match &rest[at + 1..] {
+            [b'\\', tail @ ..] => {
+                out.push(b'\\');
+                rest = tail;
+            }
+            [b'x', hi, lo, tail @ ..] => {
+                out.push(hex_digit(*hi)? << 4 | hex_digit(*lo)?);
+                rest = tail;
+            }
+            _ => return None,
+        }
+    }
+    out.extend_from_slice(rest);
+    // `\x41` decodes, but `A` renders as itself: only the one rendering of `out` is accepted.
+    (lossless(&out) == text).then_some(out)
+}
+
+/// The value of a lower-case hex digit, as [`lossless`] writes them.
+fn hex_digit(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// `bytes` up to the first NUL (a C string in a fixed buffer, such as `task->comm`).
+pub fn until_nul(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    lossless(&bytes[..end])
+    &bytes[..end]
 }
 
 /// `s` with control characters (and the backslash, so the escape is unambiguous) escaped the way
@@ -49,7 +93,7 @@ mod tests {
 
     #[test]
     fn utf8_passes_through() {
-        assert_eq!(lossless("a b\"c'\nd é".as_bytes()), "a b\"c'\nd é");
+        assert_eq!(lossless("a b\"c'\nd é\x1b".as_bytes()), "a b\"c'\nd é\x1b");
     }
 
     #[test]
@@ -58,9 +102,25 @@ mod tests {
     }
 
     #[test]
-    fn c_string_stops_at_nul() {
-        assert_eq!(c_string(b"bash\0\0\0garbage"), "bash");
-        assert_eq!(c_string(b"sixteen-bytes-xx"), "sixteen-bytes-xx");
+    fn a_typed_escape_differs_from_the_byte() {
+        assert_eq!(lossless(b"\\xff"), "\\\\xff");
+        assert_eq!(lossless(b"\xff"), "\\xff");
+        assert_eq!(lossless(b"C:\\dir\\"), "C:\\\\dir\\\\");
+        assert_eq!(lossless_bytes("\\\\xff").as_deref(), Some(&b"\\xff"[..]));
+        assert_eq!(lossless_bytes("\\xff").as_deref(), Some(&b"\xff"[..]));
+    }
+
+    #[test]
+    fn what_lossless_never_writes_is_refused() {
+        for text in ["\\", "a\\b", "\\x41", "\\x", "\\xf", "\\xFF", "\\xg0"] {
+            assert_eq!(lossless_bytes(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn until_nul_stops_at_nul() {
+        assert_eq!(until_nul(b"bash\0\0\0garbage"), b"bash");
+        assert_eq!(until_nul(b"sixteen-bytes-xx"), b"sixteen-bytes-xx");
     }
 
     #[test]
@@ -73,9 +133,20 @@ mod tests {
         fn lossless_keeps_every_valid_byte_and_marks_the_rest(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let s = lossless(&bytes);
             if let Ok(valid) = std::str::from_utf8(&bytes) {
-                prop_assert_eq!(s.as_str(), valid);
+                prop_assert_eq!(s.as_str(), valid.replace('\\', "\\\\"));
             }
+            prop_assert_eq!(lossless_bytes(&s), Some(bytes));
             prop_assert!(one_line(&s).chars().all(|c| !c.is_control()));
+        }
+
+        /// Escape-like input (backslashes, `x`, hex digits, invalid bytes) is where an ambiguous
+        /// rule would show: two different byte strings never render the same.
+        #[test]
+        fn different_bytes_render_differently(
+            a in proptest::collection::vec(proptest::sample::select(&b"\\xf0\xff\xc3"[..]), 0..12),
+            b in proptest::collection::vec(proptest::sample::select(&b"\\xf0\xff\xc3"[..]), 0..12),
+        ) {
+            prop_assert_eq!(lossless(&a) == lossless(&b), a == b);
         }
     }
 }

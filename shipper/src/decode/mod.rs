@@ -119,7 +119,7 @@ pub(crate) fn process_from(task: &Task, clock: &Clock) -> Process {
         pid: task.tgid,
         tid: task.tid,
         parent_pid: task.ppid,
-        comm: crate::text::c_string(&task.comm).into_bytes(),
+        comm: crate::text::until_nul(&task.comm).to_vec(),
         uid: task.uid,
         euid: task.euid,
         kernel_thread: task.flags & PF_KTHREAD != 0,

@@ -1,14 +1,13 @@
 //! The journald sink end to end: ksense writes each event as a journal entry, and
 //! `journalctl -o json` finds it by the contract's fields (`../shared/EVENTS.md`, "The three
 //! renderings"). Starts a real `systemd-journald` when none runs, and leaves it running.
-use std::{
-    process::Command,
-    time::{Duration, Instant},
+use std::process::Command;
+
+use ksense_e2e::{
+    attr, is,
+    journald::{self, Run, short, value, values},
+    workload_bin,
 };
-
-use ksense_e2e::{Ksense, attr, event_timeout, is, journald, temp_config, workload_bin};
-use serde_json::Value;
-
 
 /// The `MESSAGE_ID`s ksense promises (fixed: catalogs and saved queries depend on them).
 const EXEC_MESSAGE_ID: &str = "40c8251563fd4f72b506462540d4bb5e";
@@ -16,83 +15,6 @@ const EXIT_MESSAGE_ID: &str = "2dee3ba51e464cb9b57f6bf8db8fffb6";
 
 /// An argument that would set two fields if the sink framed values with newlines.
 const EVIL: &str = "x\nSYSLOG_IDENTIFIER=evil\nPRIORITY=0";
-
-/// A ksense with the journald sink on (it would be anyway while the socket exists), and what
-/// finds its entries: every ksense running (other tests' too) writes every event, so entries are
-/// told apart by the writer's command line, which names this test's configuration file.
-struct Run {
-    ksense: Ksense,
-    config: String,
-    since: String,
-}
-
-impl Run {
-    fn start(name: &str) -> Run {
-        journald::ensure();
-        let config = temp_config(name, "[sinks.journald]\nenabled = true\n").to_str().unwrap().to_owned();
-        let since = journald::since_now();
-        let ksense = Ksense::start(&["--config", &config]);
-        Run { ksense, config, since }
-    }
-
-    /// Waits for the one entry of this ksense matching `matches`.
-    fn entry(&self, matches: &[&str]) -> Value {
-        let deadline = Instant::now() + event_timeout();
-        loop {
-            let mut found: Vec<Value> = journald::entries(&self.since, matches)
-                .into_iter()
-                .filter(|e| e["_CMDLINE"].as_str().is_some_and(|c| c.contains(&self.config)))
-                .collect();
-            match found.len() {
-                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-                0 => panic!(
-                    "no journal entry {matches:?} within {:?}; ksense said:\n{}",
-                    event_timeout(),
-                    self.ksense.stderr()
-                ),
-                1 => return found.pop().unwrap(),
-                n => panic!("{n} journal entries {matches:?}: {}", short(&Value::Array(found))),
-            }
-        }
-    }
-}
-
-/// An entry for a failure message, long values cut.
-fn short(entry: &Value) -> String {
-    let text = entry.to_string();
-    match text.char_indices().nth(3000) {
-        Some((at, _)) => format!("{}... ({} bytes)", &text[..at], text.len()),
-        None => text,
-    }
-}
-
-/// Every value of `field` in a `journalctl -o json` entry, as bytes. journalctl prints a value
-/// as a string, or as an array of byte numbers when it is not printable text; a field that
-/// occurs more than once as an array of those.
-fn values(entry: &Value, field: &str) -> Vec<Vec<u8>> {
-    fn one(v: &Value) -> Option<Vec<u8>> {
-        match v {
-            Value::String(s) => Some(s.as_bytes().to_vec()),
-            Value::Array(bytes) => bytes.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok())).collect(),
-            _ => None,
-        }
-    }
-    match &entry[field] {
-        Value::Null => Vec::new(),
-        Value::Array(items) if items.iter().any(|i| !i.is_number()) => {
-            items.iter().map(|i| one(i).unwrap_or_else(|| panic!("{field}: {i}"))).collect()
-        }
-        v => vec![one(v).unwrap_or_else(|| panic!("{field}: {v}"))],
-    }
-}
-
-/// The one value of `field`, as text.
-fn value(entry: &Value, field: &str) -> String {
-    match values(entry, field).as_slice() {
-        [v] => String::from_utf8(v.clone()).unwrap(),
-        other => panic!("{field}: expected one value, got {other:?} in {}", short(entry)),
-    }
-}
 
 #[test]
 fn exit_code_seven_is_found_by_field() {

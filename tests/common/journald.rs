@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::event_timeout;
+use crate::{Ksense, event_timeout, temp_config};
 
 /// journald's native-protocol socket.
 pub const SOCKET: &str = "/run/systemd/journal/socket";
@@ -68,4 +68,91 @@ pub fn entries<S: AsRef<std::ffi::OsStr>>(since: &str, matches: &[S]) -> Vec<Val
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("journalctl printed {l:?}: {e}")))
         .collect()
+}
+
+/// A ksense with the journald sink on (it would be anyway while the socket exists), and what
+/// finds its entries: every ksense running (other tests' too) writes every event, so entries are
+/// told apart by the writer's command line, which names this run's configuration file.
+pub struct Run {
+    /// The running ksense.
+    pub ksense: Ksense,
+    /// Its configuration file.
+    pub config: String,
+    /// `--since` for its entries.
+    pub since: String,
+}
+
+impl Run {
+    /// Starts a journald when none runs, then ksense with the journald sink on.
+    pub fn start(name: &str) -> Run {
+        Run::start_with(name, "")
+    }
+
+    /// [`Run::start`] with more configuration (other sinks) after the journald section.
+    pub fn start_with(name: &str, more_config: &str) -> Run {
+        ensure();
+        let text = format!("[sinks.journald]\nenabled = true\n{more_config}");
+        let config = temp_config(name, &text).to_str().unwrap().to_owned();
+        let since = since_now();
+        let ksense = Ksense::start(&["--config", &config]);
+        Run { ksense, config, since }
+    }
+
+    /// Waits for the one entry of this ksense matching `matches`.
+    pub fn entry(&self, matches: &[&str]) -> Value {
+        let deadline = Instant::now() + event_timeout();
+        loop {
+            let mut found: Vec<Value> = entries(&self.since, matches)
+                .into_iter()
+                .filter(|e| e["_CMDLINE"].as_str().is_some_and(|c| c.contains(&self.config)))
+                .collect();
+            match found.len() {
+                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                0 => panic!(
+                    "no journal entry {matches:?} within {:?}; ksense said:\n{}",
+                    event_timeout(),
+                    self.ksense.stderr()
+                ),
+                1 => return found.pop().unwrap(),
+                n => panic!("{n} journal entries {matches:?}: {}", short(&Value::Array(found))),
+            }
+        }
+    }
+}
+
+/// An entry for a failure message, long values cut.
+pub fn short(entry: &Value) -> String {
+    let text = entry.to_string();
+    match text.char_indices().nth(3000) {
+        Some((at, _)) => format!("{}... ({} bytes)", &text[..at], text.len()),
+        None => text,
+    }
+}
+
+/// Every value of `field` in a `journalctl -o json` entry, as bytes. journalctl prints a value
+/// as a string, or as an array of byte numbers when it is not printable text; a field that
+/// occurs more than once as an array of those.
+pub fn values(entry: &Value, field: &str) -> Vec<Vec<u8>> {
+    fn one(v: &Value) -> Option<Vec<u8>> {
+        match v {
+            Value::String(s) => Some(s.as_bytes().to_vec()),
+            Value::Array(bytes) => bytes.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok())).collect(),
+            _ => None,
+        }
+    }
+    match &entry[field] {
+        Value::Null => Vec::new(),
+        Value::Array(items) if items.iter().any(|i| !i.is_number()) => {
+            items.iter().map(|i| one(i).unwrap_or_else(|| panic!("{field}: {i}"))).collect()
+        }
+        v => vec![one(v).unwrap_or_else(|| panic!("{field}: {v}"))],
+    }
+}
+
+/// The one value of `field`, as text.
+pub fn value(entry: &Value, field: &str) -> String {
+    match values(entry, field).as_slice() {
+        [v] => String::from_utf8(v.clone()).unwrap(),
+        other => panic!("{field}: expected one value, got {other:?} in {}", short(entry)),
+    }
 }

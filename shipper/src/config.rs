@@ -110,7 +110,7 @@ pub enum MemoryReport {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
-    /// `json` or `pretty`; `--output` overrides it. Unset: JSON lines.
+    /// `json`, `pretty` or `none`; `--output` overrides it. Unset: JSON lines when no other sink is on.
     pub format: Option<OutputFormat>,
 }
 
@@ -122,6 +122,9 @@ pub enum OutputFormat {
     Json,
     /// One readable, coloured line per event.
     Pretty,
+    /// Nothing on standard output, even when no other sink is enabled: events are then read,
+    /// decoded, enriched, counted and discarded (what the benchmarks' kernel-side arm measures).
+    None,
 }
 
 /// `[sinks]`.

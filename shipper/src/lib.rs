@@ -116,6 +116,10 @@ async fn run_async(
         }
     }
     let ring = probes.take_ring_buffer()?;
+    // Loading parsed the kernel's BTF (tens of MiB, freed by now): give that memory back to the
+    // system rather than keep it resident for the daemon's whole life.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
 
     let counters = Arc::new(Counters::default());
     let (queue_tx, queue_rx) = mpsc::channel(*config.limits.queue_events.get_ref());

@@ -75,6 +75,9 @@ fn feed(
                 }
             }
             Counters::bump(&counters.written);
+            // A kernel time stamp a little ahead of this clock reads as zero latency.
+            let latency = std::time::SystemTime::now().duration_since(event.time).unwrap_or_default();
+            counters.latency.record(latency.as_micros() as u64);
         }
         for (sink, _) in outputs.sinks.iter_mut() {
             if let Err(e) = sink.flush() {

@@ -35,7 +35,8 @@ pub trait Sink: Send {
 /// The sinks a configuration asks for, each with its counters. Text output runs when asked for
 /// (`output`, else `[output] format`); journald when its socket exists, OTLP when an endpoint is
 /// configured (`[sinks.otlp]` or `OTEL_EXPORTER_OTLP_ENDPOINT`), or as configured. If
-/// nothing at all is enabled, JSON lines go to stdout, so a bare `ksense run` shows something.
+/// nothing at all is enabled, JSON lines go to stdout, so a bare `ksense run` shows something;
+/// `none` turns that off too.
 pub fn build(
     config: &Config,
     output: Option<OutputFormat>,
@@ -58,11 +59,12 @@ pub fn build(
         sinks.push((Box::new(sink), stats));
     }
     let text = output.or(config.output.format).or(sinks.is_empty().then_some(OutputFormat::Json));
-    if let Some(format) = text {
+    if let Some(format) = text.filter(|&f| f != OutputFormat::None) {
         let stats = counters.register_sink("stdout");
-        let sink: Box<dyn Sink> = match format {
-            OutputFormat::Json => Box::new(jsonl::JsonlSink::new(io::stdout(), stats.clone())),
-            OutputFormat::Pretty => Box::new(pretty::PrettySink::stdout(stats.clone())),
+        let sink: Box<dyn Sink> = if format == OutputFormat::Pretty {
+            Box::new(pretty::PrettySink::stdout(stats.clone()))
+        } else {
+            Box::new(jsonl::JsonlSink::new(io::stdout(), stats.clone()))
         };
         sinks.push((sink, stats));
     }

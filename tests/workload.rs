@@ -6,6 +6,8 @@
 //! ksense-workload fork-exit N         fork N children that _exit(0) at once, reaping each;
 //!                                     prints "child=<pid>" for the first
 //! ksense-workload thread              start and join one thread; prints "tid=<tid>"
+//! ksense-workload chain N             run `chain N-1` as a child and wait for it, down to
+//!                                     `chain 0`: N+1 nested processes, alive until the leaf exits
 //! ksense-workload sleep SECONDS       sleep (a target for kill -9)
 //! ksense-workload mprotect-text-rwx   make the page of its own code RWX, then r-x again
 //! ksense-workload mprotect-anon-rx    write code into an anonymous RW page, make it RX
@@ -63,6 +65,7 @@ fn main() {
             println!("page={page:#x}");
             println!("ns_per_call={ns}");
         }
+        Some("chain") => chain(args[1].parse().expect("chain N")),
         Some("sleep") => std::thread::sleep(Duration::from_secs(args[1].parse().expect("sleep SECONDS"))),
         other => {
             eprintln!("ksense-workload: unknown command {other:?}");
@@ -70,6 +73,16 @@ fn main() {
         }
     }
     std::io::stdout().flush().unwrap();
+}
+
+/// One link of a process chain: the next link is this binary run as `chain depth-1`.
+fn chain(depth: u32) {
+    if depth == 0 {
+        return;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let status = std::process::Command::new(exe).args(["chain", &(depth - 1).to_string()]).status().expect("chain: spawn");
+    assert!(status.success(), "chain {}: {status}", depth - 1);
 }
 
 const PAGE: usize = 4096;

@@ -107,6 +107,59 @@ impl Drop for Collector {
     }
 }
 
+/// A `[sinks.otlp]` section exporting over gRPC to `grpc_port` with a queue of only 200 records
+/// and small, frequent batches, so an outage overflows the queue within seconds.
+pub fn small_queue_config(grpc_port: u16) -> String {
+    format!(
+        "[sinks.otlp]\nendpoint = \"http://127.0.0.1:{grpc_port}\"\nqueue_events = 200\nbatch_size = 50\nbatch_interval_ms = 200\n"
+    )
+}
+
+/// The OTLP sink's totals at stop, after an outage.
+#[derive(Debug)]
+pub struct OutageTotals {
+    /// `events_written`: what the pipeline handed every sink.
+    pub written: u64,
+    /// `sink_otlp_delivered`.
+    pub delivered: u64,
+    /// `sink_otlp_queue_full`: dropped while the collector was away.
+    pub dropped: u64,
+    /// `sink_otlp_failed`.
+    pub failed: u64,
+    /// `sink_otlp_retries`.
+    pub retries: u64,
+}
+
+/// Checks what a user checks after a collector outage, from the counters of the stopped ksense
+/// and what `collector` printed: every event written is delivered or counted (queue full,
+/// failed), the collector got exactly the delivered ones, export was retried, and the stdout
+/// sink, which never went away, delivered every event.
+pub fn check_outage_accounting(stopped: &crate::Stopped, collector: &Collector) -> OutageTotals {
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let totals = OutageTotals {
+        written: stopped.counter("events_written"),
+        delivered: stopped.counter("sink_otlp_delivered"),
+        dropped: stopped.counter("sink_otlp_queue_full"),
+        failed: stopped.counter("sink_otlp_failed"),
+        retries: stopped.counter("sink_otlp_retries"),
+    };
+    eprintln!("outage: {totals:?}");
+    assert_eq!(totals.delivered + totals.dropped + totals.failed, totals.written, "every event is delivered or counted");
+    assert!(totals.retries > 0, "{}", stopped.stderr);
+    // rotel prints a batch after it has answered the export: give it until it has printed them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (collector.received().len() as u64) < totals.delivered && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        collector.received().len() as u64,
+        totals.delivered,
+        "the collector got exactly what was counted as delivered"
+    );
+    assert_eq!(stopped.counter("sink_stdout_delivered"), totals.written, "the stdout sink delivered every event");
+    totals
+}
+
 /// Parses rotel's detailed debug log: `ResourceLog` blocks with `Resource attributes:` and
 /// `LogRecord #n` blocks with `EventName:`, `SeverityText:`, `Body:` and `Attributes:` lists of
 /// `-> name: Type(value)` lines.

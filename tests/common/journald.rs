@@ -21,12 +21,27 @@ pub fn listens() -> bool {
     UnixDatagram::unbound().and_then(|s| s.send_to(&[], SOCKET)).is_ok()
 }
 
+/// The lock every test takes before it starts or stops journald; released when dropped.
+pub struct Lock {
+    _locked: File,
+}
+
+/// Takes the lock, waiting for a test that holds it (in this process or another).
+pub fn lock() -> Lock {
+    let file = File::create(std::env::temp_dir().join("ksense-test-journald.lock")).unwrap();
+    // SAFETY: flock on a valid descriptor; released when `file` is closed.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0, "flock");
+    Lock { _locked: file }
+}
+
 /// Makes sure a journald runs, starting one when none does. It is left running, for the other
 /// tests and later runs; a lock keeps parallel tests from starting two.
 pub fn ensure() {
-    let lock = File::create(std::env::temp_dir().join("ksense-test-journald.lock")).unwrap();
-    // SAFETY: flock on a valid descriptor; released when `lock` is closed.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0, "flock");
+    start_if_absent(&lock());
+}
+
+/// [`ensure`] for a test that already holds the [`Lock`].
+pub fn start_if_absent(_lock: &Lock) {
     if listens() {
         return;
     }
@@ -45,6 +60,27 @@ pub fn ensure() {
     while !listens() {
         assert!(Instant::now() < deadline, "systemd-journald did not open {SOCKET}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills (SIGKILL, as in a crash) every running journald and waits until its socket refuses
+/// datagrams. The socket file stays behind, as after a real crash.
+pub fn kill(_lock: &Lock) {
+    let journald = std::fs::canonicalize(JOURNALD).unwrap();
+    let pids: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == journald))
+        .collect();
+    assert!(!pids.is_empty(), "no {JOURNALD} runs");
+    for pid in pids {
+        // SAFETY: kill(2) on a pid just read from /proc.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + event_timeout();
+    while listens() {
+        assert!(Instant::now() < deadline, "systemd-journald still takes datagrams after SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

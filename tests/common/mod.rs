@@ -14,6 +14,7 @@ use serde_json::Value;
 
 pub mod collector;
 pub mod journald;
+pub mod load;
 
 /// How long to wait for ksense to start, or for an event, before failing, unless
 /// `$KSENSE_TEST_TIMEOUT_SECS` says otherwise (the VM test sets it: under qemu's software
@@ -178,6 +179,15 @@ impl Ksense {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until ksense's diagnostics contain `text`.
+    pub fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + event_timeout();
+        while !self.stderr().contains(text) {
+            assert!(Instant::now() < deadline, "ksense never said {text:?}:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

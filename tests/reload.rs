@@ -1,7 +1,5 @@
 //! SIGHUP: a valid new configuration switches the sinks without detaching the probes; a bad one
 //! is rejected with its place and the running configuration stays.
-use std::time::Duration;
-
 use ksense_e2e::{Ksense, attr, collector::Collector, is, run_workload, temp_config};
 
 #[test]
@@ -15,7 +13,7 @@ fn sighup_switches_sinks_and_rejects_a_bad_config() {
     // A valid change: add the OTLP sink.
     std::fs::write(&config, format!("[sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\n", collector.grpc_port)).unwrap();
     ksense.signal(libc::SIGHUP);
-    wait_for_log(&ksense, "configuration reloaded");
+    ksense.wait_for_log("configuration reloaded");
     let (_, after) = run_workload(&["marker"]);
     let pid = format!("Int({after})");
     collector.wait_for("the second marker's exit over OTLP", |r| {
@@ -25,7 +23,7 @@ fn sighup_switches_sinks_and_rejects_a_bad_config() {
     // A bad change: rejected, with file and line; events keep flowing to the same sinks.
     std::fs::write(&config, "[sinks.otlp]\nendpoint = \"http://127.0.0.1:1\"\nbatch_sise = 3\n").unwrap();
     ksense.signal(libc::SIGHUP);
-    wait_for_log(&ksense, "the running one stays");
+    ksense.wait_for_log("the running one stays");
     assert!(ksense.stderr().contains(&format!("{}:3:1", config.display())), "{}", ksense.stderr());
     let (_, last) = run_workload(&["marker"]);
     let pid = format!("Int({last})");
@@ -36,12 +34,4 @@ fn sighup_switches_sinks_and_rejects_a_bad_config() {
     let stopped = ksense.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
     assert_eq!(stopped.counter("lost_total"), 0, "{}", stopped.stderr);
-}
-
-fn wait_for_log(ksense: &Ksense, text: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !ksense.stderr().contains(text) {
-        assert!(std::time::Instant::now() < deadline, "ksense never said {text:?}:\n{}", ksense.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

@@ -94,23 +94,13 @@ impl Render for ProcessExec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{decode as decode_record, tests::{as_bytes, record}};
-    use ksense_abi::{Header, Hook};
+    use crate::decode::{decode as decode_record, tests};
     use std::time::SystemTime;
 
     fn exec_record(filename: &[u8], args: &[u8]) -> Vec<u8> {
-        let mut fixed = vec![0u8; Exec::fixed_size() - size_of::<Header>()];
-        let rel = |off: usize| off - size_of::<Header>();
-        let mut task = Task::default();
-        task.tgid = 42;
-        task.tid = 42;
+        let mut task = Task { tgid: 42, tid: 42, ..Task::default() };
         task.comm[..6].copy_from_slice(b"marker");
-        fixed[rel(offset_of!(Exec, task))..][..size_of::<Task>()].copy_from_slice(as_bytes(&task));
-        fixed[rel(offset_of!(Exec, filename_len))..][..4].copy_from_slice(&(filename.len() as u32).to_ne_bytes());
-        fixed[rel(offset_of!(Exec, args_len))..][..4].copy_from_slice(&(args.len() as u32).to_ne_bytes());
-        fixed[rel(offset_of!(Exec, filename))..][..filename.len()].copy_from_slice(filename);
-        fixed.extend_from_slice(args);
-        record(Hook::TpBtfSchedProcessExec, &fixed)
+        tests::exec_record(task, filename, args)
     }
 
     #[test]

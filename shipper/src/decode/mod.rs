@@ -11,6 +11,8 @@ use crate::{
     event::{Event, Process},
 };
 
+#[cfg(test)]
+pub(crate) mod bench;
 pub mod exec;
 pub mod exit;
 pub mod fork;
@@ -131,7 +133,9 @@ pub(crate) fn process_from(task: &Task, clock: &Clock) -> Process {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use ksense_abi::exec::Exec;
     use proptest::prelude::*;
+    use std::mem::offset_of;
 
     /// A well-formed record of `kind` from `hook` with `payload` after the header.
     pub(crate) fn record(hook: Hook, payload: &[u8]) -> Vec<u8> {
@@ -147,6 +151,21 @@ pub(crate) mod tests {
         let mut bytes = as_bytes(&header).to_vec();
         bytes.extend_from_slice(payload);
         bytes
+    }
+
+    /// An exec record of `task` running `filename` with the NUL-separated `args`, as the probe
+    /// writes it (the fixed part, then only the argv bytes it copied).
+    pub(crate) fn exec_record(task: Task, filename: &[u8], args: &[u8]) -> Vec<u8> {
+        let mut fixed = vec![0u8; Exec::fixed_size() - size_of::<Header>()];
+        let rel = |off: usize| off - size_of::<Header>();
+        fixed[rel(offset_of!(Exec, task))..][..size_of::<Task>()].copy_from_slice(as_bytes(&task));
+        fixed[rel(offset_of!(Exec, filename_len))..][..4].copy_from_slice(&(filename.len() as u32).to_ne_bytes());
+        fixed[rel(offset_of!(Exec, args_len))..][..4].copy_from_slice(&(args.len() as u32).to_ne_bytes());
+        fixed[rel(offset_of!(Exec, code_start))..][..8].copy_from_slice(&0x5555_5555_4000u64.to_ne_bytes());
+        fixed[rel(offset_of!(Exec, code_end))..][..8].copy_from_slice(&0x5555_5556_a000u64.to_ne_bytes());
+        fixed[rel(offset_of!(Exec, filename))..][..filename.len()].copy_from_slice(filename);
+        fixed.extend_from_slice(args);
+        record(Hook::TpBtfSchedProcessExec, &fixed)
     }
 
     /// The bytes of a plain value.

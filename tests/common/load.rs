@@ -29,8 +29,11 @@ impl Load {
             let (stop, reaped) = (stop.clone(), reaped.clone());
             std::thread::spawn(move || {
                 while !stop.load(Relaxed) {
-                    let mut child =
-                        Command::new(workload_bin()).args(&args).stdout(Stdio::null()).spawn().expect("cannot start the workload");
+                    let mut child = Command::new(workload_bin())
+                        .args(&args)
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .expect("cannot start the workload");
                     let status = child.wait().unwrap();
                     assert!(status.success(), "workload {args:?} failed: {status}");
                     reaped.lock().unwrap().push(child.id());

@@ -1,0 +1,324 @@
+//! Faults under load, end to end with the real ksense, a real collector (rotel) and a real
+//! journald: a collector away for 30 s, journald killed and restarted, SIGHUP and SIGTERM in the
+//! middle of a burst, and a ring buffer overrun on purpose. In each, ksense keeps running (or
+//! exits cleanly when told to), and every event is either delivered or counted as lost: the
+//! counters of the final `ksense stopped:` line add up exactly. docs/FAULTS.md has the numbers.
+use std::{
+    collections::HashSet,
+    os::unix::process::CommandExt as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ksense_e2e::{
+    Ksense, Stopped, attr,
+    collector::{Collector, check_outage_accounting, free_port, small_queue_config},
+    event_timeout, is, journald,
+    load::Load,
+    printed_hex, run_workload, temp_config, workload_bin,
+};
+use serde_json::Value;
+
+/// Keeps journald out of the tests that are not about it: the sink is on by default whenever
+/// journald's socket exists, and the journald test kills that journald.
+const NO_JOURNALD: &str = "[sinks.journald]\nenabled = false\n";
+
+/// Runs of `fork-exit 20` (about 40 events each) in each phase of a test: before a fault,
+/// during it, after it.
+const RUNS_PER_PHASE: usize = 100;
+
+/// How long the collector stays away in [`otlp_collector_away_30_s_under_load`].
+const OUTAGE: Duration = Duration::from_secs(30);
+
+/// Runs markers until `arrived(pid)` finds one in a backend (each gets a few seconds): under
+/// load a backend that has just come back may still be catching up, and a marker's event can
+/// be dropped and counted meanwhile. Returns how many markers it took.
+fn first_marker_to_arrive(what: &str, arrived: impl Fn(u32) -> bool) -> usize {
+    let deadline = Instant::now() + event_timeout();
+    for attempt in 1.. {
+        let (_, pid) = run_workload(&["marker"]);
+        let waited = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < waited {
+            if arrived(pid) {
+                return attempt;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(Instant::now() < deadline, "no marker reached {what} in {attempt} attempts");
+    }
+    unreachable!()
+}
+
+/// The `process.fork`, `process.exec` and `process.exit` of every process in `pids` are in
+/// `events` (`where_` names the output for the failure message).
+fn assert_every_run_reported(events: &[Value], pids: &[u32], where_: &str) {
+    let seen: HashSet<(String, u64)> = events
+        .iter()
+        .filter_map(|e| Some((e["event.name"].as_str()?.to_owned(), attr(e, "process.pid").as_u64()?)))
+        .collect();
+    for &pid in pids {
+        for name in ["process.fork", "process.exec", "process.exit"] {
+            assert!(seen.contains(&(name.to_owned(), pid.into())), "no {name} of {pid} in {where_}");
+        }
+    }
+}
+
+/// Events lost after they were read from the ring buffer (decode errors, rate limits, a full
+/// queue where the pipeline has one): every record read is written, filtered, or one of these.
+fn lost_after_read(stopped: &Stopped) -> u64 {
+    stopped.counter("lost_total") - stopped.counter("lost_ring_buffer")
+}
+
+/// The collector is absent for 30 s while processes fork and exit without pause, then starts on
+/// the same port. ksense keeps running and writing stdout, export resumes by itself, and at
+/// stop the OTLP sink's counters account for every event.
+#[test]
+fn otlp_collector_away_30_s_under_load() {
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let config = temp_config("faults-otlp", &format!("{}{NO_JOURNALD}", small_queue_config(grpc_port)));
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+    let load = Load::start(&["fork-exit", "20"]);
+
+    // Down for the whole window; every few seconds ksense shows it is still at work by
+    // printing the exit of a recent run.
+    let back_at = Instant::now() + OUTAGE;
+    while Instant::now() < back_at {
+        std::thread::sleep(Duration::from_secs(5).min(back_at.saturating_duration_since(Instant::now())));
+        load.wait_for_runs(1);
+        let recent = *load.reaped().last().unwrap();
+        ksense.wait_for("a recent run's exit during the outage", |e| {
+            is(e, "process.exit") && attr(e, "process.pid") == recent
+        });
+    }
+    let runs_in_outage = load.reaped().len();
+
+    // Back, on the same port, with the load still on: the backlog arrives, then new events.
+    let collector = Collector::start_on(grpc_port, http_port);
+    collector.wait_for("the backlog", |_| true);
+    let markers = first_marker_to_arrive("the collector after the outage", |pid| {
+        let pid = format!("Int({pid})");
+        collector
+            .received()
+            .iter()
+            .any(|r| r.event_name == "process.exit" && r.attributes.get("process.pid") == Some(&pid))
+    });
+    let runs = load.stop().len();
+    let totals = check_outage_accounting(&ksense.stop(), &collector);
+    eprintln!(
+        "collector away {OUTAGE:?}: {runs_in_outage} runs of fork-exit 20 meanwhile, {runs} in all; \
+         {markers} marker(s) until one arrived after the outage"
+    );
+    assert!(totals.dropped > 0, "a queue of 200 overflows in a 30 s outage under load");
+}
+
+/// journald is killed in the middle of a load and started again: ksense keeps running, counts
+/// what it could not send, says once that journald went away and once that it is back, and
+/// entries written after the restart are in the journal.
+#[test]
+fn journald_killed_and_restarted_under_load() {
+    journald::ensure();
+    let since = journald::since_now();
+    let config = temp_config("faults-journald", "[sinks.journald]\nenabled = true\n");
+    let config = config.to_str().unwrap();
+    let ksense = Ksense::start(&["--config", config]);
+    let load = Load::start(&["fork-exit", "20"]);
+    load.wait_for_runs(RUNS_PER_PHASE);
+
+    // The lock keeps any other test from starting a journald while this one is away.
+    let lock = journald::lock();
+    journald::kill(&lock);
+    // An event handled while journald is surely away: its entry fails and is counted (the
+    // journald sink is written before stdout, so once stdout has it, the send was tried).
+    let (_, during) = run_workload(&["marker"]);
+    ksense.wait_for("a marker's exit while journald is away", |e| {
+        is(e, "process.exit") && attr(e, "process.pid") == during
+    });
+    load.wait_for_runs(load.reaped().len() + RUNS_PER_PHASE);
+    journald::start_if_absent(&lock);
+    drop(lock);
+    load.wait_for_runs(load.reaped().len() + RUNS_PER_PHASE);
+
+    // Entries of this ksense (others may be running) written after the restart.
+    let markers = first_marker_to_arrive("the restarted journald", |pid| {
+        journald::entries(
+            &since,
+            &["SYSLOG_IDENTIFIER=ksense", "KSENSE_EVENT=process.exec", &format!("PROCESS_PID={pid}")],
+        )
+        .iter()
+        .any(|e| e["_CMDLINE"].as_str().is_some_and(|c| c.contains(config)))
+    });
+    let runs = load.stop().len();
+    let stopped = ksense.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let written = stopped.counter("events_written");
+    let delivered = stopped.counter("sink_journald_delivered");
+    let failed = stopped.counter("sink_journald_failed");
+    let dropped = stopped.counter("sink_journald_queue_full");
+    let went_away = stopped.stderr.matches("journald is not reachable").count();
+    let came_back = stopped.stderr.matches("journald is reachable again").count();
+    eprintln!(
+        "journald restart: {runs} runs of fork-exit 20; {written} events written, {delivered} delivered to journald, \
+         {failed} failed, {dropped} dropped; said away {went_away}x, back {came_back}x; {markers} marker(s) until one \
+         was in the journal"
+    );
+    assert_eq!(delivered + failed + dropped, written, "every event is delivered to journald or counted");
+    assert!(failed > 0, "the marker's entry while journald was away must count as failed");
+    assert_eq!((went_away, came_back), (1, 1), "one outage, said once each way:\n{}", stopped.stderr);
+    assert_eq!(stopped.counter("sink_stdout_delivered"), written, "stdout got every event all along");
+    journald::ensure();
+}
+
+/// SIGHUP adds the file sink while processes start one after another: nothing is lost in the
+/// switch, stdout has every run before and after it, and the file every run after it.
+#[test]
+fn sighup_under_load_loses_nothing() {
+    let dir = std::env::temp_dir().join(format!("ksense-faults-sighup-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.json");
+    let config = temp_config("faults-sighup", NO_JOURNALD);
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+    let load = Load::start(&["fork-exit", "20"]);
+    load.wait_for_runs(RUNS_PER_PHASE);
+
+    let with_file = format!("{NO_JOURNALD}[sinks.file]\nenabled = true\npath = \"{}\"\n", file.display());
+    std::fs::write(&config, with_file).unwrap();
+    ksense.signal(libc::SIGHUP);
+    // The pipeline has switched: a run that starts after this goes to the new sinks. (The run
+    // under way now may have forked before the switch.)
+    ksense.wait_for_log("filters and sinks reloaded");
+    let first_after = load.reaped().len() + 1;
+    load.wait_for_runs(first_after + RUNS_PER_PHASE);
+    let pids = load.stop();
+    let stopped = ksense.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    let (read, written, filtered) =
+        (stopped.counter("events_read"), stopped.counter("events_written"), stopped.counter("filtered"));
+    eprintln!(
+        "SIGHUP under load: {} runs, {first_after} before the switch; {read} events read, {written} written",
+        pids.len()
+    );
+    assert_eq!(stopped.counter("lost_total"), 0, "{}", stopped.stderr);
+    assert_eq!(written, read - filtered, "{}", stopped.stderr);
+    assert_eq!(stopped.events.len() as u64, stopped.counter("sink_stdout_delivered"));
+    assert_every_run_reported(&stopped.events, &pids, "stdout");
+    let in_file: Vec<Value> =
+        std::fs::read_to_string(&file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(in_file.len() as u64, stopped.counter("sink_file_delivered"));
+    assert_every_run_reported(&in_file, &pids[first_after..], "the file added by SIGHUP");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM while processes start one after another: ksense exits 0 after shipping everything
+/// it read, and every process that had exited before the signal is in the output.
+#[test]
+fn sigterm_under_load_ships_what_was_read() {
+    let config = temp_config("faults-sigterm", NO_JOURNALD);
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+    let load = Load::start(&["fork-exit", "20"]);
+    load.wait_for_runs(RUNS_PER_PHASE);
+    let before_signal = load.reaped();
+    let stopped = ksense.stop();
+    let runs = load.stop().len();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    let read = stopped.counter("events_read");
+    let written = stopped.counter("events_written");
+    eprintln!(
+        "SIGTERM under load: {} runs before the signal, {runs} in all; {read} events read, {written} written",
+        before_signal.len()
+    );
+    assert_eq!(read, written + stopped.counter("filtered") + lost_after_read(&stopped), "{}", stopped.stderr);
+    assert_eq!(stopped.events.len() as u64, stopped.counter("sink_stdout_delivered"), "{}", stopped.stderr);
+    // Nothing lost anywhere, so every event the kernel wrote before the signal was shipped.
+    assert_eq!(stopped.counter("lost_total"), 0, "{}", stopped.stderr);
+    assert_every_run_reported(&stopped.events, &before_signal, "the output");
+}
+
+/// The uid the toggler runs as in [`ring_buffer_overrun_is_counted_exactly`]: in no passwd entry.
+const TOGGLER_UID: u32 = 64_123;
+
+/// A 64 KiB ring buffer overrun on purpose by 400,000 uncoalesced memory-protection changes:
+/// what arrived plus what was counted lost is exactly what the toggler did.
+///
+/// Loss counters are per event kind, not per process, so the equation only holds if no other
+/// process's memory-protection change was lost. To make that so rather than likely, the toggler
+/// runs as a uid of its own and every other uid (those in /etc/passwd and those running a
+/// process now) is excluded in the kernel, where an excluded task's change never reaches the
+/// ring buffer. The output then holds the toggler's changes only, which is checked too.
+#[test]
+fn ring_buffer_overrun_is_counted_exactly() {
+    const N: u64 = 200_000;
+    let mut others = other_uids();
+    others.retain(|&uid| uid != TOGGLER_UID);
+    let uids: Vec<String> = others.iter().map(u32::to_string).collect();
+    let config = temp_config(
+        "faults-overrun",
+        &format!(
+            "[probes]\nfork = false\nexec = false\nexit = false\nmodule = false\n\
+             [memory]\nreport = \"wx\"\ncoalesce_window_ms = 0\n\
+             [limits]\nring_buffer_bytes = 65536\nqueue_events = 64\n\
+             [filters]\nexclude = {{ uid = [{}] }}\n{NO_JOURNALD}",
+            uids.join(", ")
+        ),
+    );
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+    let toggler = Command::new(workload_bin())
+        .args(["mprotect-toggle", &N.to_string()])
+        .uid(TOGGLER_UID)
+        .gid(TOGGLER_UID)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = toggler.id();
+    let out = toggler.wait_with_output().unwrap();
+    assert!(out.status.success(), "the toggler failed: {:?}", out.status);
+    let out = String::from_utf8(out.stdout).unwrap();
+    let page = format!("{:#x}", printed_hex(&out, "page"));
+    let stopped = ksense.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    let changes: Vec<&Value> = stopped.events.iter().filter(|e| is(e, "process.memory.protect")).collect();
+    for change in &changes {
+        assert_eq!(attr(change, "process.pid"), pid, "only the toggler's changes: {change}");
+        assert_eq!(attr(change, "ksense.memory.start"), page.as_str(), "only its page: {change}");
+    }
+    let delivered: u64 = changes.iter().map(|e| attr(e, "ksense.event.count").as_u64().unwrap()).sum();
+    let ring_lost = stopped.counter("lost_ring_buffer_process_memory_protect");
+    // Everything counted lost before the sinks: the ring buffer's losses and any after reading.
+    let lost = stopped.counter("lost_total");
+    eprintln!(
+        "overrun: {} changes made, {delivered} delivered ({} events), {lost} counted lost of which {ring_lost} in the \
+         ring buffer; {} ns per mprotect",
+        2 * N,
+        changes.len(),
+        printed_hex(&out, "ns_per_call")
+    );
+    assert_eq!(delivered + lost, 2 * N, "{}", stopped.stderr);
+    assert!(ring_lost > 0, "the 64 KiB ring buffer was not overrun: {}", stopped.stderr);
+    assert_eq!(
+        stopped.counter("lost_ring_buffer"),
+        ring_lost,
+        "only memory-protection changes were lost: {}",
+        stopped.stderr
+    );
+}
+
+/// Every uid in /etc/passwd and every effective uid running a process now.
+fn other_uids() -> Vec<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let mut uids: Vec<u32> = passwd.lines().filter_map(|l| l.split(':').nth(2)?.parse().ok()).collect();
+    assert!(!uids.contains(&TOGGLER_UID), "uid {TOGGLER_UID} is in /etc/passwd: pick another for the toggler");
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        // "Uid:\treal\teffective\tsaved\tfs"
+        if let Some(euid) = status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().nth(1)?.parse().ok())
+        {
+            uids.push(euid);
+        }
+    }
+    uids.sort();
+    uids.dedup();
+    uids
+}

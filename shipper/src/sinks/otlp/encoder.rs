@@ -1,62 +1,252 @@
-//! [`LogRecord`] to OpenTelemetry SDK log records, and the agent's resource.
+//! [`LogRecord`]s straight to OTLP protobuf bytes, and the agent's resource.
+//!
+//! Each record is written once, as a `LogRecord` message inside a batch's `ScopeLogs`; a batch
+//! becomes an `ExportLogsServiceRequest` by putting the resource and scope in front of it
+//! ([`Envelope::request`]). No intermediate SDK or protobuf structs are built: the field numbers
+//! are those of `opentelemetry/proto/{collector/logs,logs,common,resource}/v1/*.proto`, and the
+//! tests read the bytes back with the generated types of `opentelemetry-proto`.
 use std::{borrow::Cow, time::SystemTime};
 
-use opentelemetry::{
-    Key, KeyValue, StringValue,
-    logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity as OtelSeverity},
-};
+use opentelemetry::{Array, KeyValue, Value as OtelValue};
 use opentelemetry_sdk::{
     Resource,
-    logs::{SdkLogRecord, SdkLogger, SdkLoggerProvider},
     resource::{EnvResourceDetector, TelemetryResourceDetector},
 };
 
-use crate::record::{LogRecord, Severity, Value};
+use crate::record::{LogRecord, Value};
 
-/// Builds SDK records. The SDK only makes records through a logger; this one has no processor
-/// (the sink batches and exports itself, so it can bound its queue and count every drop).
+/// Protobuf wire types.
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+
+/// `ExportLogsServiceRequest.resource_logs`.
+const REQUEST_RESOURCE_LOGS: u32 = 1;
+/// `ResourceLogs.resource`, `.scope_logs`, `.schema_url`.
+const RESOURCE_LOGS_RESOURCE: u32 = 1;
+const RESOURCE_LOGS_SCOPE_LOGS: u32 = 2;
+const RESOURCE_LOGS_SCHEMA_URL: u32 = 3;
+/// `Resource.attributes`.
+const RESOURCE_ATTRIBUTES: u32 = 1;
+/// `ScopeLogs.scope`, `.log_records`.
+const SCOPE_LOGS_SCOPE: u32 = 1;
+const SCOPE_LOGS_LOG_RECORDS: u32 = 2;
+/// `InstrumentationScope.name`, `.version`.
+const SCOPE_NAME: u32 = 1;
+const SCOPE_VERSION: u32 = 2;
+/// `LogRecord` fields.
+const LOG_TIME_UNIX_NANO: u32 = 1;
+const LOG_SEVERITY_NUMBER: u32 = 2;
+const LOG_SEVERITY_TEXT: u32 = 3;
+const LOG_BODY: u32 = 5;
+const LOG_ATTRIBUTES: u32 = 6;
+const LOG_OBSERVED_TIME_UNIX_NANO: u32 = 11;
+const LOG_EVENT_NAME: u32 = 12;
+/// `KeyValue.key`, `.value`.
+const KEY_VALUE_KEY: u32 = 1;
+const KEY_VALUE_VALUE: u32 = 2;
+/// `AnyValue` oneof members.
+const ANY_STRING: u32 = 1;
+const ANY_BOOL: u32 = 2;
+const ANY_INT: u32 = 3;
+const ANY_DOUBLE: u32 = 4;
+const ANY_ARRAY: u32 = 5;
+/// `ArrayValue.values`.
+const ARRAY_VALUES: u32 = 1;
+
+/// Writes records as `ScopeLogs.log_records` entries.
+#[derive(Default)]
 pub struct Encoder {
-    logger: SdkLogger,
-    _provider: SdkLoggerProvider,
+    /// One record's fields, reused so encoding allocates nothing once warm.
+    scratch: Vec<u8>,
 }
 
-impl Default for Encoder {
-    fn default() -> Self {
-        let provider = SdkLoggerProvider::builder().build();
-        Encoder { logger: provider.logger("ksense"), _provider: provider }
-    }
+/// What goes around a batch of records to make a request: the resource and the scope, encoded
+/// once.
+pub struct Envelope {
+    /// `ResourceLogs` fields before `scope_logs`: the resource and its schema URL.
+    resource: Vec<u8>,
+    /// The `ScopeLogs.scope` field: `ksense` and its version.
+    scope: Vec<u8>,
 }
 
-impl Encoder {
-    /// The SDK record for `record`: event name (also as the `event.name` attribute, already
-    /// among the attributes), severity, both timestamps, body, typed attributes.
-    pub fn encode(&self, record: &LogRecord) -> SdkLogRecord {
-        let mut out = self.logger.create_log_record();
-        out.set_event_name(record.event_name);
-        out.set_severity_number(match record.severity {
-            Severity::Info => OtelSeverity::Info,
-            Severity::Warn => OtelSeverity::Warn,
-        });
-        out.set_severity_text(record.severity.text());
-        out.set_timestamp(record.time);
-        out.set_observed_timestamp(record.observed_time);
-        out.set_body(AnyValue::String(record.body.clone().into()));
-        for (key, value) in &record.attributes {
-            out.add_attribute(Key::from_static_str(key), any_value(value));
+impl Envelope {
+    /// The envelope of requests on behalf of `resource`.
+    pub fn new(resource: &Resource) -> Envelope {
+        let mut attributes = Vec::new();
+        for (key, value) in resource.iter() {
+            let mut kv = Vec::new();
+            put_str(&mut kv, KEY_VALUE_KEY, key.as_str());
+            put_message(&mut kv, KEY_VALUE_VALUE, &otel_any(value));
+            put_message(&mut attributes, RESOURCE_ATTRIBUTES, &kv);
         }
+        let mut fields = Vec::new();
+        put_message(&mut fields, RESOURCE_LOGS_RESOURCE, &attributes);
+        if let Some(url) = resource.schema_url() {
+            put_str(&mut fields, RESOURCE_LOGS_SCHEMA_URL, url);
+        }
+        let mut scope = Vec::new();
+        put_str(&mut scope, SCOPE_NAME, "ksense");
+        put_str(&mut scope, SCOPE_VERSION, env!("CARGO_PKG_VERSION"));
+        let mut scope_field = Vec::new();
+        put_message(&mut scope_field, SCOPE_LOGS_SCOPE, &scope);
+        Envelope { resource: fields, scope: scope_field }
+    }
+
+    /// The `ExportLogsServiceRequest` carrying the records `batch` holds ([`Encoder::encode`]).
+    pub fn request(&self, batch: &[u8]) -> Vec<u8> {
+        let scope_logs_len = self.scope.len() + batch.len();
+        let resource_logs_len = self.resource.len() + field_len(RESOURCE_LOGS_SCOPE_LOGS, scope_logs_len);
+        let mut out = Vec::with_capacity(field_len(REQUEST_RESOURCE_LOGS, resource_logs_len));
+        put_key(&mut out, REQUEST_RESOURCE_LOGS, LEN);
+        put_varint(&mut out, resource_logs_len as u64);
+        out.extend_from_slice(&self.resource);
+        put_key(&mut out, RESOURCE_LOGS_SCOPE_LOGS, LEN);
+        put_varint(&mut out, scope_logs_len as u64);
+        out.extend_from_slice(&self.scope);
+        out.extend_from_slice(batch);
         out
     }
 }
 
-fn any_value(value: &Value) -> AnyValue {
+impl Encoder {
+    /// Appends `record` to `batch` as one `ScopeLogs.log_records` entry: event name (also the
+    /// `event.name` attribute, already among the attributes), severity, both timestamps, body,
+    /// typed attributes.
+    pub fn encode(&mut self, record: &LogRecord, batch: &mut Vec<u8>) {
+        let out = &mut self.scratch;
+        out.clear();
+        put_fixed64(out, LOG_TIME_UNIX_NANO, unix_nanos(record.time));
+        put_varint_field(out, LOG_SEVERITY_NUMBER, record.severity.number() as u64);
+        put_str(out, LOG_SEVERITY_TEXT, record.severity.text());
+        put_key(out, LOG_BODY, LEN);
+        let body_len = any_str_len(&record.body);
+        put_varint(out, body_len as u64);
+        put_str(out, ANY_STRING, &record.body);
+        for (key, value) in &record.attributes {
+            let value_len = any_len(value);
+            put_key(out, LOG_ATTRIBUTES, LEN);
+            put_varint(out, (field_len(KEY_VALUE_KEY, key.len()) + field_len(KEY_VALUE_VALUE, value_len)) as u64);
+            put_str(out, KEY_VALUE_KEY, key);
+            put_key(out, KEY_VALUE_VALUE, LEN);
+            put_varint(out, value_len as u64);
+            put_any(out, value);
+        }
+        put_fixed64(out, LOG_OBSERVED_TIME_UNIX_NANO, unix_nanos(record.observed_time));
+        put_str(out, LOG_EVENT_NAME, record.event_name);
+        put_message(batch, SCOPE_LOGS_LOG_RECORDS, out);
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn varint_len(v: u64) -> usize {
+    // 7 payload bits per byte; 0 still takes one byte.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes of a length-delimited field `field` holding `len` bytes (field numbers here are < 16,
+/// so the key is one byte).
+fn field_len(field: u32, len: usize) -> usize {
+    debug_assert!(field < 16);
+    1 + varint_len(len as u64) + len
+}
+
+fn any_str_len(s: &str) -> usize {
+    field_len(ANY_STRING, s.len())
+}
+
+/// Bytes of the `AnyValue` message holding `value`.
+fn any_len(value: &Value) -> usize {
     match value {
-        Value::Int(v) => AnyValue::Int(*v),
-        Value::Bool(v) => AnyValue::Boolean(*v),
-        Value::Str(v) => AnyValue::String(StringValue::from(v.clone())),
+        Value::Int(v) => 1 + varint_len(*v as u64),
+        Value::Bool(_) => 2,
+        Value::Str(s) => any_str_len(s),
         Value::StrArray(items) => {
-            AnyValue::ListAny(Box::new(items.iter().map(|s| AnyValue::String(s.clone().into())).collect()))
+            field_len(ANY_ARRAY, items.iter().map(|s| field_len(ARRAY_VALUES, any_str_len(s))).sum())
         }
     }
+}
+
+fn put_any(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Int(v) => put_varint_field(out, ANY_INT, *v as u64),
+        Value::Bool(v) => put_varint_field(out, ANY_BOOL, u64::from(*v)),
+        Value::Str(s) => put_str(out, ANY_STRING, s),
+        Value::StrArray(items) => {
+            put_key(out, ANY_ARRAY, LEN);
+            put_varint(out, items.iter().map(|s| field_len(ARRAY_VALUES, any_str_len(s))).sum::<usize>() as u64);
+            for s in items {
+                put_key(out, ARRAY_VALUES, LEN);
+                put_varint(out, any_str_len(s) as u64);
+                put_str(out, ANY_STRING, s);
+            }
+        }
+    }
+}
+
+/// An OpenTelemetry API value (a resource attribute) as an `AnyValue` message.
+fn otel_any(value: &OtelValue) -> Vec<u8> {
+    let mut any = Vec::new();
+    match value {
+        OtelValue::Bool(v) => put_varint_field(&mut any, ANY_BOOL, u64::from(*v)),
+        OtelValue::I64(v) => put_varint_field(&mut any, ANY_INT, *v as u64),
+        OtelValue::F64(v) => {
+            put_key(&mut any, ANY_DOUBLE, FIXED64);
+            any.extend_from_slice(&v.to_le_bytes());
+        }
+        OtelValue::String(v) => put_str(&mut any, ANY_STRING, v.as_str()),
+        OtelValue::Array(array) => {
+            let elements: Vec<OtelValue> = match array {
+                Array::Bool(items) => items.iter().map(|&v| OtelValue::Bool(v)).collect(),
+                Array::I64(items) => items.iter().map(|&v| OtelValue::I64(v)).collect(),
+                Array::F64(items) => items.iter().map(|&v| OtelValue::F64(v)).collect(),
+                Array::String(items) => items.iter().cloned().map(OtelValue::String).collect(),
+                _ => Vec::new(),
+            };
+            let mut values = Vec::new();
+            for element in &elements {
+                put_message(&mut values, ARRAY_VALUES, &otel_any(element));
+            }
+            put_message(&mut any, ANY_ARRAY, &values);
+        }
+        _ => put_str(&mut any, ANY_STRING, &value.to_string()),
+    }
+    any
+}
+
+fn put_key(out: &mut Vec<u8>, field: u32, wire_type: u32) {
+    put_varint(out, u64::from((field << 3) | wire_type));
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
+    put_key(out, field, VARINT);
+    put_varint(out, v);
+}
+
+fn put_fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
+    put_key(out, field, FIXED64);
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, field: u32, s: &str) {
+    put_message(out, field, s.as_bytes());
+}
+
+fn put_message(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    put_key(out, field, LEN);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
 }
 
 /// The agent's resource: `service.name=ksense` (or `OTEL_SERVICE_NAME`), `service.version`,
@@ -85,45 +275,88 @@ pub fn resource() -> Resource {
 fn instance_id() -> Cow<'static, str> {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|s| Cow::Owned(s.trim().to_owned()))
-        .unwrap_or_else(|_| Cow::Owned(format!("{}-{}", std::process::id(), nanos_now())))
-}
-
-fn nanos_now() -> u128 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+        .unwrap_or_else(|_| Cow::Owned(format!("{}-{}", std::process::id(), unix_nanos(SystemTime::now()))))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Severity;
+    use opentelemetry_proto::tonic::{
+        collector::logs::v1::ExportLogsServiceRequest,
+        common::v1::{AnyValue, any_value},
+    };
+    use prost::Message as _;
     use std::time::Duration;
 
+    fn string(s: &str) -> Option<AnyValue> {
+        Some(AnyValue { value: Some(any_value::Value::StringValue(s.into())) })
+    }
+
     #[test]
-    fn typed_attributes_and_fields() {
-        let record = LogRecord {
+    fn requests_read_back_as_the_records_and_resource() {
+        let exit = LogRecord {
             event_name: "process.exit",
             severity: Severity::Warn,
             time: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
-            observed_time: SystemTime::UNIX_EPOCH + Duration::from_secs(2),
+            observed_time: SystemTime::UNIX_EPOCH + Duration::new(2, 5),
             body: "sh[7] was killed by signal 9 (SIGKILL)".into(),
             attributes: vec![
                 ("process.pid", Value::Int(7)),
-                ("process.command_args", Value::StrArray(vec!["sh".into(), "-c".into()])),
+                ("ksense.memory.result", Value::Int(-13)),
+                ("process.command_args", Value::StrArray(vec!["sh".into(), "-c".into(), "".into(), "é\n".into()])),
                 ("ksense.process.exit.core_dumped", Value::Bool(false)),
+                ("process.command_line", Value::Str("x".repeat(300))),
             ],
         };
-        let out = Encoder::default().encode(&record);
-        assert_eq!(out.event_name(), Some("process.exit"));
-        assert_eq!(out.severity_number(), Some(OtelSeverity::Warn));
-        assert_eq!(out.timestamp(), Some(record.time));
-        let attrs: Vec<_> = out.attributes_iter().collect();
-        assert!(attrs.iter().any(|(k, v)| k.as_str() == "process.pid" && *v == AnyValue::Int(7)));
-        assert!(attrs.iter().any(|(k, v)| k.as_str() == "process.command_args" && matches!(v, AnyValue::ListAny(l) if l.len() == 2)));
+        let fork = LogRecord { event_name: "process.fork", severity: Severity::Info, attributes: Vec::new(), ..exit.clone() };
+        let mut batch = Vec::new();
+        let mut encoder = Encoder::default();
+        encoder.encode(&exit, &mut batch);
+        encoder.encode(&fork, &mut batch);
+        let request = Envelope::new(&resource()).request(&batch);
+
+        let request = ExportLogsServiceRequest::decode(request.as_slice()).unwrap();
+        let [resource_logs] = &request.resource_logs[..] else { panic!("{request:?}") };
+        let resource = resource_logs.resource.as_ref().unwrap();
+        let os_type = resource.attributes.iter().find(|kv| kv.key == "os.type").unwrap();
+        assert_eq!(os_type.value, string("linux"));
+        let [scope_logs] = &resource_logs.scope_logs[..] else { panic!("{resource_logs:?}") };
+        let scope = scope_logs.scope.as_ref().unwrap();
+        assert_eq!((scope.name.as_str(), scope.version.as_str()), ("ksense", env!("CARGO_PKG_VERSION")));
+        let [got, got_fork] = &scope_logs.log_records[..] else { panic!("{scope_logs:?}") };
+        assert_eq!(got.event_name, "process.exit");
+        assert_eq!((got.severity_number, got.severity_text.as_str()), (13, "WARN"));
+        assert_eq!((got.time_unix_nano, got.observed_time_unix_nano), (1_000_000_000, 2_000_000_005));
+        assert_eq!(got.body, string(&exit.body));
+        let attribute = |name: &str| got.attributes.iter().find(|kv| kv.key == name).and_then(|kv| kv.value.clone());
+        let int = |v: i64| Some(AnyValue { value: Some(any_value::Value::IntValue(v)) });
+        assert_eq!(attribute("process.pid"), int(7));
+        assert_eq!(attribute("ksense.memory.result"), int(-13));
+        assert_eq!(attribute("ksense.process.exit.core_dumped"), Some(AnyValue { value: Some(any_value::Value::BoolValue(false)) }));
+        assert_eq!(attribute("process.command_line"), string(&"x".repeat(300)));
+        let Some(any_value::Value::ArrayValue(args)) = attribute("process.command_args").and_then(|v| v.value) else {
+            panic!("{got:?}")
+        };
+        let args: Vec<_> = args.values.into_iter().map(Some).collect();
+        assert_eq!(args, [string("sh"), string("-c"), string(""), string("é\n")]);
+        assert_eq!(got.attributes.len(), exit.attributes.len());
+        assert_eq!((got_fork.event_name.as_str(), got_fork.severity_number, got_fork.attributes.len()), ("process.fork", 9, 0));
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for v in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+        }
     }
 
     #[test]
     fn resource_names_the_agent_and_host() {
         let resource = resource();
-        let get = |k: &'static str| resource.get(&Key::from_static_str(k)).map(|v| v.to_string());
+        let get = |k: &'static str| resource.get(&opentelemetry::Key::from_static_str(k)).map(|v| v.to_string());
         assert_eq!(get("os.type").as_deref(), Some("linux"));
         assert!(get("service.instance.id").is_some_and(|id| !id.is_empty()));
         assert!(get("host.name").is_some());

@@ -1,12 +1,17 @@
-//! OpenTelemetry logs over OTLP (gRPC or HTTP/protobuf), with the opentelemetry crates.
+//! OpenTelemetry logs over OTLP (gRPC or HTTP/protobuf).
 //!
-//! `config.rs` resolves the settings (file, then `OTEL_EXPORTER_OTLP_*`), `encoder.rs` turns
-//! records into SDK log records and builds the resource, `service.rs` is the worker that
-//! batches, exports and retries. The sink itself only queues: [`Sink::write`] never waits on the
-//! network; a full queue drops the record and counts it.
+//! `config.rs` resolves the settings (file, then `OTEL_EXPORTER_OTLP_*`), `encoder.rs` writes
+//! records as OTLP protobuf and builds the resource, `service.rs` is the worker that batches,
+//! exports and retries. The sink encodes each record on the pipeline thread into a chunk and
+//! hands the chunk to the worker when it holds a batch or the pipeline's queue runs dry:
+//! [`Sink::write`] never waits on the network, and what does not fit in the worker's queue
+//! (`queue_events` records) is dropped and counted.
 use std::{
     io,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
     thread::JoinHandle,
     time::Duration,
 };
@@ -14,24 +19,30 @@ use std::{
 use tokio::sync::mpsc;
 
 use super::Sink;
-use crate::{
-    record::LogRecord,
-    telemetry::{Counters, SinkStats},
-};
+use crate::{record::LogRecord, telemetry::SinkStats};
 
 pub mod config;
 pub mod encoder;
 pub mod service;
 
 use config::OtlpSettings;
-use service::Closing;
+use encoder::Encoder;
+use service::{Chunk, Closing};
 
 /// How long, at shutdown, queued records may still be retried before they count as failed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Queues records for the OTLP worker.
+/// Encodes records and queues them, a chunk at a time, for the OTLP worker.
 pub struct OtlpSink {
-    queue: Option<mpsc::Sender<LogRecord>>,
+    encoder: Encoder,
+    /// Encoded records not yet handed to the worker, and how many.
+    chunk: Chunk,
+    /// Records per chunk at most: the batch size.
+    chunk_records: u64,
+    queue: Option<mpsc::UnboundedSender<Chunk>>,
+    /// Records handed to the worker and not yet taken by it; at most `capacity`.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
     worker: Option<JoinHandle<()>>,
     closing: Arc<Closing>,
     stats: Arc<SinkStats>,
@@ -41,15 +52,46 @@ impl OtlpSink {
     /// Starts the worker for `settings`, counting into `stats`.
     pub fn start(settings: OtlpSettings, stats: Arc<SinkStats>) -> io::Result<OtlpSink> {
         tracing::info!(?settings, "exporting to an OTLP collector");
-        let (queue, receiver) = mpsc::channel(settings.queue_events);
-        let closing = Arc::new(Closing::default());
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let (queued, closing) = (Arc::new(AtomicUsize::new(0)), Arc::new(Closing::default()));
+        let (chunk_records, capacity) = (settings.batch_size as u64, settings.queue_events);
         let worker = {
-            let (stats, closing) = (stats.clone(), closing.clone());
+            let (stats, closing, queued) = (stats.clone(), closing.clone(), queued.clone());
             std::thread::Builder::new()
                 .name("ksense-otlp".into())
-                .spawn(move || service::run(settings, receiver, stats, closing))?
+                .spawn(move || service::run(settings, receiver, queued, stats, closing))?
         };
-        Ok(OtlpSink { queue: Some(queue), worker: Some(worker), closing, stats })
+        Ok(OtlpSink {
+            encoder: Encoder::default(),
+            chunk: Chunk::default(),
+            chunk_records,
+            queue: Some(queue),
+            queued,
+            capacity,
+            worker: Some(worker),
+            closing,
+            stats,
+        })
+    }
+
+    /// Hands the chunk to the worker, or drops and counts it when the worker's queue is full
+    /// (or, failed, when the worker is gone: it only stops early by panicking).
+    fn hand_over(&mut self) {
+        let Some(queue) = &self.queue else { return };
+        if self.chunk.records == 0 {
+            return;
+        }
+        let chunk = std::mem::take(&mut self.chunk);
+        let records = chunk.records as usize;
+        if self.queued.load(Relaxed) + records > self.capacity {
+            self.stats.queue_full.fetch_add(chunk.records, Relaxed);
+            return;
+        }
+        self.queued.fetch_add(records, Relaxed);
+        if let Err(mpsc::error::SendError(chunk)) = queue.send(chunk) {
+            self.queued.fetch_sub(records, Relaxed);
+            self.stats.failed.fetch_add(chunk.records, Relaxed);
+        }
     }
 }
 
@@ -59,22 +101,24 @@ impl Sink for OtlpSink {
     }
 
     fn write(&mut self, record: &LogRecord) -> io::Result<()> {
-        let Some(queue) = &self.queue else { return Err(io::Error::other("the OTLP sink is closed")) };
-        match queue.try_send(record.clone()) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                Counters::bump(&self.stats.queue_full);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(io::Error::other("the OTLP worker has stopped")),
+        if self.queue.is_none() {
+            return Err(io::Error::other("the OTLP sink is closed"));
         }
+        self.encoder.encode(record, &mut self.chunk.bytes);
+        self.chunk.records += 1;
+        if self.chunk.records >= self.chunk_records {
+            self.hand_over();
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.hand_over();
         Ok(())
     }
 
     fn close(&mut self) {
+        self.hand_over();
         self.closing.start(SHUTDOWN_GRACE);
         drop(self.queue.take());
         if let Some(worker) = self.worker.take()

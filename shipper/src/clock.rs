@@ -40,17 +40,61 @@ pub fn monotonic_ns() -> i128 {
 
 /// RFC 3339 UTC with nanoseconds, e.g. `2026-11-25T16:43:24.123456789Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    Rfc3339::new(t).as_str().to_owned()
+}
+
+/// [`rfc3339`]'s text in a buffer on the stack: sinks write it per record without allocating.
+pub struct Rfc3339 {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Rfc3339 {
+    /// The text of `t` (the epoch for times before it).
+    pub fn new(t: SystemTime) -> Rfc3339 {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days as i64);
+        let mut text = Rfc3339 { buf: [0; 48], len: 0 };
+        // Four digits, more after the year 9999 (as `{year:04}` would).
+        let year_digits = (year.max(0) as u64).checked_ilog10().map_or(1, |d| d as usize + 1).max(4);
+        text.digits(year.max(0) as u64, year_digits);
+        text.push(b'-');
+        text.digits(u64::from(month), 2);
+        text.push(b'-');
+        text.digits(u64::from(day), 2);
+        text.push(b'T');
+        text.digits(rem / 3600, 2);
+        text.push(b':');
+        text.digits(rem / 60 % 60, 2);
+        text.push(b':');
+        text.digits(rem % 60, 2);
+        text.push(b'.');
+        text.digits(u64::from(d.subsec_nanos()), 9);
+        text.push(b'Z');
+        text
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators were written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    /// `value` as exactly `width` decimal digits, zero-padded (`value` has at most `width`).
+    fn digits(&mut self, mut value: u64, width: usize) {
+        for slot in self.buf[self.len..self.len + width].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+        self.len += width;
+    }
 }
 
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
@@ -78,6 +122,8 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-25T16:30:04.123456789Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000000000Z");
+        let far = UNIX_EPOCH + Duration::new(253_402_300_800, 7); // 10000-01-01
+        assert_eq!(rfc3339(far), "10000-01-01T00:00:00.000000007Z");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::Sink;
 use crate::{
-    clock::rfc3339,
+    clock::Rfc3339,
     record::{LogRecord, Value},
     telemetry::{Counters, SinkStats},
 };
@@ -49,7 +49,7 @@ impl<W: Write + Send> Sink for JsonlSink<W> {
 pub fn write_record(out: &mut impl Write, record: &LogRecord) -> io::Result<()> {
     let mut ser = serde_json::Serializer::new(out);
     let mut map = ser.serialize_map(Some(5))?;
-    map.serialize_entry("time", &rfc3339(record.time))?;
+    map.serialize_entry("time", Rfc3339::new(record.time).as_str())?;
     map.serialize_entry("severity", record.severity.text())?;
     map.serialize_entry("event.name", record.event_name)?;
     map.serialize_entry("body", &record.body)?;

@@ -9,7 +9,9 @@
 //! ksense-workload chain N             run `chain N-1` as a child and wait for it, down to
 //!                                     `chain 0`: N+1 nested processes, alive until the leaf exits
 //! ksense-workload sleep SECONDS       sleep (a target for kill -9)
-//! ksense-workload mprotect-text-rwx   make the page of its own code RWX, then r-x again
+//! ksense-workload mprotect-text-rwx [hold]
+//!                                     make the page of its own code RWX, then r-x again; with
+//!                                     `hold`, then wait for stdin to close before exiting
 //! ksense-workload mprotect-anon-rx    write code into an anonymous RW page, make it RX
 //! ksense-workload mprotect-anon-ro    make an anonymous RW page read-only
 //! ksense-workload mprotect-bad-addr   mprotect an unmapped page (fails with ENOMEM)
@@ -33,6 +35,10 @@ fn main() {
             protect(page, libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC);
             protect(page, libc::PROT_READ | libc::PROT_EXEC);
             println!("page={page:#x}");
+            if args.get(1).is_some_and(|a| a == "hold") {
+                std::io::stdout().flush().unwrap();
+                std::io::copy(&mut std::io::stdin(), &mut std::io::sink()).unwrap();
+            }
         }
         Some("mprotect-anon-rx") => {
             let page = anonymous_page();
@@ -81,8 +87,9 @@ fn chain(depth: u32) {
         return;
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let status = std::process::Command::new(exe).args(["chain", &(depth - 1).to_string()]).status().expect("chain: spawn");
-    assert!(status.success(), "chain {}: {status}", depth - 1);
+    let next = (depth - 1).to_string();
+    let status = std::process::Command::new(exe).args(["chain", &next]).status().expect("chain: spawn");
+    assert!(status.success(), "chain {next}: {status}");
 }
 
 const PAGE: usize = 4096;

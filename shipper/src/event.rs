@@ -90,7 +90,12 @@ impl Event {
 
     /// The `ksense.probe` value: family and target, e.g. `tracepoint/sched/sched_process_exec`.
     pub fn probe(&self) -> String {
-        format!("{}/{}", self.hook.family().name(), self.hook.target())
+        let (family, target) = (self.hook.family().name(), self.hook.target());
+        let mut probe = String::with_capacity(family.len() + 1 + target.len());
+        probe.push_str(family);
+        probe.push('/');
+        probe.push_str(target);
+        probe
     }
 
     /// Renders the event as the contract's log record.
@@ -158,11 +163,30 @@ impl Event {
 
 /// `0x`-prefixed hex, the contract's rendering of addresses.
 pub fn hex(value: u64) -> Value {
-    Value::Str(format!("{value:#x}"))
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let width = (value.checked_ilog2().unwrap_or(0) / 4 + 1) as usize;
+    let mut text = String::with_capacity(2 + width);
+    text.push_str("0x");
+    for nibble in (0..width).rev() {
+        text.push(char::from(DIGITS[(value >> (nibble * 4)) as usize & 0xf]));
+    }
+    Value::Str(text)
 }
 
 /// Renders a kind's own attributes and returns its severity and body.
 pub(crate) trait Render {
     /// Appends this kind's attributes; returns (severity, body).
     fn render(&self, event: &Event, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_0x_and_lower_case_digits() {
+        for value in [0, 1, 0xf, 0x10, 0x5555_5555_4000, u64::MAX] {
+            assert_eq!(hex(value), Value::Str(format!("{value:#x}")));
+        }
+    }
 }

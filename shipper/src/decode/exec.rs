@@ -81,13 +81,13 @@ impl Render for ProcessExec {
             attrs.push((schema::KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED, Value::Bool(true)));
         }
         let p = &event.process;
-        let command = match &p.args {
-            Some(args) if !args.is_empty() => {
-                args.iter().map(|a| lossless(a)).collect::<Vec<_>>().join(" ")
-            }
-            _ => p.exe.as_deref().map(lossless).unwrap_or_default(),
+        // The command line is among the attributes already (Event::to_record) when argv is known.
+        let command_line = attrs.iter().find(|(name, _)| *name == schema::PROCESS_COMMAND_LINE);
+        let command = match command_line {
+            Some((_, Value::Str(line))) if p.args.as_ref().is_some_and(|args| !args.is_empty()) => one_line(line),
+            _ => one_line(&p.exe.as_deref().map(lossless).unwrap_or_default()),
         };
-        (Severity::Info, format!("{} executed {}", event.who(), one_line(&command)))
+        (Severity::Info, format!("{} executed {command}", event.who()))
     }
 }
 

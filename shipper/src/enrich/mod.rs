@@ -7,6 +7,8 @@
 //! replaces it, so short-lived processes are described even after `/proc/<pid>` is gone.
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
+use ksense_abi::memory::MEMORY_FILE_CAP;
+
 use crate::event::{Detail, Event, Process};
 
 mod procfs;
@@ -91,11 +93,17 @@ impl Enricher {
         if let Detail::MemoryProtect(memory) = &mut event.detail
             && let Some(basename) = &memory.file
         {
-            // The kernel record holds the file's basename. The maps file has its full path
-            // while the process lives; after that, the executable's path serves when the
-            // names agree (the process's own code), and the basename stays otherwise.
-            let exe = event.process.exe.as_deref().filter(|exe| exe.rsplit(|&b| b == b'/').next() == Some(basename));
-            if let Some(path) = procfs::mapping_path(&self.proc_root, pid, memory.start).or(exe.map(<[u8]>::to_vec)) {
+            // The kernel record holds the file's basename, exact but cut to MEMORY_FILE_CAP - 1
+            // bytes. The maps file has its full path while the process lives; after that, the
+            // executable's path serves (the process's own code). Either only when its name
+            // agrees with the kernel's; the basename stays otherwise.
+            let agrees = |path: &[u8]| {
+                let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+                name == &basename[..] || (basename.len() == MEMORY_FILE_CAP - 1 && name.starts_with(basename))
+            };
+            let mapped = procfs::mapping_path(&self.proc_root, pid, memory.start).filter(|path| agrees(path));
+            let exe = || event.process.exe.as_deref().filter(|exe| agrees(exe)).map(<[u8]>::to_vec);
+            if let Some(path) = mapped.or_else(exe) {
                 memory.file = Some(path);
             }
         }
@@ -148,7 +156,7 @@ fn fill(p: &mut Process, info: &ProcInfo) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{exit::ProcessExit, fork::ProcessFork};
+    use crate::decode::{exit::ProcessExit, fork::ProcessFork, memory::ProcessMemoryProtect};
     use ksense_abi::Hook;
     use std::time::SystemTime;
 
@@ -194,6 +202,42 @@ mod tests {
         enricher.enrich(&mut gone);
         assert_eq!(gone.process.exe.as_deref(), Some(&b"/bin/parent"[..]));
         assert_eq!(enricher.len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The file a code change of process `pid` (running `exe`, the kernel's basename `file`) is
+    /// reported with, `/proc` being `proc_dir`.
+    fn changed_file(proc_dir: &std::path::Path, pid: u32, exe: &[u8], file: &[u8]) -> Vec<u8> {
+        let change = ProcessMemoryProtect {
+            start: 0x1000,
+            len: 4096,
+            count: 1,
+            old_prot: Some(5),
+            new_prot: 7,
+            region: Some(ksense_abi::memory::Region::MainCode),
+            result: Some(0),
+            file: Some(file.to_vec()),
+        };
+        let mut e = event(pid, 1, Detail::MemoryProtect(change), Hook::TracepointMprotect);
+        e.process.exe = Some(exe.into());
+        Enricher::new(proc_dir.into(), "/nonexistent".into()).enrich(&mut e);
+        let Detail::MemoryProtect(change) = e.detail else { unreachable!() };
+        change.file.unwrap()
+    }
+
+    #[test]
+    fn mapped_file_path_agrees_with_the_kernel_name() {
+        let dir = std::env::temp_dir().join(format!("ksense-enrich-maps-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("30")).unwrap();
+        std::fs::write(dir.join("30/maps"), b"1000-2000 r-xp 00000000 08:01 42 /tmp/a\\012b\n").unwrap();
+        // Alive: the maps file's path, its newline escape undone.
+        assert_eq!(changed_file(&dir, 30, b"/x/a\nb", b"a\nb"), b"/tmp/a\nb");
+        // Gone: the executable's path, also when the kernel's name is cut to 63 bytes.
+        let long = [b'n'; 100];
+        let exe = [&b"/x/"[..], &long].concat();
+        assert_eq!(changed_file(&dir, 31, &exe, &long[..MEMORY_FILE_CAP - 1]), exe);
+        // A name that does not agree: the kernel's basename stays.
+        assert_eq!(changed_file(&dir, 31, b"/x/other", b"mine"), b"mine");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

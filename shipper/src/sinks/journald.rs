@@ -154,10 +154,17 @@ pub fn encode(record: &LogRecord, out: &mut Vec<u8>) {
 /// Sends one entry to journald at `path`: as a datagram, or through a sealed memfd when it is
 /// too large for one.
 pub fn send(socket: &UnixDatagram, path: &Path, entry: &[u8]) -> io::Result<()> {
-    match socket.send_to(entry, path) {
-        Ok(_) => Ok(()),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::ENOBUFS)) => send_memfd(socket, path, entry),
-        Err(e) => Err(e),
+    loop {
+        match socket.send_to(entry, path) {
+            Ok(_) => return Ok(()),
+            // A send with a timeout is not restarted when ksense is stopped and continued
+            // (SIGSTOP, SIGCONT: signal(7)); it sent nothing, so send again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::ENOBUFS)) => {
+                return send_memfd(socket, path, entry);
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -198,11 +205,16 @@ pub fn send_memfd(socket: &UnixDatagram, path: &Path, entry: &[u8]) -> io::Resul
         (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), file.as_raw_fd());
     }
-    // SAFETY: a valid socket and a fully initialised msghdr.
-    if unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) } < 0 {
-        return Err(io::Error::last_os_error());
+    loop {
+        // SAFETY: a valid socket and a fully initialised msghdr.
+        if unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) } >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
-    Ok(())
 }
 
 /// The `sockaddr_un` of a filesystem path.

@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: setup build run test
+.PHONY: setup build run test bench
 
 # Idempotent: installs only what is missing.
 setup:
@@ -20,3 +20,8 @@ run: build
 # Every test: unit tests, then end-to-end tests against this kernel (they start the real binary).
 test: setup
 	bash scripts/test.sh
+
+# What ksense costs the processes it watches, beside bpftrace and auditd (docs/BENCHMARKS.md);
+# about 20 minutes. `bash scripts/bench.sh --quick` is the 2-minute version.
+bench: setup
+	bash scripts/bench.sh --out target/bench.md

@@ -51,9 +51,21 @@ impl Collector {
 
     /// Starts rotel on the given ports and waits until it accepts connections.
     pub fn start_on(grpc_port: u16, http_port: u16) -> Collector {
+        Collector::spawn(grpc_port, http_port, &["--debug-log", "logs", "--debug-log-verbosity", "detailed"])
+    }
+
+    /// Starts rotel on free ports without its debug log: it receives and discards, printing
+    /// nothing per record, so it costs what a real collector's receiver costs (the benchmarks'
+    /// sink; [`Collector::received`] stays empty).
+    pub fn start_discarding() -> Collector {
+        Collector::spawn(free_port(), free_port(), &[])
+    }
+
+    fn spawn(grpc_port: u16, http_port: u16, debug_log: &[&str]) -> Collector {
         assert!(Path::new(ROTEL).exists(), "{ROTEL} is missing: run `sudo scripts/setup.sh`");
         let mut child = Command::new(ROTEL)
-            .args(["start", "--exporter", "blackhole", "--debug-log", "logs", "--debug-log-verbosity", "detailed"])
+            .args(["start", "--exporter", "blackhole"])
+            .args(debug_log)
             .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc_port}")])
             .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http_port}")])
             .stdin(Stdio::null())

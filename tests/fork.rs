@@ -81,5 +81,5 @@ fn burst_of_2000_forks_is_accounted_for() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "ksense.event.seq is not increasing");
     let read = stopped.counter("events_read");
     assert_eq!(seqs.last().copied(), Some(read), "last seq is the number of records read");
-    assert_eq!(read - seqs.len() as u64, stopped.counter("decode_errors") + stopped.counter("lost_queue_full"));
+    assert_eq!(read - seqs.len() as u64, stopped.counter("decode_errors"), "every record read is shipped or counted");
 }

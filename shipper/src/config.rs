@@ -208,9 +208,12 @@ impl Default for JournaldConfig {
 pub struct LimitsConfig {
     /// Size of the kernel ring buffer in bytes: a power of two, at least 64 KiB.
     pub ring_buffer_bytes: Spanned<u32>,
-    /// Events held between the ring-buffer reader and the sinks before new ones are dropped
-    /// (and counted).
+    /// Events held between the ring-buffer reader and the sinks. When they are all taken, the
+    /// reader pauses and events wait in the ring buffer.
     pub queue_events: Spanned<usize>,
+    /// The ring buffer is read at most once per this many milliseconds: under load, events are
+    /// read in batches, one wakeup per batch instead of one per event. 0: read every event at once.
+    pub read_interval_ms: u64,
     /// Most events per second passed on per event kind, e.g. `{ "process.exec" = 5000 }`;
     /// beyond it events are dropped and counted (`rate_limited`). Unlisted kinds are unlimited.
     pub rate_per_second: std::collections::BTreeMap<String, u32>,
@@ -219,8 +222,9 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            ring_buffer_bytes: Spanned::new(0..0, 16 << 20),
-            queue_events: Spanned::new(0..0, 65536),
+            ring_buffer_bytes: Spanned::new(0..0, 8 << 20),
+            queue_events: Spanned::new(0..0, 8192),
+            read_interval_ms: 10,
             rate_per_second: Default::default(),
         }
     }
@@ -354,7 +358,7 @@ mod tests {
         assert_eq!(config.probes.attach, AttachMode::Auto);
         assert!(config.probes.fork && config.probes.exec && config.probes.exit);
         assert!(!config.probes.thread_exits);
-        assert_eq!(*config.limits.ring_buffer_bytes.get_ref(), 16 << 20);
+        assert_eq!(*config.limits.ring_buffer_bytes.get_ref(), 8 << 20);
     }
 
     #[test]

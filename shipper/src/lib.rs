@@ -121,7 +121,7 @@ async fn run_async(
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
 
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters::starting_now());
     let (queue_tx, queue_rx) = mpsc::channel(*config.limits.queue_events.get_ref());
     probes.set_exclusions(&config.filters)?;
     let outputs = outputs(config, output, &counters)?;
@@ -152,10 +152,18 @@ async fn run_async(
     let window = Duration::from_millis(config.memory.coalesce_window_ms);
     // Coalesced memory repeats are swept at the window's pace (never if coalescing is off).
     let mut sweep = tokio::time::interval(window.max(Duration::from_millis(100)));
+    // Reading at most once per interval turns one wakeup per event into one per batch under
+    // load; when idle, the first event is read at once.
+    let read_interval = Duration::from_millis(config.limits.read_interval_ms);
+    let mut next_read = tokio::time::Instant::now();
     tracing::info!("ksense is running");
     loop {
         tokio::select! {
-            flow = reader.wait_and_drain() => {
+            flow = async {
+                tokio::time::sleep_until(next_read).await;
+                reader.wait_and_drain().await
+            } => {
+                next_read = tokio::time::Instant::now() + read_interval;
                 if flow? == Flow::Stop {
                     break;
                 }
@@ -167,7 +175,7 @@ async fn run_async(
             }
             _ = watchdog.tick(), if watchdog_on => notifier.send("WATCHDOG=1"),
             _ = sweep.tick(), if !window.is_zero() => {
-                if reader.inject(probes.take_idle_coalesced(window.as_nanos() as u64)) == Flow::Stop {
+                if reader.inject(probes.take_idle_coalesced(window.as_nanos() as u64)).await == Flow::Stop {
                     break;
                 }
             }
@@ -180,9 +188,10 @@ async fn run_async(
     // Stop new events at the source, then ship everything already in the ring buffer.
     notifier.send("STOPPING=1");
     probes.detach();
-    reader.drain();
-    // Repeats still counted in the kernel are reported rather than lost with it.
-    reader.inject(probes.take_idle_coalesced(0));
+    if reader.drain().await == Flow::Continue {
+        // Repeats still counted in the kernel are reported rather than lost with it.
+        reader.inject(probes.take_idle_coalesced(0)).await;
+    }
     drop(reader);
     pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
     let totals = counters.snapshot(probes.ring_lost()?);
@@ -218,9 +227,12 @@ fn reload(
             return;
         }
     };
-    let restart_only = |c: &Config| (c.probes.clone(), c.memory.clone(), c.limits.ring_buffer_bytes.clone(), c.limits.queue_events.clone());
+    let restart_only = |c: &Config| {
+        let l = &c.limits;
+        (c.probes.clone(), c.memory.clone(), l.ring_buffer_bytes.clone(), l.queue_events.clone(), l.read_interval_ms)
+    };
     if restart_only(&new) != restart_only(running) {
-        tracing::warn!("SIGHUP: changes to [probes], [memory] and the [limits] sizes take effect when ksense restarts");
+        tracing::warn!("SIGHUP: changes to [probes], [memory] and the [limits] sizes and read interval take effect when ksense restarts");
     }
     match outputs(&new, output, counters) {
         Ok(built) => {

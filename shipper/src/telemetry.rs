@@ -19,8 +19,6 @@ pub struct Counters {
     pub read: AtomicU64,
     /// Records rejected by the decoder.
     pub decode_errors: AtomicU64,
-    /// Events dropped because the queue to the sinks was full.
-    pub queue_full: AtomicU64,
     /// Events that went through the pipeline to the sinks.
     pub written: AtomicU64,
     /// Events the `[filters]` rules kept from the sinks (by choice: not a loss).
@@ -29,6 +27,9 @@ pub struct Counters {
     pub rate_limited: AtomicU64,
     /// Kernel-to-sink latency of the events written.
     pub latency: Latency,
+    /// Resource use when events started to flow: the CPU time reported is what ksense used
+    /// after that (loading the probes, a one-off cost, is not charged to the events).
+    pub baseline: Usage,
     /// Each sink's own counters, in the order the sinks were created.
     sinks: Mutex<Vec<(&'static str, Arc<SinkStats>)>>,
 }
@@ -63,6 +64,11 @@ pub struct SinkSnapshot {
 }
 
 impl Counters {
+    /// Zeroed counters whose CPU time starts now ([`Counters::baseline`]).
+    pub fn starting_now() -> Counters {
+        Counters { baseline: Usage::now(), ..Counters::default() }
+    }
+
     /// Adds one to `counter`.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
@@ -85,12 +91,11 @@ impl Counters {
         Snapshot {
             read: self.read.load(Relaxed),
             decode_errors: self.decode_errors.load(Relaxed),
-            queue_full: self.queue_full.load(Relaxed),
             written: self.written.load(Relaxed),
             filtered: self.filtered.load(Relaxed),
             rate_limited: self.rate_limited.load(Relaxed),
             latency: self.latency.summary(),
-            usage: Usage::now(),
+            usage: Usage::now().since(&self.baseline),
             ring_lost,
             sinks: sinks
                 .iter()
@@ -129,8 +134,6 @@ pub struct Snapshot {
     pub read: u64,
     /// See [`Counters::decode_errors`].
     pub decode_errors: u64,
-    /// See [`Counters::queue_full`].
-    pub queue_full: u64,
     /// See [`Counters::written`].
     pub written: u64,
     /// See [`Counters::filtered`].
@@ -139,7 +142,7 @@ pub struct Snapshot {
     pub rate_limited: u64,
     /// Kernel-to-sink latency percentiles.
     pub latency: LatencySummary,
-    /// ksense's own CPU time and memory.
+    /// ksense's own CPU time since [`Counters::baseline`], and its peak memory.
     pub usage: Usage,
     /// Kernel-side losses.
     pub ring_lost: RingLost,
@@ -151,7 +154,7 @@ impl Snapshot {
     /// Every event lost before the sinks (an event a sink loses is counted by that sink),
     /// rate-limited ones included; filtered ones are not lost, they were not wanted.
     pub fn lost(&self) -> u64 {
-        self.ring_lost.total() + self.decode_errors + self.queue_full + self.rate_limited
+        self.ring_lost.total() + self.decode_errors + self.rate_limited
     }
 
     /// Records the sinks dropped or could not deliver, all sinks together.
@@ -170,8 +173,8 @@ impl fmt::Display for Snapshot {
         }
         write!(
             f,
-            " lost_queue_full={} decode_errors={} rate_limited={} filtered={}",
-            self.queue_full, self.decode_errors, self.rate_limited, self.filtered
+            " decode_errors={} rate_limited={} filtered={}",
+            self.decode_errors, self.rate_limited, self.filtered
         )?;
         for s in &self.sinks {
             write!(
@@ -299,6 +302,15 @@ impl Usage {
         let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
         Usage { cpu_user_us: us(r.ru_utime), cpu_system_us: us(r.ru_stime), peak_rss_kib: r.ru_maxrss as u64 }
     }
+
+    /// The CPU time used since `earlier`; the peak RSS is the one of `self`.
+    pub fn since(&self, earlier: &Usage) -> Usage {
+        Usage {
+            cpu_user_us: self.cpu_user_us.saturating_sub(earlier.cpu_user_us),
+            cpu_system_us: self.cpu_system_us.saturating_sub(earlier.cpu_system_us),
+            peak_rss_kib: self.peak_rss_kib,
+        }
+    }
 }
 
 /// Says, at most once per call, what was lost since the previous call.
@@ -325,13 +337,13 @@ mod tests {
     #[test]
     fn snapshot_line_names_every_loss() {
         let counters = Counters::default();
-        Counters::bump(&counters.queue_full);
+        Counters::bump(&counters.decode_errors);
         let sink = counters.register_sink("otlp");
         Counters::bump(&sink.queue_full);
         let line = counters.snapshot(RingLost([1, 2, 3, 0, 0])).to_string();
         assert!(line.contains("lost_total=7"), "{line}");
         assert!(line.contains("lost_ring_buffer_process_exit=3"), "{line}");
-        assert!(line.contains("lost_queue_full=1"), "{line}");
+        assert!(line.contains("decode_errors=1"), "{line}");
         assert!(line.contains("sink_otlp_queue_full=1"), "{line}");
         assert!(line.contains(" peak_rss_kib="), "{line}");
         assert!(!line.contains(" peak_rss_kib=0 "), "getrusage reports this test's own memory: {line}");

@@ -139,9 +139,26 @@ fn exec_entry(run: &Run, pid: u32) -> Value {
     run.entry(&["SYSLOG_IDENTIFIER=ksense", "KSENSE_EVENT=process.exec", &format!("PROCESS_PID={pid}")])
 }
 
-/// Every value of a set, sorted, duplicates once (journald stores a repeated field as a set).
-fn as_set(items: impl IntoIterator<Item = Vec<u8>>) -> BTreeSet<Vec<u8>> {
-    items.into_iter().collect()
+/// Checks the exec of `pid` against the argv it was given (`expected`, argv[0] included): the
+/// JSON line (one valid line: the harness parses every line) has the shape of `plain`'s and
+/// argv byte for byte, in order and joined; the journal entry exactly ksense's fields and the
+/// same arguments (as a set: journald keeps a repeated field's values once each) and command
+/// line. Returns both.
+fn check_argv(run: &Run, pid: u32, plain: &Value, expected: &[Vec<u8>]) -> (Value, Value) {
+    let event = exec_of(&run.ksense, pid);
+    check_json_shape(&event, plain);
+    let args: Vec<Vec<u8>> = attr(&event, "process.command_args").as_array().unwrap().iter().map(json_bytes).collect();
+    assert_eq!(args, expected, "{event}");
+    let line = json_bytes(attr(&event, "process.command_line"));
+    assert_eq!(line, expected.join(&b' '), "{event}");
+
+    let entry = exec_entry(run, pid);
+    check_entry_fields(&entry, &event);
+    let journal_args: BTreeSet<Vec<u8>> =
+        values(&entry, "PROCESS_COMMAND_ARGS").iter().map(|v| journal_bytes(v)).collect();
+    assert_eq!(journal_args, expected.iter().cloned().collect(), "{}", short(&entry));
+    assert_eq!(journal_value(&entry, "PROCESS_COMMAND_LINE"), line, "{}", short(&entry));
+    (event, entry)
 }
 
 /// No entry of this run names an event kind ksense does not have, or claims a priority above
@@ -168,25 +185,9 @@ fn argv_with_every_byte_value_round_trips_in_every_sink() {
     let mut expected = vec![bin.as_os_str().as_bytes().to_vec()];
     expected.extend(argv);
 
-    // JSON: one valid line (the harness parses every line), argv byte for byte.
-    let event = exec_of(&run.ksense, pid);
-    check_json_shape(&event, &plain);
-    let args: Vec<Vec<u8>> = attr(&event, "process.command_args").as_array().unwrap().iter().map(json_bytes).collect();
-    assert_eq!(args, expected, "{event}");
-    let line = json_bytes(attr(&event, "process.command_line"));
-    assert_eq!(line, expected.join(&b' '), "{event}");
-    assert_ne!(args[7], args[8], "the typed \\xff and the byte 0xff render the same");
-
-    // journald: exactly ksense's fields, its priority, the arguments (as a set) byte for byte.
-    let entry = exec_entry(&run, pid);
-    check_entry_fields(&entry, &event);
-    assert_eq!(
-        as_set(values(&entry, "PROCESS_COMMAND_ARGS").iter().map(|v| journal_bytes(v))),
-        as_set(expected.clone()),
-        "{}",
-        short(&entry)
-    );
-    assert_eq!(journal_value(&entry, "PROCESS_COMMAND_LINE"), line, "{}", short(&entry));
+    let (event, _) = check_argv(&run, pid, &plain, &expected);
+    let rendered = attr(&event, "process.command_args");
+    assert_ne!(rendered[7], rendered[8], "the typed \\xff and the byte 0xff render the same");
     check_nothing_forged(&run);
 
     // OTLP: the record, its arguments still an array.
@@ -339,21 +340,8 @@ fn argv_of_128_kib_is_cut_at_the_probe_cap_and_says_so() {
     assert!(area.len() > 128 * 1024, "{} bytes", area.len());
     let expected = split_args(&area[..ARGS_CAP]);
 
-    let event = exec_of(&run.ksense, pid);
-    check_json_shape(&event, &plain);
-    let args: Vec<Vec<u8>> = attr(&event, "process.command_args").as_array().unwrap().iter().map(json_bytes).collect();
-    assert_eq!(args, expected, "argv cut at {ARGS_CAP} bytes");
+    let (event, entry) = check_argv(&run, pid, &plain, &expected);
     assert_eq!(attr(&event, "ksense.process.command_args.truncated"), true, "the event says argv was cut");
-
-    let entry = exec_entry(&run, pid);
-    check_entry_fields(&entry, &event);
-    assert_eq!(
-        as_set(values(&entry, "PROCESS_COMMAND_ARGS").iter().map(|v| journal_bytes(v))),
-        as_set(expected.clone()),
-        "{}",
-        short(&entry)
-    );
-    assert_eq!(journal_value(&entry, "PROCESS_COMMAND_LINE"), expected.join(&b' '), "{}", short(&entry));
     assert_eq!(value(&entry, "KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED"), "true", "{}", short(&entry));
     let stopped = run.ksense.stop();
     assert_eq!(stopped.counter("lost_total"), 0, "{}", stopped.stderr);

@@ -125,7 +125,7 @@ fn fork(hook: Hook, parent: Task, child: u32, flags: u64, start_ns: u64) -> Vec<
 fn exec(hook: Hook, task: Task, flags: u32, filename: &[u8], args: &[u8]) -> Vec<u8> {
     let mut bytes = vec![0u8; Exec::fixed_size()];
     let mut put = |at: usize, data: &[u8]| bytes[at..at + data.len()].copy_from_slice(data);
-    put(0, &bytes_of(&header(hook, Exec::fixed_size() + args.len())));
+    put(0, &bytes_of(&header(hook, Exec::fixed_size() + filename.len() + args.len())));
     put(offset_of!(Exec, task), &bytes_of(&task));
     put(offset_of!(Exec, old_tid), &task.tid.to_ne_bytes());
     put(offset_of!(Exec, flags), &flags.to_ne_bytes());
@@ -133,7 +133,7 @@ fn exec(hook: Hook, task: Task, flags: u32, filename: &[u8], args: &[u8]) -> Vec
     put(offset_of!(Exec, args_len), &(args.len() as u32).to_ne_bytes());
     put(offset_of!(Exec, code_start), &0x5603_1c80_0000u64.to_ne_bytes());
     put(offset_of!(Exec, code_end), &0x5603_1c81_9f21u64.to_ne_bytes());
-    put(offset_of!(Exec, filename), filename);
+    bytes.extend_from_slice(filename);
     bytes.extend_from_slice(args);
     bytes
 }

@@ -1,7 +1,7 @@
 //! `process.exec`: a process replaced its image.
 use crate::{Header, Task, assert_size};
 
-/// Bytes reserved for the executable's file name (as passed to execve, NUL-terminated).
+/// Most bytes of the executable's file name (as passed to execve) kept, its NUL included.
 pub const FILENAME_CAP: usize = 1024;
 /// Bytes of argv copied from the new image's stack (`mm->arg_start..arg_end`).
 pub const ARGS_CAP: usize = 16384;
@@ -13,8 +13,10 @@ pub const EXEC_ARGS_TRUNCATED: u32 = 2;
 /// `Exec::flags`: argv could not be read (page not resident); `args_len` is 0.
 pub const EXEC_ARGS_UNREADABLE: u32 = 4;
 
-/// A process exec'd. Variable size: the record ends after `args_len` bytes of `args`, so its
-/// size is [`Exec::fixed_size`] + `args_len`.
+/// A process exec'd. Variable size: the file name and argv follow each other in `data` with
+/// nothing in between, and the record ends after them, so its size is [`Exec::fixed_size`] +
+/// `filename_len` + `args_len` (a typical exec is a few hundred bytes, not the 17 KiB the caps
+/// allow, so the ring buffer holds that many more of them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Exec {
@@ -26,24 +28,23 @@ pub struct Exec {
     pub old_tid: u32,
     /// `EXEC_*` flags.
     pub flags: u32,
-    /// Bytes of `filename` used, without the NUL.
+    /// Bytes of `data` holding the file name (no NUL).
     pub filename_len: u32,
-    /// Bytes of `args` used: the NUL-separated argv strings as on the stack.
+    /// Bytes of `data` after the file name holding argv: the NUL-terminated strings as on the
+    /// new image's stack.
     pub args_len: u32,
     /// `mm->start_code` of the new image.
     pub code_start: u64,
     /// `mm->end_code` of the new image.
     pub code_end: u64,
-    /// The path given to execve (may be relative), NUL-padded.
-    pub filename: [u8; FILENAME_CAP],
-    /// The argv strings, each NUL-terminated.
-    pub args: [u8; ARGS_CAP],
+    /// The path given to execve (may be relative), then argv.
+    pub data: [u8; FILENAME_CAP + ARGS_CAP],
 }
 
 impl Exec {
-    /// Size of everything before `args`: the smallest valid record.
+    /// Size of everything before `data`: the smallest valid record.
     pub const fn fixed_size() -> usize {
-        core::mem::offset_of!(Exec, args)
+        core::mem::offset_of!(Exec, data)
     }
 }
 

@@ -3,7 +3,7 @@
 //! point where the new image, its argv and the old task id are all known).
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_probe_read_user_buf, generated::bpf_probe_read_kernel_str},
+    helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -56,13 +56,14 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
     ev.old_tid = old_tid;
     ev.flags = 0;
 
-    let n = unsafe {
-        bpf_probe_read_kernel_str(ev.filename.as_mut_ptr().cast(), FILENAME_CAP as u32, filename.cast())
-    };
-    ev.filename_len = if n > 0 { n as u32 - 1 } else { 0 };
-    if ev.filename_len as usize == FILENAME_CAP - 1 {
+    let n = unsafe { bpf_probe_read_kernel_str(ev.data.as_mut_ptr().cast(), FILENAME_CAP as u32, filename.cast()) };
+    // The mask changes nothing (n <= FILENAME_CAP) but shows the verifier that argv, written
+    // right after the name, stays inside `data`.
+    let filename_len = if n > 0 { (n as usize - 1) & (FILENAME_CAP - 1) } else { 0 };
+    if filename_len == FILENAME_CAP - 1 {
         ev.flags |= EXEC_FILENAME_TRUNCATED;
     }
+    ev.filename_len = filename_len as u32;
 
     let task = current();
     (ev.code_start, ev.code_end) = code_range(task);
@@ -77,17 +78,23 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
         }
         let len = if len > ARGS_CAP { ARGS_CAP } else { len };
         if len > 0 {
-            match unsafe { bpf_probe_read_user_buf(start as *const u8, &mut ev.args[..len]) } {
-                Ok(()) => args_len = len,
-                Err(_) => ev.flags |= EXEC_ARGS_UNREADABLE,
+            // SAFETY: filename_len < FILENAME_CAP and len <= ARGS_CAP: inside `data`.
+            let read = unsafe {
+                let at = ev.data.as_mut_ptr().add(filename_len);
+                bpf_probe_read_user(at.cast(), len as u32, start as *const core::ffi::c_void)
+            };
+            if read == 0 {
+                args_len = len;
+            } else {
+                ev.flags |= EXEC_ARGS_UNREADABLE;
             }
         }
     }
     ev.args_len = args_len as u32;
 
-    let size = Exec::fixed_size() + args_len;
+    let size = Exec::fixed_size() + filename_len + args_len;
     ev.header = header(hook, size);
-    // SAFETY: size <= size_of::<Exec>(): args_len <= ARGS_CAP.
+    // SAFETY: size <= size_of::<Exec>(): filename_len < FILENAME_CAP, args_len <= ARGS_CAP.
     let bytes = unsafe { core::slice::from_raw_parts((ev as *const Exec).cast::<u8>(), size) };
     output(EventKind::Exec, bytes);
 }

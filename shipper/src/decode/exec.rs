@@ -41,12 +41,11 @@ pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), D
     if filename_len >= FILENAME_CAP {
         return Err(DecodeError::Field("filename_len"));
     }
-    if args_len > ARGS_CAP || fixed + args_len != bytes.len() {
+    if args_len > ARGS_CAP || fixed + filename_len + args_len != bytes.len() {
         return Err(DecodeError::Field("args_len"));
     }
-    let filename_at = offset_of!(Exec, filename);
-    let filename = &bytes[filename_at..filename_at + filename_len];
-    let args = split_args(&bytes[fixed..]);
+    let (filename, args) = bytes[fixed..].split_at(filename_len);
+    let args = split_args(args);
 
     let mut process = process_from(&task, clock);
     process.exe = Some(filename.into());
@@ -59,7 +58,7 @@ pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), D
         code_start: read(bytes, offset_of!(Exec, code_start))?,
         code_end: read(bytes, offset_of!(Exec, code_end))?,
     };
-    const _: () = assert!(size_of::<Exec>() == Exec::fixed_size() + ARGS_CAP);
+    const _: () = assert!(size_of::<Exec>() == Exec::fixed_size() + FILENAME_CAP + ARGS_CAP);
     Ok((process, Detail::Exec(exec)))
 }
 

@@ -154,7 +154,7 @@ pub(crate) mod tests {
     }
 
     /// An exec record of `task` running `filename` with the NUL-separated `args`, as the probe
-    /// writes it (the fixed part, then only the argv bytes it copied).
+    /// writes it (the fixed part, then the file name and the argv bytes it copied).
     pub(crate) fn exec_record(task: Task, filename: &[u8], args: &[u8]) -> Vec<u8> {
         let mut fixed = vec![0u8; Exec::fixed_size() - size_of::<Header>()];
         let rel = |off: usize| off - size_of::<Header>();
@@ -163,7 +163,7 @@ pub(crate) mod tests {
         fixed[rel(offset_of!(Exec, args_len))..][..4].copy_from_slice(&(args.len() as u32).to_ne_bytes());
         fixed[rel(offset_of!(Exec, code_start))..][..8].copy_from_slice(&0x5555_5555_4000u64.to_ne_bytes());
         fixed[rel(offset_of!(Exec, code_end))..][..8].copy_from_slice(&0x5555_5556_a000u64.to_ne_bytes());
-        fixed[rel(offset_of!(Exec, filename))..][..filename.len()].copy_from_slice(filename);
+        fixed.extend_from_slice(filename);
         fixed.extend_from_slice(args);
         record(Hook::TpBtfSchedProcessExec, &fixed)
     }

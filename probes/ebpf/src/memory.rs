@@ -122,6 +122,12 @@ pub fn tracepoint_sys_enter_mprotect(ctx: TracePointContext) -> i32 {
     if found == 0 {
         describe(rec, &vm);
     }
+    // Decided here, not at exit, whenever the result does not matter: a change the filter
+    // drops, or a repeat within the coalescing window (counted whatever its result, as at
+    // exit), costs no in-flight entry and leaves the exit program a failed lookup.
+    if !wanted(rec) || counted_as_repeat(rec) {
+        return 0;
+    }
     let tid = rec.task.tid;
     let _ = MPROTECT_INFLIGHT.insert(&tid, &*rec, 0);
     0
@@ -255,34 +261,55 @@ fn matters(rec: &Memory) -> bool {
     writable_and_exec || adds_write_to_code || exec_after_write || (adds_exec && data_region)
 }
 
+/// Whether the configured filter reports `rec`.
+#[inline(always)]
+fn wanted(rec: &Memory) -> bool {
+    config!(memory_report_all) != 0 || matters(rec)
+}
+
+/// The coalescing entry of `rec`'s (process, range, transition).
+#[inline(always)]
+fn coalesce_key(rec: &Memory) -> CoalesceKey {
+    CoalesceKey { tgid: rec.task.tgid, transition: rec.old_prot | rec.new_prot << 8, start: rec.start, len: rec.len }
+}
+
+/// Counts `rec` as a repeat when its (process, range, transition) was reported within the
+/// coalescing window; true when it was (nothing is to be written).
+#[inline(always)]
+fn counted_as_repeat(rec: &Memory) -> bool {
+    let window = config!(memory_coalesce_ns);
+    if window == 0 {
+        return false;
+    }
+    let Some(known) = MEMORY_COALESCE.get_ptr_mut(&coalesce_key(rec)) else {
+        return false;
+    };
+    let known = unsafe { &mut *known };
+    let now = unsafe { bpf_ktime_get_ns() };
+    known.seen_ns = now;
+    if now.wrapping_sub(known.emitted_ns) >= window {
+        return false;
+    }
+    // Atomic (BPF_XADD): other CPUs may count repeats of the same key at the same time.
+    unsafe { atomic_xadd::<u64, u64, { Relaxed }>(&raw mut known.pending, 1) };
+    true
+}
+
 /// Filters, coalesces and writes the record in `state`.
 #[inline(always)]
 fn finish(hook: Hook, state: &mut CoalesceState) {
-    if config!(memory_report_all) == 0 && !matters(&state.record) {
+    if !wanted(&state.record) || counted_as_repeat(&state.record) {
         return;
     }
     state.record.header = header(hook, size_of::<Memory>());
-    let window = config!(memory_coalesce_ns);
-    if window == 0 {
+    if config!(memory_coalesce_ns) == 0 {
         output(EventKind::MemoryProtect, as_bytes(&state.record));
         return;
     }
-    let rec = &state.record;
-    let key = CoalesceKey {
-        tgid: rec.task.tgid,
-        transition: rec.old_prot | rec.new_prot << 8,
-        start: rec.start,
-        len: rec.len,
-    };
+    let key = coalesce_key(&state.record);
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(known) = MEMORY_COALESCE.get_ptr_mut(&key) {
         let known = unsafe { &mut *known };
-        known.seen_ns = now;
-        // Atomic (BPF_XADD): other CPUs may count repeats of the same key at the same time.
-        if now.wrapping_sub(known.emitted_ns) < window {
-            unsafe { atomic_xadd::<u64, u64, { Relaxed }>(&raw mut known.pending, 1) };
-            return;
-        }
         // The window is over: this record also stands for the repeats counted in it.
         let repeats = known.pending;
         unsafe { atomic_xsub::<u64, u64, { Relaxed }>(&raw mut known.pending, repeats) };

@@ -140,11 +140,12 @@ pub struct SinksConfig {
 }
 
 /// Whether a sink runs: always, never, or when its backend is there (`true`, `false`, `"auto"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Enabled {
     /// `true` / `false`.
     Fixed(bool),
     /// `"auto"`: decide from the environment.
+    #[default]
     Auto,
 }
 
@@ -167,12 +168,6 @@ impl<'de> Deserialize<'de> for Enabled {
             }
         }
         deserializer.deserialize_any(Visitor)
-    }
-}
-
-impl Default for Enabled {
-    fn default() -> Self {
-        Enabled::Auto
     }
 }
 

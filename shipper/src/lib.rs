@@ -279,7 +279,7 @@ pub fn probes(config: &Config, attach: Option<AttachMode>, json: bool) -> anyhow
         return Ok(());
     }
     println!("kernel {}", kernel_release());
-    println!("{:<24} {:<40} {}", "EVENT", "HOOK", "STATUS");
+    println!("{:<24} {:<40} STATUS", "EVENT", "HOOK");
     for r in &probes.report {
         for (i, (hook, outcome)) in r.hooks.iter().enumerate() {
             let kind = if i == 0 { r.kind.name() } else { "" };

@@ -257,7 +257,7 @@ fn format_of(root: &Path, tracepoint: &str) -> Result<HashMap<String, u32>, Stri
     Ok(parse_format(&text))
 }
 
-/// Parses lines like `field:__data_loc char[] filename;	offset:8;	size:4;	signed:0;`.
+/// Parses lines like `field:__data_loc char[] filename;    offset:8;    size:4;    signed:0;`.
 fn parse_format(text: &str) -> HashMap<String, u32> {
     text.lines()
         .filter_map(|line| {

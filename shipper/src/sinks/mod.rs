@@ -2,14 +2,14 @@
 //! every sink every record, asks them to flush when its queue runs dry, and closes them at exit.
 //! A sink that delivers synchronously counts delivered records in its [`crate::telemetry::SinkStats`]
 //! (the pipeline counts failed writes); a sink with its own queue counts everything itself.
-use std::{io, sync::Arc};
+use std::io;
 
 use anyhow::Context as _;
 
 use crate::{
     config::{Config, OutputFormat},
     record::LogRecord,
-    telemetry::{Counters, SinkStats},
+    telemetry::Counters,
 };
 
 pub mod file;
@@ -41,8 +41,8 @@ pub fn build(
     config: &Config,
     output: Option<OutputFormat>,
     counters: &Counters,
-) -> anyhow::Result<Vec<(Box<dyn Sink>, Arc<SinkStats>)>> {
-    let mut sinks: Vec<(Box<dyn Sink>, Arc<SinkStats>)> = Vec::new();
+) -> anyhow::Result<crate::pipeline::Sinks> {
+    let mut sinks = crate::pipeline::Sinks::new();
     if let Some(settings) = config.sinks.otlp.resolve(|name| std::env::var(name).ok())? {
         let stats = counters.register_sink("otlp");
         let sink = otlp::OtlpSink::start(settings, stats.clone()).context("cannot start the OTLP worker")?;

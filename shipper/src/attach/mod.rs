@@ -98,15 +98,18 @@ impl Probes {
     /// Loads the object and attaches one hook per enabled kind.
     pub fn attach(options: &AttachOptions) -> Result<Probes, AttachError> {
         let tracefs = offsets::tracefs_root();
-        // Each parse of the kernel's BTF holds tens of MiB while it lives: ours is dropped
-        // before aya's is made, so they do not add up in ksense's peak RSS.
+        // Each parse of the kernel's BTF holds 10-20 MiB while it lives, so only one lives at a
+        // time: ours is dropped once the offsets are resolved, the one `EbpfLoader::new` makes
+        // by itself is dropped at once, and a single aya parse serves the loader and every
+        // program load. (Declared first so that it outlives the loader that borrows it.)
+        let kernel_btf;
         let Resolved { config, unusable } =
             offsets::resolve(btf::Btf::from_sys_fs().as_ref(), tracefs.as_deref(), &options.switches);
         tracing::debug!(?config, "probe configuration resolved from BTF and tracefs");
-        let kernel_btf = aya::Btf::from_sys_fs();
-
-        // One parse serves the loader and every program load.
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        kernel_btf = aya::Btf::from_sys_fs();
+        let mut ebpf = loader
             .btf(kernel_btf.as_ref().ok())
             .override_global(CONFIG_GLOBAL, &config, true)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)

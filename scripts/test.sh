@@ -14,8 +14,13 @@ status=${PIPESTATUS[0]}
 # Each fuzz target for 30 s over its committed corpus (docs/FUZZING.md); counted in the total.
 bash scripts/fuzz-smoke.sh 2>&1 | tee -a "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# The benchmark's quick run on the debug build (docs/BENCHMARKS.md): fails only when ksense or
+# the workloads fail to run, never on timings; its runs are counted in the total.
+BENCH_PROFILE=debug bash scripts/bench.sh --quick 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 awk '/^test result:/ { p += $4; f += $6; s += $8 }
      /^fuzz: [0-9]+ passed/ { p += $2; f += $4 }
+     /^bench: [0-9]+ passed/ { p += $2; f += $4; s += $6 }
      END { printf "\ntotal: %d passed, %d failed, %d skipped\n", p, f, s }' \
     <(sed 's/;//g' "$log")
 exit "$status"

@@ -1,7 +1,7 @@
 //! The arms: what runs beside a workload (nothing, ksense in two configurations, bpftrace,
 //! auditd), how each is started and stopped, and what each reports afterwards: its CPU time and
-//! peak RSS (from wait4, the same way for every tool), the events it handled, the workload's
-//! events it delivered, and what it counted as lost.
+//! peak RSS (from /proc and wait4, the same way for every tool), the events it handled, the
+//! workload's events it delivered, and what it counted as lost.
 use std::{
     collections::BTreeMap,
     fs,
@@ -82,7 +82,7 @@ pub struct Measured {
     /// User + system CPU time of the agent's process from when it was ready (after start-up)
     /// to its exit, the final drain included (/proc/PID/stat, then wait4).
     pub cpu_us: u64,
-    /// Its peak resident set (wait4's ru_maxrss).
+    /// Its peak resident set (VmHWM just before it was stopped).
     pub peak_rss_kib: u64,
     /// Every event it handled, the workload's and the rest of the machine's.
     pub handled: u64,
@@ -90,6 +90,8 @@ pub struct Measured {
     pub delivered: Option<Tally>,
     /// Events it counted as lost (all processes').
     pub lost: u64,
+    /// For ksense, its non-zero loss counters (`lost_queue_full=N sink_otlp_queue_full=N ...`).
+    pub lost_by_cause: String,
     /// ksense's kernel-to-sink latency, when it reports one.
     pub latency: Option<Latency>,
 }
@@ -164,27 +166,43 @@ fn cpu_us(pid: i32) -> Result<u64, String> {
 impl Agent {
     /// Stops the agent and counts what it delivered of the workload `workload_pid`'s events.
     pub fn stop(self, workload_pid: u32, outcome: &Outcome) -> Result<Measured, String> {
-        let since_ready =
-            |usage: Measured| Measured { cpu_us: usage.cpu_us.saturating_sub(self.cpu_at_ready_us), ..usage };
+        // Before the signal: after it the process may be gone. Not wait4's ru_maxrss: Linux
+        // records there the RSS the process had before its exec, i.e. the harness's.
+        let peak_rss_kib = peak_rss_kib(self.pid);
+        let stop = |signal| {
+            let cpu = stop_child(self.pid, signal)?;
+            Ok::<_, String>(Measured {
+                cpu_us: cpu.saturating_sub(self.cpu_at_ready_us),
+                peak_rss_kib: peak_rss_kib.clone()?,
+                ..Measured::default()
+            })
+        };
+        let mut tally = Tally::default();
         match self.kind {
             Running::Ksense { stderr, events } => {
-                let usage = since_ready(stop_child(self.pid, libc::SIGTERM)?);
-                let text = fs::read_to_string(&stderr).map_err(|e| format!("{}: {e}", stderr.display()))?;
+                let usage = stop(libc::SIGTERM)?;
+                let text = read_lossy(&stderr);
                 let totals =
                     stopped_totals(&text).ok_or_else(|| format!("no final counters line from ksense:\n{text}"))?;
                 let key = |k: &str| totals.get(k).copied().unwrap_or(0.0);
-                let sink_lost: f64 = totals
+                // The loss counters behind lost_total, and the sinks'.
+                let causes: Vec<(&String, &f64)> = totals
                     .iter()
-                    .filter(|(k, _)| k.starts_with("sink_") && (k.ends_with("_queue_full") || k.ends_with("_failed")))
-                    .map(|(_, v)| v)
-                    .sum();
-                let delivered = events
-                    .map(|path| count_in(&path, |line, tally| ksense_line(line, workload_pid, outcome, tally)))
-                    .transpose()?;
+                    .filter(|(k, v)| {
+                        **v > 0.0
+                            && (["lost_ring_buffer", "lost_queue_full", "decode_errors", "rate_limited"]
+                                .contains(&k.as_str())
+                                || k.starts_with("sink_") && (k.ends_with("_queue_full") || k.ends_with("_failed")))
+                    })
+                    .collect();
+                if let Some(path) = &events {
+                    for_each_line(path, |line| ksense_line(line, workload_pid, outcome, &mut tally))?;
+                }
                 Ok(Measured {
                     handled: key("events_read") as u64,
-                    lost: (key("lost_total") + sink_lost) as u64,
-                    delivered,
+                    lost: causes.iter().map(|(_, v)| **v).sum::<f64>() as u64,
+                    lost_by_cause: causes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+                    delivered: events.is_some().then_some(tally),
                     latency: totals
                         .get("latency_p50_us")
                         .zip(totals.get("latency_p99_us"))
@@ -193,40 +211,48 @@ impl Agent {
                 })
             }
             Running::Bpftrace { out } => {
-                let usage = since_ready(stop_child(self.pid, libc::SIGINT)?);
-                let text = fs::read_to_string(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-                let mut tally = Tally::default();
-                text.lines().for_each(|line| bpftrace_line(line, workload_pid, outcome, &mut tally));
-                let lost = text
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("Lost ")?.split_whitespace().next()?.parse::<u64>().ok())
-                    .sum();
-                // Every line but its banner and loss notices is an event.
-                let handled = text
-                    .lines()
-                    .filter(|l| !l.is_empty() && !l.starts_with("Attaching ") && !l.starts_with("Lost "))
-                    .count();
-                Ok(Measured { handled: handled as u64, lost, delivered: Some(tally), ..usage })
+                let usage = stop(libc::SIGINT)?;
+                let (mut handled, mut lost) = (0, 0);
+                for_each_line(&out, |line| {
+                    if let Some(notice) = line.strip_prefix("Lost ") {
+                        lost += notice.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                    } else if !line.is_empty() && !line.starts_with("Attaching ") {
+                        handled += 1;
+                        bpftrace_line(line, workload_pid, outcome, &mut tally);
+                    }
+                })?;
+                Ok(Measured { handled, lost, delivered: Some(tally), ..usage })
             }
             Running::Auditd { log, before } => {
+                let drained = drain_audit(&log, workload_pid);
                 let after = AuditStatus::read();
                 let _ = auditctl(&[&["-d"], AUDIT_RULE].concat());
-                wait_for_audit_log(&log);
-                let usage = stop_child(self.pid, libc::SIGTERM);
+                let usage = stop(libc::SIGTERM);
                 before.restore();
-                let usage = since_ready(usage?);
-                let after = after?;
-                let text = fs::read(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-                let text = String::from_utf8_lossy(&text);
-                let mut tally = Tally::default();
-                let syscalls = text.lines().filter(|l| l.starts_with("type=SYSCALL "));
-                let handled =
-                    syscalls.inspect(|line| audit_line(line, workload_pid, outcome, &mut tally)).count() as u64;
+                let (usage, after) = (usage?, after?);
+                drained?;
+                let mut handled = 0;
+                for_each_line(&log, |line| {
+                    if line.starts_with("type=SYSCALL ") {
+                        handled += 1;
+                        audit_line(line, workload_pid, outcome, &mut tally);
+                    }
+                })?;
                 let lost = after.get("lost").saturating_sub(before.get("lost"));
                 Ok(Measured { handled, lost, delivered: Some(tally), ..usage })
             }
         }
     }
+}
+
+/// The peak resident set of `pid`'s address space so far (VmHWM).
+fn peak_rss_kib(pid: i32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .ok_or(format!("{path}: no VmHWM"))
 }
 
 fn start_ksense(arm: Arm, setup: &Setup) -> Result<(i32, Running), String> {
@@ -395,20 +421,23 @@ fn audit_line(line: &str, workload: u32, outcome: &Outcome, tally: &mut Tally) {
     }
 }
 
-/// Waits, after the rule is gone, until the kernel's audit backlog is empty and auditd has
-/// written it out (the log stops growing), so a record is not missed for being late.
-fn wait_for_audit_log(log: &Path) {
+/// Sends a marker message through the audit queue and waits until auditd has written it: the
+/// queue is in order, so every record of the run is then in the log (a daemon starved of CPU
+/// can be seconds behind, and what it has not read when stopped is never written).
+fn drain_audit(log: &Path, nonce: u32) -> Result<(), String> {
+    let marker = format!("ksense-bench-end-{nonce}");
+    auditctl(&["-m", &marker])?;
     let deadline = Instant::now() + STOP_TIMEOUT;
-    let size = || fs::metadata(log).map_or(0, |m| m.len());
-    let mut last = size();
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(300));
-        let empty = AuditStatus::read().is_ok_and(|s| s.get("backlog") == 0);
-        let now = size();
-        if empty && now == last {
-            return;
+    loop {
+        let mut seen = false;
+        for_each_line(log, |line| seen |= line.contains(&marker))?;
+        if seen {
+            return Ok(());
         }
-        last = now;
+        if Instant::now() > deadline {
+            return Err(format!("auditd did not write its queue out within {STOP_TIMEOUT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -519,9 +548,9 @@ fn wait_until(pid: i32, name: &str, stderr: &Path, mut ready: impl FnMut() -> bo
     Ok(())
 }
 
-/// Sends `signal` to our child `pid`, reaps it, and returns its CPU time and peak RSS; SIGKILL
+/// Sends `signal` to our child `pid`, reaps it, and returns its CPU time (microseconds); SIGKILL
 /// and an error if it has not exited within [`STOP_TIMEOUT`], or if it did not exit cleanly.
-fn stop_child(pid: i32, signal: i32) -> Result<Measured, String> {
+fn stop_child(pid: i32, signal: i32) -> Result<u64, String> {
     // SAFETY: kill and wait4 on our own, not yet reaped, child.
     unsafe { libc::kill(pid, signal) };
     let deadline = Instant::now() + STOP_TIMEOUT;
@@ -545,11 +574,7 @@ fn stop_child(pid: i32, signal: i32) -> Result<Measured, String> {
         return Err(format!("pid {pid} ended with status {status:#x}"));
     }
     let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    Ok(Measured {
-        cpu_us: us(usage.ru_utime) + us(usage.ru_stime),
-        peak_rss_kib: usage.ru_maxrss as u64,
-        ..Measured::default()
-    })
+    Ok(us(usage.ru_utime) + us(usage.ru_stime))
 }
 
 /// A JSON string holding a hex number (`"0x7f..."`).
@@ -557,14 +582,14 @@ fn hex(value: &Value) -> Option<u64> {
     u64::from_str_radix(value.as_str()?.strip_prefix("0x")?, 16).ok()
 }
 
-/// Sums `count` over the lines of `path`.
-fn count_in(path: &Path, mut count: impl FnMut(&str, &mut Tally)) -> Result<Tally, String> {
+/// Calls `each` with every line of `path`, bytes that are not UTF-8 replaced (a traced
+/// process's argv or file name can hold any byte).
+fn for_each_line(path: &Path, mut each: impl FnMut(&str)) -> Result<(), String> {
     let file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut tally = Tally::default();
-    for line in BufReader::new(file).lines() {
-        count(&line.map_err(|e| format!("{}: {e}", path.display()))?, &mut tally);
+    for line in BufReader::new(file).split(b'\n') {
+        each(&String::from_utf8_lossy(&line.map_err(|e| format!("{}: {e}", path.display()))?));
     }
-    Ok(tally)
+    Ok(())
 }
 
 fn read_lossy(path: &Path) -> String {

@@ -9,7 +9,8 @@
 //! For each workload, `pairs` times in a row, every arm once (`none` first), each with a fresh
 //! agent: start it, run the workload in its own process, stop it, count what it delivered.
 //! Exits non-zero when a run of `none` or a ksense arm failed; bpftrace or auditd failing (not
-//! installed, refused by the machine) is reported and that arm skipped for the rest of the run.
+//! installed, refused by the machine) is reported, and when its first run failed that arm is
+//! skipped for the rest of the run.
 mod arms;
 mod report;
 mod workload;
@@ -111,7 +112,7 @@ fn main() {
     }
 }
 
-/// Every (workload, pair, arm) run, in that order, skipping a peer arm once it has failed.
+/// Every (workload, pair, arm) run, in that order, skipping a peer arm whose first run failed.
 fn run_all(options: &Options, setup: &Setup) -> Vec<Run> {
     let mut runs = Vec::new();
     let mut skipped: Vec<Arm> = Vec::new();
@@ -141,7 +142,8 @@ fn run_all(options: &Options, setup: &Setup) -> Vec<Run> {
                     ),
                     Err(e) => {
                         eprintln!("ksense-bench: {} pair {pair} {} FAILED: {e}", workload.name(), arm.name());
-                        if !arm.required() {
+                        // A peer that never ran is one this machine does not allow.
+                        if !arm.required() && !runs.iter().any(|r: &Run| r.arm == arm && r.result.is_ok()) {
                             eprintln!("ksense-bench: skipping {} from now on", arm.name());
                             skipped.push(arm);
                         }

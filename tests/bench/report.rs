@@ -130,7 +130,7 @@ pub fn markdown(title: &[String], runs: &[Run]) -> String {
                 a.peak_rss_kib as f64 / 1024.0,
                 thousands(a.handled),
                 a.delivered.as_ref().map(by_kind).unwrap_or_default(),
-                thousands(a.lost)
+                format!("{} {}", thousands(a.lost), a.lost_by_cause).trim_end()
             ),
         };
         writeln!(out, "| {workload} | {pair} | {arm} | {} | {ratio} | {agent_cells} |", us(sample.outcome.us_per_op()))

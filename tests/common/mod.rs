@@ -3,6 +3,7 @@
 //!
 //! The tests need root (they load eBPF programs), as in CI.
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -15,6 +16,7 @@ use serde_json::Value;
 pub mod collector;
 pub mod journald;
 pub mod load;
+pub mod stats;
 
 /// How long to wait for ksense to start, or for an event, before failing, unless
 /// `$KSENSE_TEST_TIMEOUT_SECS` says otherwise (the VM test sets it: under qemu's software
@@ -84,13 +86,25 @@ pub struct Stopped {
 impl Stopped {
     /// The value of `key=N` in the final counters line.
     pub fn counter(&self, key: &str) -> u64 {
-        let line = self.stderr.lines().rev().find(|l| l.contains("ksense stopped:")).unwrap_or_else(|| {
-            panic!("no final counters line in ksense's stderr:\n{}", self.stderr)
-        });
-        let needle = format!(" {key}=");
-        let at = line.find(&needle).unwrap_or_else(|| panic!("no {key} in {line}")) + needle.len();
-        line[at..].split_whitespace().next().unwrap().parse().unwrap()
+        let totals = stopped_totals(&self.stderr)
+            .unwrap_or_else(|| panic!("no final counters line in ksense's stderr:\n{}", self.stderr));
+        *totals.get(key).unwrap_or_else(|| panic!("no {key} in the final counters line: {totals:?}"))
     }
+}
+
+/// The `key=N` pairs of the last `ksense stopped:` line in ksense's diagnostics (the counters it
+/// logs at exit: events_written, lost_total, cpu_user_us, peak_rss_kib, latency_p99_us, ...);
+/// `None` when there is no such line.
+pub fn stopped_totals(stderr: &str) -> Option<BTreeMap<String, u64>> {
+    let line = stderr.lines().rev().find_map(|l| l.split_once("ksense stopped: ").map(|(_, rest)| rest))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|pair| {
+                let (key, value) = pair.split_once('=')?;
+                Some((key.to_owned(), value.parse().ok()?))
+            })
+            .collect(),
+    )
 }
 
 impl Ksense {

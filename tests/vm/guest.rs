@@ -14,6 +14,9 @@
 //! vm-summary: 13 passed, 1 failed
 //! ```
 //!
+//! With `$KSENSE_VM_BENCH` set (only the benchmark's `/init` sets it) it runs the module
+//! load/unload benchmark instead (`guest_bench.rs`).
+//!
 //! A check that panics fails alone: each runs under `catch_unwind`. The exit status is 0 when
 //! every check passed. Binaries are found through `$KSENSE_BIN` and `$KSENSE_WORKLOAD_BIN`, and
 //! waits are bounded by `$KSENSE_TEST_TIMEOUT_SECS` (`/init` sets all three).
@@ -27,8 +30,9 @@ use std::{
 use ksense_e2e::{Ksense, attr, is, ksense_bin, printed, run_workload, workload_bin};
 use serde_json::Value;
 
+mod guest_bench;
 mod shared;
-use shared::{CHECKS, MODES};
+use shared::{BENCH_ENV, CHECKS, MODES};
 /// The module the `module` check loads (from the kernel's own package).
 const MODULE: &str = "/lib/modules/dummy.ko";
 /// After a process's own exit event has arrived, how long to wait for an event it caused
@@ -58,6 +62,12 @@ fn main() {
             println!("vm-note thread {name} panicked: {message}{at}");
         }
     }));
+
+    if let Ok(spec) = std::env::var(BENCH_ENV) {
+        let ok = guest_bench::run(&spec);
+        println!("vm-note guest ran for {:.1} s", started.elapsed().as_secs_f64());
+        std::process::exit(if ok { 0 } else { 1 });
+    }
 
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default();
     let mut passed = 0;
@@ -166,10 +176,10 @@ fn check_probes(mode: &str, report: &Value) {
             ("fentry", "process.exit") => Some("fentry/do_exit"),
             _ => None,
         };
-        if let Some(expected) = expected {
-            if chosen != expected {
-                problems.push(format!("{event}: chose {chosen}, expected {expected} ({})", why()));
-            }
+        if let Some(expected) = expected
+            && chosen != expected
+        {
+            problems.push(format!("{event}: chose {chosen}, expected {expected} ({})", why()));
         }
         if mode == "tracepoint" && !(chosen.starts_with("tp_btf/") || chosen.starts_with("tracepoint/")) {
             problems.push(format!("{event}: chose {chosen} in tracepoint mode"));
@@ -404,9 +414,9 @@ fn memory_case(ksense: &Ksense, workload: &str, region: &str) {
         .find(|e| on_region(e) && attr(e, "ksense.memory.wx") == true)
         .or_else(|| events.iter().find(|e| on_region(e)))
         .unwrap();
-    assert_eq!(attr(&event, "ksense.memory.wx"), true, "wx: {event}");
+    assert_eq!(attr(event, "ksense.memory.wx"), true, "wx: {event}");
     if region == "main_code" {
         assert_eq!(event["severity"], "WARN", "severity: {event}");
-        assert_eq!(attr(&event, "ksense.memory.protection.old"), "r-x", "old protection: {event}");
+        assert_eq!(attr(event, "ksense.memory.protection.old"), "r-x", "old protection: {event}");
     }
 }

@@ -27,50 +27,21 @@ use std::{
 
 use ksense_e2e::{ksense_bin, target_bin, workload_bin};
 
+mod host_bench;
 mod shared;
-use shared::{CHECKS, MODES};
+use shared::{BENCH_ENV, CHECKS, MODES};
 
 const FIX: &str = "install the VM test's prerequisites with `sudo scripts/setup.sh`";
 
 #[test]
 fn ksense_on_debian_6_1_in_qemu() {
     let started = Instant::now();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let vm_dir = target_dir().join("vm");
-    std::fs::create_dir_all(&vm_dir).unwrap();
-
-    let qemu = which("qemu-system-x86_64")
-        .unwrap_or_else(|| panic!("qemu-system-x86_64 is not installed: {FIX}"));
-    let busybox = which("busybox").unwrap_or_else(|| panic!("busybox is not installed: {FIX}"));
-
-    let kernel_dir = vm_dir.join("kernel");
-    let fetch = Command::new("bash")
-        .arg(repo.join("scripts/vm-kernel.sh"))
-        .arg(&kernel_dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run scripts/vm-kernel.sh: {e}"));
-    assert!(
-        fetch.status.success(),
-        "could not fetch Debian 12's 6.1 kernel (scripts/vm-kernel.sh: {}):\n{}\nFix: {FIX}, then run again",
-        fetch.status,
-        String::from_utf8_lossy(&fetch.stderr)
-    );
-    let release = std::fs::read_to_string(kernel_dir.join("release")).unwrap().trim().to_owned();
-    let vmlinuz = kernel_dir.join(format!("vmlinuz-{release}"));
-    let fetched = started.elapsed();
-
-    let guest_timeout: u64 = env_number("KSENSE_VM_GUEST_TIMEOUT_SECS", 60);
-    let initrd = vm_dir.join("initramfs.cpio");
-    let binaries = [
-        ("ksense", ksense_bin()),
-        ("ksense-workload", workload_bin()),
-        ("ksense-vm-guest", target_bin("ksense-vm-guest", "cargo build -p ksense-e2e --bins")),
-    ];
-    build_initramfs(&initrd, &busybox, &binaries, &kernel_dir.join("dummy.ko"), guest_timeout, &vm_dir);
-    let packed = started.elapsed();
+    let vm = Vm::prepare(&vm_dir, None);
+    let (release, vmlinuz, fetched, packed) = (&vm.release, &vm.vmlinuz, vm.fetched, vm.packed);
 
     let timeout = Duration::from_secs(env_number("KSENSE_VM_TIMEOUT_SECS", 300));
-    let console = boot(&qemu, &vmlinuz, &initrd, timeout, &vm_dir.join("console.log"));
+    let console = vm.boot(timeout, &vm_dir.join("console.log"));
     let booted = started.elapsed();
 
     let results = Results::parse(&console);
@@ -114,7 +85,7 @@ fn ksense_on_debian_6_1_in_qemu() {
         }
     }
     for check in &results.checks {
-        if check.kernel != release {
+        if &check.kernel != release {
             problems.push(format!("check {} ran on kernel {:?}, not {release}", check.name, check.kernel));
         }
     }
@@ -140,6 +111,65 @@ fn ksense_on_debian_6_1_in_qemu() {
     );
 }
 
+/// A kernel fetched and an initramfs packed, ready to boot.
+struct Vm {
+    qemu: PathBuf,
+    /// `uname -r` in the guest.
+    release: String,
+    vmlinuz: PathBuf,
+    initrd: PathBuf,
+    /// Time from [`Vm::prepare`]'s start to the kernel being there (cached or fetched).
+    fetched: Duration,
+    /// Time from [`Vm::prepare`]'s start to the initramfs being written.
+    packed: Duration,
+}
+
+impl Vm {
+    /// Fetches (or finds cached) the kernel in `target/vm/kernel`, and writes the initramfs
+    /// into `work`. `bench` is the benchmark's `loads,pairs` for the guest (`None`: the checks).
+    fn prepare(work: &Path, bench: Option<&str>) -> Vm {
+        let started = Instant::now();
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(work).unwrap();
+
+        let qemu = which("qemu-system-x86_64")
+            .unwrap_or_else(|| panic!("qemu-system-x86_64 is not installed: {FIX}"));
+        let busybox = which("busybox").unwrap_or_else(|| panic!("busybox is not installed: {FIX}"));
+
+        let kernel_dir = target_dir().join("vm").join("kernel");
+        let fetch = Command::new("bash")
+            .arg(repo.join("scripts/vm-kernel.sh"))
+            .arg(&kernel_dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run scripts/vm-kernel.sh: {e}"));
+        assert!(
+            fetch.status.success(),
+            "could not fetch Debian 12's 6.1 kernel (scripts/vm-kernel.sh: {}):\n{}\nFix: {FIX}, then run again",
+            fetch.status,
+            String::from_utf8_lossy(&fetch.stderr)
+        );
+        let release = std::fs::read_to_string(kernel_dir.join("release")).unwrap().trim().to_owned();
+        let vmlinuz = kernel_dir.join(format!("vmlinuz-{release}"));
+        let fetched = started.elapsed();
+
+        let guest_timeout: u64 = env_number("KSENSE_VM_GUEST_TIMEOUT_SECS", 60);
+        let initrd = work.join("initramfs.cpio");
+        let binaries = [
+            ("ksense", ksense_bin()),
+            ("ksense-workload", workload_bin()),
+            ("ksense-vm-guest", target_bin("ksense-vm-guest", "cargo build -p ksense-e2e --bins")),
+        ];
+        let init = init_script(guest_timeout, bench);
+        build_initramfs(&initrd, &busybox, &binaries, &kernel_dir.join("dummy.ko"), init, work);
+        Vm { qemu, release, vmlinuz, initrd, fetched, packed: started.elapsed() }
+    }
+
+    /// Boots it (see [`boot`]).
+    fn boot(&self, timeout: Duration, log: &Path) -> Vec<String> {
+        boot(&self.qemu, &self.vmlinuz, &self.initrd, timeout, log)
+    }
+}
+
 /// The target directory this test runs from (target/<profile>/deps/<test>).
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -160,8 +190,10 @@ fn env_number(name: &str, default: u64) -> u64 {
     }
 }
 
-/// The guest's `/init`: mounts what ksense needs, runs the driver, powers off.
-fn init_script(guest_timeout: u64) -> String {
+/// The guest's `/init`: mounts what ksense needs, runs the driver, powers off. With `bench`
+/// (`loads,pairs`), the driver runs the benchmark instead of the checks (`guest_bench.rs`).
+fn init_script(guest_timeout: u64, bench: Option<&str>) -> String {
+    let bench = bench.map(|spec| format!("export {BENCH_ENV}={spec}\n")).unwrap_or_default();
     format!(
         r#"#!/bin/sh
 export PATH=/bin
@@ -174,7 +206,7 @@ mount -t tmpfs tmpfs /tmp
 # Only emergencies on the console: kernel lines must not cut the result lines.
 echo 1 > /proc/sys/kernel/printk
 export KSENSE_BIN=/bin/ksense KSENSE_WORKLOAD_BIN=/bin/ksense-workload KSENSE_TEST_TIMEOUT_SECS={guest_timeout}
-echo "vm-note booted kernel $(uname -r) in $(cut -d' ' -f1 /proc/uptime) s of guest time"
+{bench}echo "vm-note booted kernel $(uname -r) in $(cut -d' ' -f1 /proc/uptime) s of guest time"
 [ -e /sys/kernel/btf/vmlinux ] || echo "vm-note /sys/kernel/btf/vmlinux is missing"
 /bin/ksense-vm-guest
 echo "vm-note guest driver exited with status $?"
@@ -185,13 +217,13 @@ poweroff -f
 
 /// Writes the initramfs (an uncompressed newc cpio archive, built here so that every file is
 /// root's and /dev/console exists without mknod).
-fn build_initramfs(out: &Path, busybox: &Path, binaries: &[(&str, PathBuf)], module: &Path, guest_timeout: u64, vm_dir: &Path) {
+fn build_initramfs(out: &Path, busybox: &Path, binaries: &[(&str, PathBuf)], module: &Path, init: String, vm_dir: &Path) {
     let mut archive = Cpio::default();
     for dir in ["dev", "proc", "sys", "tmp", "root", "run", "etc", "lib/modules", "lib64", "bin"] {
         archive.dir(dir);
     }
     archive.node("dev/console", 0o020600, (5, 1));
-    archive.file("init", 0o755, init_script(guest_timeout).into_bytes());
+    archive.file("init", 0o755, init.into_bytes());
     archive.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n".to_vec());
     archive.file("etc/group", 0o644, b"root:x:0:\n".to_vec());
     archive.file("lib/modules/dummy.ko", 0o644, read(module));
@@ -260,10 +292,13 @@ fn shared_libraries(binary: &Path) -> BTreeMap<String, ()> {
     libraries
 }
 
+/// An archive entry: mode, device numbers (major, minor) and contents.
+type Entry = (u32, (u32, u32), Vec<u8>);
+
 /// A newc cpio archive in memory (the format the kernel unpacks as initramfs).
 #[derive(Default)]
 struct Cpio {
-    entries: BTreeMap<String, (u32, (u32, u32), Vec<u8>)>,
+    entries: BTreeMap<String, Entry>,
 }
 
 impl Cpio {
@@ -315,7 +350,7 @@ impl Cpio {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

@@ -21,7 +21,7 @@ use super::{Vm, env_number, target_dir};
 use crate::shared::{BENCH_ARMS, BENCH_WORKLOADS};
 
 #[test]
-#[ignore = "benchmark: boots qemu, about 15 minutes with the defaults"]
+#[ignore = "benchmark: boots qemu, about 7 minutes with the defaults"]
 fn module_load_unload_in_qemu() {
     let started = Instant::now();
     let loads = env_number("KSENSE_VM_BENCH_LOADS", 200);

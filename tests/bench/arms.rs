@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ksense_e2e::collector::Collector;
+use ksense_e2e::{collector::Collector, stopped_totals};
 use serde_json::Value;
 
 use crate::workload::{Outcome, Tally};
@@ -184,12 +184,12 @@ impl Agent {
                 let text = read_lossy(&stderr);
                 let totals =
                     stopped_totals(&text).ok_or_else(|| format!("no final counters line from ksense:\n{text}"))?;
-                let key = |k: &str| totals.get(k).copied().unwrap_or(0.0);
+                let key = |k: &str| totals.get(k).copied().unwrap_or(0);
                 // The loss counters behind lost_total, and the sinks'.
-                let causes: Vec<(&String, &f64)> = totals
+                let causes: Vec<(&String, &u64)> = totals
                     .iter()
                     .filter(|(k, v)| {
-                        **v > 0.0
+                        **v > 0
                             && (["lost_ring_buffer", "lost_queue_full", "decode_errors", "rate_limited"]
                                 .contains(&k.as_str())
                                 || k.starts_with("sink_") && (k.ends_with("_queue_full") || k.ends_with("_failed")))
@@ -199,14 +199,14 @@ impl Agent {
                     for_each_line(path, |line| ksense_line(line, workload_pid, outcome, &mut tally))?;
                 }
                 Ok(Measured {
-                    handled: key("events_read") as u64,
-                    lost: causes.iter().map(|(_, v)| **v).sum::<f64>() as u64,
+                    handled: key("events_read"),
+                    lost: causes.iter().map(|(_, v)| **v).sum(),
                     lost_by_cause: causes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
                     delivered: events.is_some().then_some(tally),
                     latency: totals
                         .get("latency_p50_us")
                         .zip(totals.get("latency_p99_us"))
-                        .map(|(&p50_us, &p99_us)| Latency { p50_us, p99_us }),
+                        .map(|(&p50, &p99)| Latency { p50_us: p50 as f64, p99_us: p99 as f64 }),
                     ..usage
                 })
             }
@@ -284,16 +284,6 @@ fn start_ksense(arm: Arm, setup: &Setup) -> Result<(i32, Running), String> {
     let pid = spawn(&mut command, &stderr, &stderr)?;
     wait_until(pid, "ksense", &stderr, || read_lossy(&stderr).contains("ksense is running"))?;
     Ok((pid, Running::Ksense { stderr, events }))
-}
-
-/// The key=value pairs of the `ksense stopped:` line ksense logs at exit.
-fn stopped_totals(stderr: &str) -> Option<BTreeMap<String, f64>> {
-    let line = stderr.lines().rev().find_map(|l| l.split_once("ksense stopped: ").map(|(_, rest)| rest))?;
-    Some(
-        line.split_whitespace()
-            .filter_map(|pair| Some((pair.split_once('=')?.0.to_owned(), pair.split_once('=')?.1.parse().ok()?)))
-            .collect(),
-    )
 }
 
 /// Counts one JSON line of ksense's file sink into `tally` when it is one of the workload's

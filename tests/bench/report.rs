@@ -2,6 +2,8 @@
 //! ratios to the `none` run of the same pair), then every run.
 use std::fmt::Write;
 
+use ksense_e2e::stats::{median, range};
+
 use crate::{
     arms::{Arm, Measured},
     workload::{Outcome, Tally, Workload},
@@ -68,8 +70,8 @@ pub fn markdown(title: &[String], runs: &[Run]) -> String {
         });
         row(&mut out, "ratio to none, median [min-max]", &|a| {
             let ratios: Vec<f64> = of(a).filter_map(|r| r.ratio(runs)).collect();
-            let (min, max) = (ratios.iter().copied().reduce(f64::min)?, ratios.iter().copied().reduce(f64::max)?);
-            Some(format!("{:.3} [{min:.3}-{max:.3}]", median(ratios.iter().copied())?))
+            let (min, max) = range(ratios.iter().copied())?;
+            Some(format!("{:.3} [{min:.3}-{max:.3}]", median(ratios)?))
         });
         row(&mut out, "agent CPU per event handled (us)", &|a| {
             median(of(a).filter_map(|r| Some(r.agent()?.cpu_us as f64 / r.agent()?.handled.max(1) as f64))).map(us)
@@ -143,18 +145,6 @@ fn by_kind(t: &Tally) -> String {
     format!("{} ({}/{}/{}/{})", thousands(t.total()), t.forks, t.execs, t.exits, t.mprotects)
 }
 
-/// The median (mean of the middle two for an even count).
-fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(v[n / 2]),
-        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-    }
-}
-
 /// Microseconds with the precision that matters at their size.
 fn us(x: f64) -> String {
     if x < 10.0 { format!("{x:.2}") } else { format!("{x:.1}") }
@@ -178,10 +168,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn medians_and_separators() {
-        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), Some(2.0));
-        assert_eq!(median([4.0, 1.0, 2.0, 3.0].into_iter()), Some(2.5));
-        assert_eq!(median(std::iter::empty()), None);
+    fn thousands_separators() {
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(100_000), "100,000");
         assert_eq!(thousands(1_234_567), "1,234,567");

@@ -23,8 +23,11 @@ use ksense_abi::{
 #[path = "../fuzz/src/lib.rs"]
 mod checks;
 
+/// A fuzz target's property check.
+type Check = fn(&[u8]);
+
 /// The fuzz targets and their checks.
-const TARGETS: [(&str, fn(&[u8])); 2] = [("decode", checks::decode), ("config", checks::config)];
+const TARGETS: [(&str, Check); 2] = [("decode", checks::decode), ("config", checks::config)];
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")

@@ -4,7 +4,7 @@
 use ksense_e2e::{Ksense, Stopped, attr, is, printed_hex, run_workload, temp_config};
 use serde_json::Value;
 
-fn changes<'a>(events: &'a [Value], pid: u32) -> Vec<&'a Value> {
+fn changes(events: &[Value], pid: u32) -> Vec<&Value> {
     events.iter().filter(|e| is(e, "process.memory.protect") && attr(e, "process.pid") == pid).collect()
 }
 

@@ -280,7 +280,9 @@ impl Latency {
     }
 }
 
-/// ksense's own resource use, from `getrusage`: all threads, since start.
+/// ksense's own resource use: CPU time from `getrusage` (all threads, since start), peak RSS from
+/// `VmHWM` in `/proc/self/status`. (Not `ru_maxrss`: after an exec, Linux keeps there the peak of
+/// the process before the exec, so ksense started by a large parent would report the parent's.)
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     /// CPU time in user mode, microseconds.
@@ -300,7 +302,7 @@ impl Usage {
             return Usage::default();
         }
         let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-        Usage { cpu_user_us: us(r.ru_utime), cpu_system_us: us(r.ru_stime), peak_rss_kib: r.ru_maxrss as u64 }
+        Usage { cpu_user_us: us(r.ru_utime), cpu_system_us: us(r.ru_stime), peak_rss_kib: peak_rss_kib().unwrap_or(0) }
     }
 
     /// The CPU time used since `earlier`; the peak RSS is the one of `self`.
@@ -311,6 +313,12 @@ impl Usage {
             peak_rss_kib: self.peak_rss_kib,
         }
     }
+}
+
+/// `VmHWM` of this process, KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
 }
 
 /// Says, at most once per call, what was lost since the previous call.

@@ -94,6 +94,9 @@ pub struct Measured {
     pub lost_by_cause: String,
     /// ksense's kernel-to-sink latency, when it reports one.
     pub latency: Option<Latency>,
+    /// CPU time journald and the collector spent taking in what the agent sent them, over the
+    /// same span (the full arm only: what shipping every event costs the host beyond ksense).
+    pub receivers_cpu_us: Option<u64>,
 }
 
 /// What every run shares: binaries, a private directory, the discarding collector.
@@ -124,7 +127,7 @@ pub struct Agent {
 }
 
 enum Running {
-    Ksense { stderr: PathBuf, events: Option<PathBuf> },
+    Ksense { stderr: PathBuf, events: Option<PathBuf>, receivers: Vec<(i32, u64)> },
     Bpftrace { out: PathBuf },
     Auditd { log: PathBuf, before: AuditStatus },
 }
@@ -147,6 +150,14 @@ pub fn start(arm: Arm, setup: &Setup) -> Result<Option<Agent>, String> {
         }
     }
     Ok(Some(agent))
+}
+
+/// The running systemd-journald's process id (None when there is none).
+fn journald_pid() -> Option<i32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        (fs::read_to_string(entry.path().join("comm")).ok()?.trim_end() == "systemd-journal").then_some(pid)
+    })
 }
 
 /// The CPU time (user + system, all threads) `pid` has used so far.
@@ -179,8 +190,17 @@ impl Agent {
         };
         let mut tally = Tally::default();
         match self.kind {
-            Running::Ksense { stderr, events } => {
+            Running::Ksense { stderr, events, receivers } => {
                 let usage = stop(libc::SIGTERM)?;
+                // journald takes datagrams still queued on its socket after ksense has gone.
+                if !receivers.is_empty() {
+                    std::thread::sleep(SETTLE);
+                }
+                let receivers_cpu_us = receivers
+                    .iter()
+                    .map(|&(pid, before)| Ok(cpu_us(pid)?.saturating_sub(before)))
+                    .sum::<Result<u64, String>>()
+                    .map(|cpu| (!receivers.is_empty()).then_some(cpu))?;
                 let text = read_lossy(&stderr);
                 let totals =
                     stopped_totals(&text).ok_or_else(|| format!("no final counters line from ksense:\n{text}"))?;
@@ -207,6 +227,7 @@ impl Agent {
                         .get("latency_p50_us")
                         .zip(totals.get("latency_p99_us"))
                         .map(|(&p50, &p99)| Latency { p50_us: p50 as f64, p99_us: p99 as f64 }),
+                    receivers_cpu_us,
                     ..usage
                 })
             }
@@ -283,7 +304,16 @@ fn start_ksense(arm: Arm, setup: &Setup) -> Result<(i32, Running), String> {
     command.env_remove("JOURNAL_STREAM").env_remove("INVOCATION_ID");
     let pid = spawn(&mut command, &stderr, &stderr)?;
     wait_until(pid, "ksense", &stderr, || read_lossy(&stderr).contains("ksense is running"))?;
-    Ok((pid, Running::Ksense { stderr, events }))
+    // The processes receiving the full arm's events, with their CPU time now.
+    let receivers = match (&events, &setup.collector) {
+        (Some(_), Some(collector)) => [journald_pid(), Some(collector.pid() as i32)]
+            .into_iter()
+            .flatten()
+            .map(|pid| Ok((pid, cpu_us(pid)?)))
+            .collect::<Result<_, String>>()?,
+        _ => Vec::new(),
+    };
+    Ok((pid, Running::Ksense { stderr, events, receivers }))
 }
 
 /// Counts one JSON line of ksense's file sink into `tally` when it is one of the workload's

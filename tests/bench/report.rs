@@ -79,6 +79,13 @@ pub fn markdown(title: &[String], runs: &[Run]) -> String {
         row(&mut out, "agent CPU per op (us)", &|a| {
             median(of(a).filter_map(|r| Some(r.agent()?.cpu_us as f64 / r.sample()?.outcome.ops as f64))).map(us)
         });
+        row(&mut out, "journald + collector CPU per event handled (us)", &|a| {
+            median(of(a).filter_map(|r| {
+                let agent = r.agent()?;
+                Some(agent.receivers_cpu_us? as f64 / agent.handled.max(1) as f64)
+            }))
+            .map(us)
+        });
         row(&mut out, "agent peak RSS (MiB)", &|a| {
             of(a).filter_map(|r| Some(r.agent()?.peak_rss_kib)).max().map(|k| format!("{:.1}", k as f64 / 1024.0))
         });

@@ -94,6 +94,11 @@ impl Collector {
         Collector { child, out, grpc_port, http_port }
     }
 
+    /// The collector's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Every record received so far.
     pub fn received(&self) -> Vec<Received> {
         parse(&self.out.lock().unwrap())

@@ -101,14 +101,13 @@ impl Probes {
         // Each parse of the kernel's BTF holds 10-20 MiB while it lives, so only one lives at a
         // time: ours is dropped once the offsets are resolved, the one `EbpfLoader::new` makes
         // by itself is dropped at once, and a single aya parse serves the loader and every
-        // program load. (Declared first so that it outlives the loader that borrows it.)
-        let kernel_btf;
+        // program load.
         let Resolved { config, unusable } =
             offsets::resolve(btf::Btf::from_sys_fs().as_ref(), tracefs.as_deref(), &options.switches);
         tracing::debug!(?config, "probe configuration resolved from BTF and tracefs");
         let mut loader = EbpfLoader::new();
         loader.btf(None);
-        kernel_btf = aya::Btf::from_sys_fs();
+        let kernel_btf = aya::Btf::from_sys_fs();
         let mut ebpf = loader
             .btf(kernel_btf.as_ref().ok())
             .override_global(CONFIG_GLOBAL, &config, true)

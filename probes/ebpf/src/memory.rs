@@ -104,11 +104,6 @@ pub fn tracepoint_sys_enter_mprotect(ctx: TracePointContext) -> i32 {
     let start = unsafe { ctx.read_at::<u64>(start_at as usize) }.unwrap_or(0);
     let len = unsafe { ctx.read_at::<u64>(len_at as usize) }.unwrap_or(0);
     let prot = unsafe { ctx.read_at::<u64>(prot_at as usize) }.unwrap_or(0) as u32;
-    let Some(state) = scratch() else { return 0 };
-    let rec = &mut state.record;
-    if !begin(rec, start, len, prot) {
-        return 0;
-    }
     let mut vm = Vma { start: 0, end: 0, flags: 0, file: core::ptr::null() };
     let found = unsafe {
         bpf_find_vma(
@@ -119,13 +114,27 @@ pub fn tracepoint_sys_enter_mprotect(ctx: TracePointContext) -> i32 {
             0,
         )
     };
+    // A repeat within the coalescing window (a JIT, a toggling loop) is counted from what the
+    // call and the VMA say, before anything else is read: only a change that was reported,
+    // so one the filter wants from a process not excluded, has an entry to count into.
+    if found == 0 {
+        let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+        let transition = (vm.flags as u32 & PROT_MASK) | (prot & PROT_MASK) << 8;
+        if counted_as_repeat(&CoalesceKey { tgid, transition, start, len }) {
+            return 0;
+        }
+    }
+    let Some(state) = scratch() else { return 0 };
+    let rec = &mut state.record;
+    if !begin(rec, start, len, prot) {
+        return 0;
+    }
     if found == 0 {
         describe(rec, &vm);
     }
     // Decided here, not at exit, whenever the result does not matter: a change the filter
-    // drops, or a repeat within the coalescing window (counted whatever its result, as at
-    // exit), costs no in-flight entry and leaves the exit program a failed lookup.
-    if !wanted(rec) || counted_as_repeat(rec) {
+    // drops costs no in-flight entry and leaves the exit program a failed lookup.
+    if !wanted(rec) {
         return 0;
     }
     let tid = rec.task.tid;
@@ -273,15 +282,15 @@ fn coalesce_key(rec: &Memory) -> CoalesceKey {
     CoalesceKey { tgid: rec.task.tgid, transition: rec.old_prot | rec.new_prot << 8, start: rec.start, len: rec.len }
 }
 
-/// Counts `rec` as a repeat when its (process, range, transition) was reported within the
-/// coalescing window; true when it was (nothing is to be written).
+/// Counts a change as a repeat when its (process, range, transition) `key` was reported within
+/// the coalescing window; true when it was (nothing is to be written).
 #[inline(always)]
-fn counted_as_repeat(rec: &Memory) -> bool {
+fn counted_as_repeat(key: &CoalesceKey) -> bool {
     let window = config!(memory_coalesce_ns);
     if window == 0 {
         return false;
     }
-    let Some(known) = MEMORY_COALESCE.get_ptr_mut(&coalesce_key(rec)) else {
+    let Some(known) = MEMORY_COALESCE.get_ptr_mut(key) else {
         return false;
     };
     let known = unsafe { &mut *known };
@@ -298,7 +307,7 @@ fn counted_as_repeat(rec: &Memory) -> bool {
 /// Filters, coalesces and writes the record in `state`.
 #[inline(always)]
 fn finish(hook: Hook, state: &mut CoalesceState) {
-    if !wanted(&state.record) || counted_as_repeat(&state.record) {
+    if !wanted(&state.record) || counted_as_repeat(&coalesce_key(&state.record)) {
         return;
     }
     state.record.header = header(hook, size_of::<Memory>());

@@ -217,7 +217,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            ring_buffer_bytes: Spanned::new(0..0, 8 << 20),
+            ring_buffer_bytes: Spanned::new(0..0, 4 << 20),
             queue_events: Spanned::new(0..0, 8192),
             read_interval_ms: 10,
             rate_per_second: Default::default(),
@@ -353,7 +353,7 @@ mod tests {
         assert_eq!(config.probes.attach, AttachMode::Auto);
         assert!(config.probes.fork && config.probes.exec && config.probes.exit);
         assert!(!config.probes.thread_exits);
-        assert_eq!(*config.limits.ring_buffer_bytes.get_ref(), 8 << 20);
+        assert_eq!(*config.limits.ring_buffer_bytes.get_ref(), 4 << 20);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{
 };
 
 use ksense_abi::{
-    ABI_VERSION, Header, Hook, PF_KTHREAD, TASK_COMM_LEN, Task,
+    Header, Hook, PF_KTHREAD, TASK_COMM_LEN, Task,
     exec::{ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_ARGS_UNREADABLE, EXEC_FILENAME_TRUNCATED, Exec, FILENAME_CAP},
     exit::Exit,
     fork::{CLONE_THREAD, Fork},
@@ -80,15 +80,7 @@ fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
 }
 
 fn header(hook: Hook, size: usize) -> Header {
-    Header {
-        kind: hook.kind() as u16,
-        version: ABI_VERSION,
-        hook: hook as u16,
-        reserved: 0,
-        size: size as u32,
-        cpu: 1,
-        ktime_ns: 5_123_456_789_012,
-    }
+    Header::new(hook, size, 1, 5_123_456_789_012)
 }
 
 fn comm(name: &[u8]) -> [u8; TASK_COMM_LEN] {

@@ -285,6 +285,22 @@ pub struct Header {
     pub ktime_ns: u64,
 }
 
+impl Header {
+    /// The header of a `size`-byte record (header included) from `hook`, recorded on `cpu` at
+    /// `ktime_ns`.
+    pub const fn new(hook: Hook, size: usize, cpu: u32, ktime_ns: u64) -> Header {
+        Header {
+            kind: hook.kind() as u16,
+            version: ABI_VERSION,
+            hook: hook as u16,
+            reserved: 0,
+            size: size as u32,
+            cpu,
+            ktime_ns,
+        }
+    }
+}
+
 /// What every record says about the task a hook saw.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -10,7 +10,7 @@ use aya_ebpf::{
         },
     },
 };
-use ksense_abi::{ABI_VERSION, Header, Hook, Task};
+use ksense_abi::{Header, Hook, Task};
 
 use crate::maps::config;
 
@@ -44,15 +44,7 @@ pub fn have_offsets() -> bool {
 /// A header for a record of `size` bytes from `hook`.
 #[inline(always)]
 pub fn header(hook: Hook, size: usize) -> Header {
-    Header {
-        kind: hook.kind() as u16,
-        version: ABI_VERSION,
-        hook: hook as u16,
-        reserved: 0,
-        size: size as u32,
-        cpu: unsafe { bpf_get_smp_processor_id() },
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
-    }
+    Header::new(hook, size, unsafe { bpf_get_smp_processor_id() }, unsafe { bpf_ktime_get_ns() })
 }
 
 /// Fills `out` with the current task's identity.

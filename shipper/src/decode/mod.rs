@@ -139,15 +139,7 @@ pub(crate) mod tests {
 
     /// A well-formed record of `kind` from `hook` with `payload` after the header.
     pub(crate) fn record(hook: Hook, payload: &[u8]) -> Vec<u8> {
-        let header = Header {
-            kind: hook.kind() as u16,
-            version: ABI_VERSION,
-            hook: hook as u16,
-            reserved: 0,
-            size: (size_of::<Header>() + payload.len()) as u32,
-            cpu: 0,
-            ktime_ns: 1_000_000_000,
-        };
+        let header = Header::new(hook, size_of::<Header>() + payload.len(), 0, 1_000_000_000);
         let mut bytes = as_bytes(&header).to_vec();
         bytes.extend_from_slice(payload);
         bytes

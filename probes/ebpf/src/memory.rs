@@ -119,8 +119,8 @@ pub fn tracepoint_sys_enter_mprotect(ctx: TracePointContext) -> i32 {
     // so one the filter wants from a process not excluded, has an entry to count into.
     if found == 0 {
         let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-        let transition = (vm.flags as u32 & PROT_MASK) | (prot & PROT_MASK) << 8;
-        if counted_as_repeat(&CoalesceKey { tgid, transition, start, len }) {
+        let old_prot = vm.flags as u32 & PROT_MASK;
+        if counted_as_repeat(&key(tgid, old_prot, prot & PROT_MASK, start, len)) {
             return 0;
         }
     }
@@ -279,7 +279,14 @@ fn wanted(rec: &Memory) -> bool {
 /// The coalescing entry of `rec`'s (process, range, transition).
 #[inline(always)]
 fn coalesce_key(rec: &Memory) -> CoalesceKey {
-    CoalesceKey { tgid: rec.task.tgid, transition: rec.old_prot | rec.new_prot << 8, start: rec.start, len: rec.len }
+    key(rec.task.tgid, rec.old_prot, rec.new_prot, rec.start, rec.len)
+}
+
+/// The coalescing key of a change of `start..start + len` in process `tgid` from `old_prot` to
+/// `new_prot` (both already masked to rwx): the one layout the entry and exit paths share.
+#[inline(always)]
+fn key(tgid: u32, old_prot: u32, new_prot: u32, start: u64, len: u64) -> CoalesceKey {
+    CoalesceKey { tgid, transition: old_prot | new_prot << 8, start, len }
 }
 
 /// Counts a change as a repeat when its (process, range, transition) `key` was reported within

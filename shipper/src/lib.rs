@@ -125,12 +125,13 @@ async fn run_async(
     let (queue_tx, queue_rx) = mpsc::channel(*config.limits.queue_events.get_ref());
     probes.set_exclusions(&config.filters)?;
     let outputs = outputs(config, output, &counters)?;
-    let (reload_tx, reload_rx) = std::sync::mpsc::channel();
+    // SIGHUP's new outputs ride the event queue: see pipeline::Input.
+    let reloads = queue_tx.clone();
     let pipeline = {
         let counters = counters.clone();
         std::thread::Builder::new()
             .name("ksense-pipeline".into())
-            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), outputs, reload_rx, counters))
+            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), outputs, counters))
             .context("cannot start the pipeline thread")?
     };
 
@@ -179,7 +180,13 @@ async fn run_async(
                     break;
                 }
             }
-            _ = sighup.recv() => reload(config_path, config, output, &counters, &mut probes, &reload_tx),
+            _ = sighup.recv() => {
+                if let Some(new) = reload(config_path, config, output, &counters, &mut probes)
+                    && reloads.send(pipeline::Input::Reload(Box::new(new))).await.is_err()
+                {
+                    break;
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -192,7 +199,7 @@ async fn run_async(
         // Repeats still counted in the kernel are reported rather than lost with it.
         reader.inject(probes.take_idle_coalesced(0)).await;
     }
-    drop(reader);
+    drop((reader, reloads));
     pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
     let totals = counters.snapshot(probes.ring_lost()?);
     losses.report(totals.clone());
@@ -209,22 +216,21 @@ fn outputs(config: &Config, output: Option<OutputFormat>, counters: &Counters) -
     })
 }
 
-/// SIGHUP: re-reads the configuration; a valid one replaces filters, rate limits and sinks (the
-/// probes stay attached, so no event is missed); an invalid one is rejected and the running
-/// configuration stays.
+/// SIGHUP: re-reads the configuration; a valid one gives the filters, rate limits and sinks
+/// that replace the running ones (the probes stay attached, so no event is missed); an invalid
+/// one is rejected (`None`) and the running configuration stays.
 fn reload(
     path: Option<&Path>,
     running: &Config,
     output: Option<OutputFormat>,
     counters: &Counters,
     probes: &mut Probes,
-    reloads: &std::sync::mpsc::Sender<pipeline::Outputs>,
-) {
+) -> Option<pipeline::Outputs> {
     let new = match Config::load(path) {
         Ok(new) => new,
         Err(e) => {
             tracing::error!("SIGHUP: the new configuration is rejected, the running one stays: {e}");
-            return;
+            return None;
         }
     };
     let restart_only = |c: &Config| {
@@ -239,10 +245,13 @@ fn reload(
             if let Err(e) = probes.set_exclusions(&new.filters) {
                 tracing::error!("SIGHUP: cannot update the in-kernel filters: {e}");
             }
-            let _ = reloads.send(built);
             tracing::info!("SIGHUP: configuration reloaded");
+            Some(built)
         }
-        Err(e) => tracing::error!("SIGHUP: the new configuration is rejected, the running one stays: {e:#}"),
+        Err(e) => {
+            tracing::error!("SIGHUP: the new configuration is rejected, the running one stays: {e:#}");
+            None
+        }
     }
 }
 

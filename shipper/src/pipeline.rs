@@ -17,8 +17,7 @@ use crate::{
 pub type Sinks = Vec<(Box<dyn Sink>, Arc<SinkStats>)>;
 
 /// The most events handled between two flushes. Under a load the pipeline only just keeps up
-/// with, the queue may never run dry; the bound keeps sinks flushed and lets a SIGHUP reload
-/// take effect within one batch instead of waiting for a quiet moment that may never come.
+/// with, the queue may never run dry; the bound keeps sinks flushed all the same.
 pub const MAX_BATCH: usize = 1024;
 
 /// What a configuration decides after enrichment: which events pass, how many, and where to.
@@ -31,12 +30,24 @@ pub struct Outputs {
     pub sinks: Sinks,
 }
 
+/// What the pipeline queue carries: events in the order they were read, and, between them,
+/// a configuration reloaded by SIGHUP. Riding the same queue, a reload wakes an idle pipeline
+/// at once, and applies to exactly the events queued after it.
+// Nearly every item is an event: boxing events to shrink the rare reload would allocate per event.
+#[allow(clippy::large_enum_variant)]
+pub enum Input {
+    /// An event from the ring buffer.
+    Event(Event),
+    /// New filters, rate limits and sinks for every event after this one.
+    Reload(Box<Outputs>),
+}
+
 /// Runs until the queue is closed and empty, or a sink's reader went away (broken pipe); then
-/// closes every sink (which delivers what it still holds). New [`Outputs`] arriving on
-/// `reloads` (SIGHUP) replace the current ones between two batches: the old sinks are closed,
-/// so they deliver what they hold, and no event is lost in the switch.
-pub fn run(queue: mpsc::Receiver<Event>, enricher: Enricher, mut outputs: Outputs, reloads: std::sync::mpsc::Receiver<Outputs>, counters: Arc<Counters>) {
-    feed(queue, enricher, &mut outputs, &reloads, &counters);
+/// closes every sink (which delivers what it still holds). An [`Input::Reload`] replaces the
+/// current [`Outputs`]: the old sinks are closed first, so they deliver what they hold, and no
+/// event is lost in the switch.
+pub fn run(queue: mpsc::Receiver<Input>, enricher: Enricher, mut outputs: Outputs, counters: Arc<Counters>) {
+    feed(queue, enricher, &mut outputs, &counters);
     close(&mut outputs.sinks);
 }
 
@@ -46,62 +57,77 @@ fn close(sinks: &mut Sinks) {
     }
 }
 
-fn feed(
-    mut queue: mpsc::Receiver<Event>,
-    mut enricher: Enricher,
-    outputs: &mut Outputs,
-    reloads: &std::sync::mpsc::Receiver<Outputs>,
-    counters: &Counters,
-) {
+/// A sink's reader went away (`ksense run | head`): a normal end, not a failure.
+struct ReaderGone;
+
+fn feed(mut queue: mpsc::Receiver<Input>, mut enricher: Enricher, outputs: &mut Outputs, counters: &Counters) {
     while let Some(first) = queue.blocking_recv() {
         let mut next = Some(first);
         let mut handled = 0;
-        while let Some(mut event) = next {
+        while let Some(input) = next {
             handled += 1;
             next = if handled < MAX_BATCH { queue.try_recv().ok() } else { None };
-            if !outputs.limiter.admit(event.kind()) {
-                Counters::bump(&counters.rate_limited);
-                continue;
-            }
-            // Enrich before filtering: path and container rules need what enrichment adds.
-            enricher.enrich(&mut event);
-            if !outputs.filter.allows(&event.process) {
-                Counters::bump(&counters.filtered);
-                continue;
-            }
-            let record = event.to_record();
-            for (sink, stats) in outputs.sinks.iter_mut() {
-                if let Err(e) = sink.write(&record) {
-                    if e.kind() == io::ErrorKind::BrokenPipe {
-                        // Whoever read our output is gone (`ksense run | head`): a normal end.
-                        return;
-                    }
-                    // Counted, and reported with the other losses every few seconds; the sink
-                    // itself says once when its backend goes away and when it is back.
-                    Counters::bump(&stats.failed);
-                    tracing::debug!(sink = sink.name(), "could not write an event: {e}");
+            let outcome = match input {
+                Input::Event(event) => ship(event, &mut enricher, outputs, counters),
+                Input::Reload(new) => {
+                    close(&mut outputs.sinks);
+                    *outputs = *new;
+                    let names: Vec<&str> = outputs.sinks.iter().map(|(s, _)| s.name()).collect();
+                    tracing::info!(sinks = ?names, "filters and sinks reloaded");
+                    Ok(())
                 }
-            }
-            Counters::bump(&counters.written);
-            // A kernel time stamp a little ahead of this clock reads as zero latency.
-            let latency = std::time::SystemTime::now().duration_since(event.time).unwrap_or_default();
-            counters.latency.record(latency.as_micros() as u64);
-        }
-        for (sink, _) in outputs.sinks.iter_mut() {
-            if let Err(e) = sink.flush() {
-                if e.kind() == io::ErrorKind::BrokenPipe {
-                    return;
-                }
-                tracing::warn!(sink = sink.name(), "could not flush: {e}");
+            };
+            if outcome.is_err() {
+                return;
             }
         }
-        if let Some(new) = reloads.try_iter().last() {
-            close(&mut outputs.sinks);
-            *outputs = new;
-            let names: Vec<&str> = outputs.sinks.iter().map(|(s, _)| s.name()).collect();
-            tracing::info!(sinks = ?names, "filters and sinks reloaded");
+        if flush(&mut outputs.sinks).is_err() {
+            return;
         }
     }
+}
+
+/// Enriches, filters and writes one event to every sink.
+fn ship(mut event: Event, enricher: &mut Enricher, outputs: &mut Outputs, counters: &Counters) -> Result<(), ReaderGone> {
+    if !outputs.limiter.admit(event.kind()) {
+        Counters::bump(&counters.rate_limited);
+        return Ok(());
+    }
+    // Enrich before filtering: path and container rules need what enrichment adds.
+    enricher.enrich(&mut event);
+    if !outputs.filter.allows(&event.process) {
+        Counters::bump(&counters.filtered);
+        return Ok(());
+    }
+    let record = event.to_record();
+    for (sink, stats) in outputs.sinks.iter_mut() {
+        if let Err(e) = sink.write(&record) {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                return Err(ReaderGone);
+            }
+            // Counted, and reported with the other losses every few seconds; the sink
+            // itself says once when its backend goes away and when it is back.
+            Counters::bump(&stats.failed);
+            tracing::debug!(sink = sink.name(), "could not write an event: {e}");
+        }
+    }
+    Counters::bump(&counters.written);
+    // A kernel time stamp a little ahead of this clock reads as zero latency.
+    let latency = std::time::SystemTime::now().duration_since(event.time).unwrap_or_default();
+    counters.latency.record(latency.as_micros() as u64);
+    Ok(())
+}
+
+fn flush(sinks: &mut Sinks) -> Result<(), ReaderGone> {
+    for (sink, _) in sinks.iter_mut() {
+        if let Err(e) = sink.flush() {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                return Err(ReaderGone);
+            }
+            tracing::warn!(sink = sink.name(), "could not flush: {e}");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -157,28 +183,62 @@ mod tests {
         }
     }
 
-    /// A queue that never runs dry (here: three batches waiting at once) still gets its sinks
-    /// flushed and a pending reload applied after one batch, not only when the load stops.
-    #[test]
-    fn a_queue_that_never_runs_dry_still_flushes_and_reloads_after_a_batch() {
-        let (tx, rx) = mpsc::channel(3 * MAX_BATCH);
-        for seq in 0..3 * MAX_BATCH as u64 {
-            tx.try_send(fork(seq)).unwrap();
-        }
-        drop(tx);
-        let (old, new) = (Recorder::default(), Recorder::default());
-        let (reload_tx, reload_rx) = std::sync::mpsc::channel();
-        reload_tx.send(outputs(&new)).unwrap();
+    fn pipeline_on(queue: mpsc::Receiver<Input>, sink: &Recorder) -> Arc<Counters> {
         let proc_root = std::env::temp_dir().join("ksense-pipeline-test-no-proc");
         let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"));
         let counters = Arc::new(Counters::starting_now());
+        run(queue, enricher, outputs(sink), counters.clone());
+        counters
+    }
 
-        run(rx, enricher, outputs(&old), reload_rx, counters.clone());
-
-        assert_eq!(*old.written.lock().unwrap(), MAX_BATCH, "the old sinks had one batch");
-        assert_eq!(*old.flushed_at.lock().unwrap(), [MAX_BATCH, MAX_BATCH], "flushed after it, and at close");
-        assert_eq!(*new.written.lock().unwrap(), 2 * MAX_BATCH, "the reloaded sinks had the rest");
-        assert_eq!(*new.flushed_at.lock().unwrap(), [MAX_BATCH, 2 * MAX_BATCH, 2 * MAX_BATCH]);
+    /// A queue that never runs dry (here: three batches waiting at once) still has its sinks
+    /// flushed after every batch, not only when the load stops.
+    #[test]
+    fn a_queue_that_never_runs_dry_is_flushed_after_every_batch() {
+        let (tx, rx) = mpsc::channel(3 * MAX_BATCH);
+        for seq in 0..3 * MAX_BATCH as u64 {
+            tx.try_send(Input::Event(fork(seq))).unwrap();
+        }
+        drop(tx);
+        let sink = Recorder::default();
+        let counters = pipeline_on(rx, &sink);
+        assert_eq!(*sink.written.lock().unwrap(), 3 * MAX_BATCH);
+        assert_eq!(*sink.flushed_at.lock().unwrap(), [MAX_BATCH, 2 * MAX_BATCH, 3 * MAX_BATCH, 3 * MAX_BATCH], "after each batch, and at close");
         assert_eq!(counters.written.load(std::sync::atomic::Ordering::Relaxed), 3 * MAX_BATCH as u64);
+    }
+
+    /// The events queued before a reload go to the old sinks, which are closed (so flushed)
+    /// before any event goes to the new ones; the events after it go to the new sinks.
+    #[test]
+    fn a_reload_applies_to_the_events_queued_after_it() {
+        let (old, new) = (Recorder::default(), Recorder::default());
+        let (tx, rx) = mpsc::channel(16);
+        (0..5).for_each(|seq| tx.try_send(Input::Event(fork(seq))).unwrap());
+        tx.try_send(Input::Reload(Box::new(outputs(&new)))).unwrap();
+        (5..12).for_each(|seq| tx.try_send(Input::Event(fork(seq))).unwrap());
+        drop(tx);
+        pipeline_on(rx, &old);
+        assert_eq!((*old.written.lock().unwrap(), old.flushed_at.lock().unwrap().clone()), (5, vec![5]));
+        assert_eq!((*new.written.lock().unwrap(), new.flushed_at.lock().unwrap().clone()), (7, vec![7, 7]));
+    }
+
+    /// With no event coming, a reload still takes effect at once (the old sinks are closed).
+    #[test]
+    fn a_reload_wakes_an_idle_pipeline() {
+        let (old, new) = (Recorder::default(), Recorder::default());
+        let (tx, rx) = mpsc::channel(16);
+        let pipeline = std::thread::spawn({
+            let old = old.clone();
+            move || pipeline_on(rx, &old)
+        });
+        tx.try_send(Input::Reload(Box::new(outputs(&new)))).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while old.flushed_at.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the idle pipeline never applied the reload");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(tx);
+        pipeline.join().unwrap();
+        assert_eq!(*old.flushed_at.lock().unwrap(), [0], "the old sinks were closed once, at the reload");
     }
 }

@@ -11,7 +11,7 @@ use std::{io, sync::Arc, time::SystemTime};
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-use crate::{clock::Clock, decode::decode, event::Event, telemetry::Counters};
+use crate::{clock::Clock, decode::decode, event::Event, pipeline::Input, telemetry::Counters};
 
 /// Whether the pipeline still takes events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,16 +30,16 @@ pub struct Reader {
 
 /// What the reader hands events to (apart from the ring buffer, so both can be borrowed at once).
 struct Output {
-    queue: mpsc::Sender<Event>,
+    queue: mpsc::Sender<Input>,
     counters: Arc<Counters>,
     seq: u64,
     /// A decoded event the full queue could not take yet; it goes before any other.
-    pending: Option<Event>,
+    pending: Option<Input>,
 }
 
 impl Reader {
     /// A reader of `ring` feeding `queue`.
-    pub fn new(ring: RingBuf<MapData>, queue: mpsc::Sender<Event>, counters: Arc<Counters>) -> io::Result<Reader> {
+    pub fn new(ring: RingBuf<MapData>, queue: mpsc::Sender<Input>, counters: Arc<Counters>) -> io::Result<Reader> {
         // SAFETY: the AsyncFd owns the RingBuf, which owns the fd: it stays open while registered.
         let ring = unsafe { AsyncFd::register(ring) }?;
         Ok(Reader { ring, out: Output { queue, counters, seq: 0, pending: None } })
@@ -92,7 +92,7 @@ impl Reader {
                 std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<ksense_abi::memory::Memory>())
             };
             let Some(event) = self.out.decode(bytes, &clock) else { continue };
-            if self.out.queue.send(event).await.is_err() {
+            if self.out.queue.send(Input::Event(event)).await.is_err() {
                 return Flow::Stop;
             }
         }
@@ -109,7 +109,7 @@ impl Output {
                 return (Flow::Continue, true);
             };
             let Some(event) = self.decode(&item, &clock) else { continue };
-            match self.queue.try_send(event) {
+            match self.queue.try_send(Input::Event(event)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(event)) => self.pending = Some(event),
                 Err(mpsc::error::TrySendError::Closed(_)) => return (Flow::Stop, false),

@@ -51,3 +51,29 @@ fn exec_through_a_shell_keeps_the_command_line() {
     assert_eq!(attr(&exec, "process.command_args"), &serde_json::json!(["/bin/true", "a  b", "c"]), "{exec}");
     ksense.stop();
 }
+
+/// A process that starts its own session before it execs: the exec and exit events carry the
+/// new process group and session (the kernel's values, right even though the process is gone
+/// before ksense could look in /proc), and the cgroup it runs in, which is this test's.
+#[test]
+fn exec_after_setsid_has_the_new_session_and_the_cgroup() {
+    use std::os::unix::process::CommandExt;
+    let ksense = Ksense::start(&[]);
+    let mut command = Command::new(workload_bin());
+    command.args(["sleep", "0"]);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe { command.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }) };
+    let child = command.spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+
+    let own_cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    for kind in ["process.exec", "process.exit"] {
+        let event = ksense.wait_for(kind, |e| is(e, kind) && attr(e, "process.pid") == pid);
+        assert_eq!(attr(&event, "process.group_leader.pid"), pid, "{event}");
+        assert_eq!(attr(&event, "process.session_leader.pid"), pid, "{event}");
+        let cgroup = attr(&event, "process.linux.cgroup").as_str().unwrap_or_else(|| panic!("no cgroup: {event}"));
+        assert!(own_cgroups.lines().any(|line| line == cgroup), "{cgroup:?} is not one of\n{own_cgroups}");
+    }
+    ksense.stop();
+}

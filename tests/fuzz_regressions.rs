@@ -100,6 +100,8 @@ fn task(pid: u32, ppid: u32, uid: u32, name: &[u8]) -> Task {
         start_ns: 5_100_000_000_000,
         cgroup_id: 4_211,
         comm: comm(name),
+        pgid: ppid.max(1),
+        sid: 1,
     }
 }
 

@@ -117,7 +117,7 @@ impl BtfError {
         BtfError::new(BtfErrorKind::Malformed, message)
     }
 
-    fn unsupported(message: String) -> BtfError {
+    pub(crate) fn unsupported(message: String) -> BtfError {
         BtfError::new(BtfErrorKind::Unsupported, message)
     }
 

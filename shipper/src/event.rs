@@ -40,10 +40,12 @@ pub struct Process {
     pub args: Option<Arc<[Vec<u8>]>>,
     /// User name of the effective uid.
     pub owner: Option<Arc<str>>,
-    /// Process group id.
+    /// Process group id: from the kernel when the probes could read it, else enrichment.
     pub pgid: Option<u32>,
-    /// Session id.
+    /// Session id: as `pgid`.
     pub sid: Option<u32>,
+    /// cgroup v2 id of the process's cgroup, from the kernel; 0 when unknown.
+    pub cgroup_id: u64,
     /// The cgroup (a `/proc/<pid>/cgroup` line).
     pub cgroup: Option<Arc<str>>,
     /// Container id found in the cgroup path.

@@ -141,6 +141,15 @@ pub fn resolve(btf: Result<&Btf, &BtfError>, tracefs: Option<&Path>, switches: &
 fn core_offsets(btf: &Btf) -> Result<(TaskOffsets, MmOffsets, MiscOffsets), BtfError> {
     let task = |f: &str| btf.field_offset("task_struct", f);
     let mm = |f: &str| btf.field_offset("mm_struct", f);
+    let pid_type = |name: &str| {
+        let value = btf.enum_value("pid_type", name)?;
+        // An index into signal_struct.pids, which has PIDTYPE_MAX entries.
+        let max = btf.enum_value("pid_type", "PIDTYPE_MAX")?;
+        u32::try_from(value)
+            .ok()
+            .filter(|_| (0..max).contains(&value))
+            .ok_or_else(|| BtfError::unsupported(format!("enum pid_type {name} = {value} is not below PIDTYPE_MAX = {max}")))
+    };
     Ok((
         TaskOffsets {
             pid: task("pid")?,
@@ -165,6 +174,10 @@ fn core_offsets(btf: &Btf) -> Result<(TaskOffsets, MmOffsets, MiscOffsets), BtfE
             cred_uid: btf.field_offset("cred", "uid.val")?,
             cred_euid: btf.field_offset("cred", "euid.val")?,
             signal_live: btf.field_offset("signal_struct", "live.counter")?,
+            signal_pids: btf.field_offset("signal_struct", "pids")?,
+            pidtype_pgid: pid_type("PIDTYPE_PGID")?,
+            pidtype_sid: pid_type("PIDTYPE_SID")?,
+            pid_nr: btf.field_offset("pid", "numbers.0.nr")?,
             binprm_filename: btf.field_offset("linux_binprm", "filename")?,
             ..MiscOffsets::default()
         },

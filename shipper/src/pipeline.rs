@@ -185,7 +185,7 @@ mod tests {
 
     fn pipeline_on(queue: mpsc::Receiver<Input>, sink: &Recorder) -> Arc<Counters> {
         let proc_root = std::env::temp_dir().join("ksense-pipeline-test-no-proc");
-        let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"));
+        let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), None);
         let counters = Arc::new(Counters::starting_now());
         run(queue, enricher, outputs(sink), counters.clone());
         counters

@@ -56,6 +56,14 @@ pub struct MiscOffsets {
     pub cred_euid: u32,
     /// `signal_struct.live.counter`.
     pub signal_live: u32,
+    /// `signal_struct.pids`: an array of `struct pid *` indexed by `enum pid_type`.
+    pub signal_pids: u32,
+    /// `PIDTYPE_PGID`: the index of the process group's `struct pid` in `signal_struct.pids`.
+    pub pidtype_pgid: u32,
+    /// `PIDTYPE_SID`: the index of the session's.
+    pub pidtype_sid: u32,
+    /// `pid.numbers[0].nr`: the id in the initial pid namespace.
+    pub pid_nr: u32,
     /// `kernel_clone_args.flags`.
     pub clone_args_flags: u32,
     /// `linux_binprm.filename`.
@@ -181,7 +189,7 @@ pub struct ProbeConfig {
 }
 
 // No padding: the daemon and the probes must agree byte for byte.
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 58 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 62 * 4 + 8);
 
 // SAFETY: plain old data of u32 fields, no padding.
 #[cfg(feature = "user")]

@@ -48,4 +48,4 @@ impl Exec {
     }
 }
 
-assert_size!(Exec, 24 + 56 + 32 + FILENAME_CAP + ARGS_CAP);
+assert_size!(Exec, 24 + 64 + 32 + FILENAME_CAP + ARGS_CAP);

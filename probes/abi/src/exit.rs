@@ -16,4 +16,4 @@ pub struct Exit {
     pub group_dead: u32,
 }
 
-assert_size!(Exit, 24 + 56 + 8);
+assert_size!(Exit, 24 + 64 + 8);

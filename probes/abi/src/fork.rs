@@ -3,6 +3,8 @@ use crate::{Header, Task, assert_size};
 
 /// `CLONE_THREAD`: the new task joins the parent's thread group.
 pub const CLONE_THREAD: u64 = 0x0001_0000;
+/// `CLONE_INTO_CGROUP`: the new task starts in a cgroup of the caller's choosing.
+pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// A task was created. Fixed size.
 #[repr(C)]
@@ -26,4 +28,4 @@ pub struct Fork {
     pub code_end: u64,
 }
 
-assert_size!(Fork, 24 + 56 + 40);
+assert_size!(Fork, 24 + 64 + 40);

@@ -323,6 +323,11 @@ pub struct Task {
     pub cgroup_id: u64,
     /// `task->comm`, NUL-padded.
     pub comm: [u8; TASK_COMM_LEN],
+    /// Process group id (`task->signal->pids[PIDTYPE_PGID]`, in the initial pid namespace);
+    /// 0 when unknown (no BTF offsets, or a new process whose ids are not set up yet).
+    pub pgid: u32,
+    /// Session id (`task->signal->pids[PIDTYPE_SID]`); 0 when unknown.
+    pub sid: u32,
 }
 
 /// Value of `Task::flags` bit PF_KTHREAD (stable across kernels since 2.6).
@@ -337,4 +342,4 @@ macro_rules! assert_size {
 pub(crate) use assert_size;
 
 assert_size!(Header, 24);
-assert_size!(Task, 56);
+assert_size!(Task, 64);

@@ -29,4 +29,4 @@ pub struct ModuleLoad {
     pub name: [u8; MODULE_NAME_CAP],
 }
 
-assert_size!(ModuleLoad, 24 + 56 + 24 + MODULE_NAME_CAP);
+assert_size!(ModuleLoad, 24 + 64 + 24 + MODULE_NAME_CAP);

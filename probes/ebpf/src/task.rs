@@ -80,6 +80,11 @@ pub fn fill_from(task: *const u8, out: &mut Task) {
     out.start_ns = read(task, config!(task.start_time));
     let comm = task.wrapping_add(config!(task.comm) as usize);
     let _ = unsafe { bpf_probe_read_kernel_buf(comm, &mut out.comm) };
+    // Read here so enrichment need not open /proc/<pid>/stat for them on every exec.
+    let signal = read_ptr(task, config!(task.signal));
+    let pid_of = |pid_type: u32| read_ptr(signal, config!(misc.signal_pids) + pid_type * size_of::<u64>() as u32);
+    out.pgid = read(pid_of(config!(misc.pidtype_pgid)), config!(misc.pid_nr));
+    out.sid = read(pid_of(config!(misc.pidtype_sid)), config!(misc.pid_nr));
 }
 
 /// `mm->start_code` and `mm->end_code` of `task`'s address space; zeros for kernel threads.

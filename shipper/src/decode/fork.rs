@@ -1,5 +1,5 @@
 //! `process.fork` records.
-use ksense_abi::fork::{CLONE_THREAD, Fork};
+use ksense_abi::fork::{CLONE_INTO_CGROUP, CLONE_THREAD, Fork};
 
 use super::{DecodeError, process_from, read_whole};
 use crate::{
@@ -35,6 +35,10 @@ pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), D
     process.tid = rec.child_tid;
     process.parent_pid = rec.parent.tgid;
     process.start_time = (rec.child_start_ns != 0).then(|| clock.wall(rec.child_start_ns));
+    if rec.clone_flags & CLONE_INTO_CGROUP != 0 {
+        // The parent's cgroup, which the record carries, is not the child's.
+        process.cgroup_id = 0;
+    }
     let fork = ProcessFork { clone_flags: rec.clone_flags, code_start: rec.code_start, code_end: rec.code_end };
     Ok((process, Detail::Fork(fork)))
 }

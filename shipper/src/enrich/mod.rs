@@ -1,6 +1,7 @@
 //! Enrichment: what the kernel record does not carry (executable path and argv for fork and
-//! exit, process group and session, cgroup, container id, user name), from a process table fed
-//! by exec and fork events and, on a miss, from `/proc`.
+//! exit, cgroup path, container id, user name, and process group and session where the probes
+//! could not read them), from a process table fed by exec and fork events, a cache of cgroup
+//! paths by cgroup id, and, on a miss, `/proc`.
 //!
 //! Runs on the pipeline thread, never on the ring-buffer reader, so a slow `/proc` read delays
 //! sinks but cannot make the kernel drop events. A fork copies its parent's entry and an exec
@@ -11,9 +12,11 @@ use ksense_abi::memory::MEMORY_FILE_CAP;
 
 use crate::event::{Detail, Event, Process};
 
+mod cgroups;
 mod procfs;
 mod users;
 
+use cgroups::{Cgroup, Cgroups};
 use users::Users;
 
 /// Entries kept before the table is reset (a missed exit would otherwise keep its entry).
@@ -26,27 +29,29 @@ struct ProcInfo {
     args: Option<Arc<[Vec<u8>]>>,
     pgid: Option<u32>,
     sid: Option<u32>,
-    cgroup: Option<Arc<str>>,
-    container_id: Option<Arc<str>>,
+    cgroup: Option<Cgroup>,
 }
 
 /// The process table and the `/proc` and `/etc/passwd` lookups behind it.
 pub struct Enricher {
     procs: HashMap<u32, Arc<ProcInfo>>,
+    cgroups: Cgroups,
     users: Users,
     proc_root: PathBuf,
 }
 
 impl Default for Enricher {
     fn default() -> Self {
-        Enricher::new("/proc".into(), "/etc/passwd".into())
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Enricher::new("/proc".into(), "/etc/passwd".into(), cgroups::v2_mount(&mountinfo))
     }
 }
 
 impl Enricher {
-    /// An enricher reading `proc_root` (normally `/proc`) and `passwd` (normally `/etc/passwd`).
-    pub fn new(proc_root: PathBuf, passwd: PathBuf) -> Enricher {
-        Enricher { procs: HashMap::new(), users: Users::new(passwd), proc_root }
+    /// An enricher reading `proc_root` (normally `/proc`) and `passwd` (normally `/etc/passwd`),
+    /// with the cgroup v2 hierarchy mounted at `cgroup_root` (if it is).
+    pub fn new(proc_root: PathBuf, passwd: PathBuf, cgroup_root: Option<PathBuf>) -> Enricher {
+        Enricher { procs: HashMap::new(), cgroups: Cgroups::new(cgroup_root), users: Users::new(passwd), proc_root }
     }
 
     /// Fills what `event.process` lacks and keeps the process table in step with the event.
@@ -64,30 +69,43 @@ impl Enricher {
                         p.exe = Some(exe.into());
                     }
                 }
+                // Only what neither the kernel (process group and session, on most kernels) nor
+                // the cgroup cache told is read from /proc: on the hot path, nothing.
+                let ids = p.pgid.zip(p.sid).or_else(|| procfs::ids(&self.proc_root, pid));
+                let cgroup = match self.cgroups.get(p.cgroup_id) {
+                    Some(known) => Some(known.clone()),
+                    None => procfs::cgroup(&self.proc_root, pid).inspect(|read| self.cgroups.learn(p.cgroup_id, read)),
+                };
                 // An exec keeps process group, session and cgroup: if the process is already
                 // gone from /proc, what its fork (or its parent) told us still holds.
-                let known = match procfs::read(&self.proc_root, pid, false) {
-                    Some(info) => Some(info),
-                    None => {
-                        let (parent, kthread) = (p.parent_pid, p.kernel_thread);
-                        let inherited = self.procs.get(&pid).cloned().or_else(|| self.lookup(parent, kthread));
-                        inherited.map(|i| (*i).clone())
-                    }
+                let inherited = if ids.is_none() || cgroup.is_none() {
+                    let (parent, kthread) = (p.parent_pid, p.kernel_thread);
+                    self.procs.get(&pid).cloned().or_else(|| self.lookup(parent, kthread, 0))
+                } else {
+                    None
                 };
-                let p = &mut event.process;
-                let mut info = known.unwrap_or_default();
-                info.exe = p.exe.clone();
-                info.args = p.args.clone();
+                let inherited = inherited.as_deref();
+                let info = ProcInfo {
+                    exe: p.exe.clone(),
+                    args: p.args.clone(),
+                    pgid: ids.map(|(pgid, _)| pgid).or(inherited.and_then(|i| i.pgid)),
+                    sid: ids.map(|(_, sid)| sid).or(inherited.and_then(|i| i.sid)),
+                    cgroup: cgroup.or_else(|| inherited.and_then(|i| i.cgroup.clone())),
+                };
                 self.procs.insert(pid, Arc::new(info));
             }
             Detail::Fork(fork) if !fork.thread() => {
-                if let Some(parent) = self.lookup(event.process.parent_pid, event.process.kernel_thread) {
+                if let Some(parent) = self.lookup(event.process.parent_pid, event.process.kernel_thread, 0) {
                     self.procs.insert(pid, parent);
                 }
             }
             _ => {}
         }
-        if let Some(info) = self.lookup(pid, event.process.kernel_thread) {
+        if let Some(cgroup) = self.cgroups.get(event.process.cgroup_id) {
+            // The event's own cgroup, even if the process moved since the table learned one.
+            cgroup.fill(&mut event.process);
+        }
+        if let Some(info) = self.lookup(pid, event.process.kernel_thread, event.process.cgroup_id) {
             fill(&mut event.process, &info);
         }
         if let Detail::MemoryProtect(memory) = &mut event.detail
@@ -116,13 +134,23 @@ impl Enricher {
     }
 
     /// The entry for `pid`, read from `/proc` on a miss (nothing for kernel threads, which have
-    /// neither executable nor argv).
-    fn lookup(&mut self, pid: u32, kernel_thread: bool) -> Option<Arc<ProcInfo>> {
+    /// neither executable nor argv). `cgroup_id`: as for [`Enricher::read_proc`].
+    fn lookup(&mut self, pid: u32, kernel_thread: bool, cgroup_id: u64) -> Option<Arc<ProcInfo>> {
         if let Some(info) = self.procs.get(&pid) {
             return Some(info.clone());
         }
-        let info = Arc::new(procfs::read(&self.proc_root, pid, !kernel_thread)?);
+        let info = Arc::new(self.read_proc(pid, !kernel_thread, cgroup_id)?);
         self.procs.insert(pid, info.clone());
+        Some(info)
+    }
+
+    /// What `/proc/<pid>` tells (see [`procfs::read`]); its cgroup is learned as `cgroup_id`,
+    /// the id the kernel gave for the process in the event at hand (0 for any other process).
+    fn read_proc(&mut self, pid: u32, with_image: bool, cgroup_id: u64) -> Option<ProcInfo> {
+        let info = procfs::read(&self.proc_root, pid, with_image)?;
+        if let Some(cgroup) = &info.cgroup {
+            self.cgroups.learn(cgroup_id, cgroup);
+        }
         Some(info)
     }
 
@@ -147,16 +175,17 @@ fn fill(p: &mut Process, info: &ProcInfo) {
     }
     p.pgid = p.pgid.or(info.pgid);
     p.sid = p.sid.or(info.sid);
-    if p.cgroup.is_none() {
-        p.cgroup = info.cgroup.clone();
-        p.container_id = info.container_id.clone();
+    if p.cgroup.is_none()
+        && let Some(cgroup) = &info.cgroup
+    {
+        cgroup.fill(p);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{exit::ProcessExit, fork::ProcessFork, memory::ProcessMemoryProtect};
+    use crate::decode::{exec::ProcessExec, exit::ProcessExit, fork::ProcessFork, memory::ProcessMemoryProtect};
     use ksense_abi::Hook;
     use std::time::SystemTime;
 
@@ -181,7 +210,7 @@ mod tests {
         std::fs::write(proc_dir.join("10/cgroup"), b"0::/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope\n").unwrap();
         std::os::unix::fs::symlink("/bin/parent", proc_dir.join("10/exe")).unwrap();
         std::fs::write(dir.join("passwd"), b"root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        let mut enricher = Enricher::new(proc_dir, dir.join("passwd"));
+        let mut enricher = Enricher::new(proc_dir, dir.join("passwd"), None);
 
         let fork = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0 };
         let mut child = event(11, 10, Detail::Fork(fork), Hook::TpBtfTaskNewtask);
@@ -205,6 +234,48 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Once one exec in a cgroup taught its path (checked against the cgroup directory's inode),
+    /// an exec whose process group and session the kernel gave reads nothing from /proc: here
+    /// the second process has no /proc entry at all, and still gets its cgroup and container.
+    #[test]
+    fn an_exec_in_a_known_cgroup_reads_nothing_from_proc() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("ksense-enrich-cgroup-{}", std::process::id()));
+        let (proc_dir, cgroup_root) = (dir.join("proc"), dir.join("cgroup"));
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let scope = format!("system.slice/docker-{id}.scope");
+        std::fs::create_dir_all(cgroup_root.join(&scope)).unwrap();
+        let cgroup_id = std::fs::metadata(cgroup_root.join(&scope)).unwrap().ino();
+        std::fs::create_dir_all(proc_dir.join("20")).unwrap();
+        std::fs::write(proc_dir.join("20/stat"), b"20 (a) S 1 20 20 0 -1").unwrap();
+        std::fs::write(proc_dir.join("20/cgroup"), format!("0::/{scope}\n")).unwrap();
+        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Some(cgroup_root));
+        let exec = |pid: u32| {
+            let detail = ProcessExec { old_tid: pid, args_truncated: false, code_start: 0, code_end: 0 };
+            let mut e = event(pid, 1, Detail::Exec(detail), Hook::TpBtfSchedProcessExec);
+            e.process.exe = Some(b"/bin/true"[..].into());
+            (e.process.pgid, e.process.sid, e.process.cgroup_id) = (Some(pid), Some(7), cgroup_id);
+            e
+        };
+
+        let mut first = exec(20);
+        enricher.enrich(&mut first);
+        let mut second = exec(21);
+        enricher.enrich(&mut second);
+        for (e, pid) in [(&first, 20), (&second, 21)] {
+            let p = &e.process;
+            assert_eq!(p.cgroup.as_deref(), Some(format!("0::/{scope}").as_str()), "pid {pid}");
+            assert_eq!(p.container_id.as_deref(), Some(id), "pid {pid}");
+            assert_eq!((p.pgid, p.sid), (Some(pid), Some(7)), "pid {pid}: the kernel's, not /proc's");
+        }
+        // A later event of the second process is described from the table the exec filled.
+        let exit = ProcessExit { status: 0, process_exit: true };
+        let mut gone = event(21, 1, Detail::Exit(exit), Hook::TpBtfSchedProcessExit);
+        enricher.enrich(&mut gone);
+        assert_eq!((gone.process.pgid, gone.process.container_id.as_deref()), (Some(21), Some(id)));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// The file a code change of process `pid` (running `exe`, the kernel's basename `file`) is
     /// reported with, `/proc` being `proc_dir`.
     fn changed_file(proc_dir: &std::path::Path, pid: u32, exe: &[u8], file: &[u8]) -> Vec<u8> {
@@ -220,7 +291,7 @@ mod tests {
         };
         let mut e = event(pid, 1, Detail::MemoryProtect(change), Hook::TracepointMprotect);
         e.process.exe = Some(exe.into());
-        Enricher::new(proc_dir.into(), "/nonexistent".into()).enrich(&mut e);
+        Enricher::new(proc_dir.into(), "/nonexistent".into(), None).enrich(&mut e);
         let Detail::MemoryProtect(change) = e.detail else { unreachable!() };
         change.file.unwrap()
     }

@@ -4,7 +4,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::ProcInfo;
+use super::{ProcInfo, cgroups::Cgroup};
 use crate::decode::exec::split_args;
 
 /// Reads what `/proc/<pid>` tells of a process; `None` when it is gone. `with_image` also
@@ -13,16 +13,28 @@ pub(super) fn read(proc_root: &Path, pid: u32, with_image: bool) -> Option<ProcI
     let dir = proc_root.join(pid.to_string());
     let stat = std::fs::read(dir.join("stat")).ok()?;
     let (pgid, sid) = parse_stat(&stat).unzip();
-    let cgroup_text = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
-    let cgroup = pick_cgroup(&cgroup_text);
-    let container_id = cgroup.as_deref().and_then(container_id).map(Into::into);
+    let cgroup = cgroup_at(&dir);
     let (exe, args) = if with_image {
         let args = std::fs::read(dir.join("cmdline")).ok().filter(|a| !a.is_empty());
         (exe_at(&dir).map(Into::into), args.map(|a| split_args(&a).into()))
     } else {
         (None, None)
     };
-    Some(ProcInfo { exe, args, pgid, sid, cgroup: cgroup.map(Into::into), container_id })
+    Some(ProcInfo { exe, args, pgid, sid, cgroup })
+}
+
+/// (process group, session) of a process, from `/proc/<pid>/stat`; `None` when it is gone.
+pub(super) fn ids(proc_root: &Path, pid: u32) -> Option<(u32, u32)> {
+    parse_stat(&std::fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?)
+}
+
+/// The cgroup of a process, from `/proc/<pid>/cgroup`; `None` when it is gone.
+pub(super) fn cgroup(proc_root: &Path, pid: u32) -> Option<Cgroup> {
+    cgroup_at(&proc_root.join(pid.to_string()))
+}
+
+fn cgroup_at(dir: &Path) -> Option<Cgroup> {
+    pick_cgroup(&std::fs::read_to_string(dir.join("cgroup")).ok()?).map(Cgroup::from_line)
 }
 
 /// The target of `/proc/<pid>/exe`.

@@ -151,11 +151,20 @@ pub fn encode(record: &LogRecord, out: &mut Vec<u8>) {
     }
 }
 
-/// Sends one entry to journald at `path`: as a datagram, or through a sealed memfd when it is
-/// too large for one.
+/// A datagram socket connected to journald's socket at `path`, with [`SEND_TIMEOUT`]. Sends on
+/// it skip resolving the path, which is most of what a send to a named address costs.
+pub fn connect(path: &Path) -> io::Result<UnixDatagram> {
+    let socket = UnixDatagram::unbound()?;
+    socket.set_write_timeout(Some(SEND_TIMEOUT))?;
+    socket.connect(path)?;
+    Ok(socket)
+}
+
+/// Sends one entry on `socket`, connected to journald at `path`: as a datagram, or through a
+/// sealed memfd (addressed to `path`) when it is too large for one.
 pub fn send(socket: &UnixDatagram, path: &Path, entry: &[u8]) -> io::Result<()> {
     loop {
-        match socket.send_to(entry, path) {
+        match socket.send(entry) {
             Ok(_) => return Ok(()),
             // A send with a timeout is not restarted when ksense is stopped and continued
             // (SIGSTOP, SIGCONT: signal(7)); it sent nothing, so send again.
@@ -240,7 +249,8 @@ fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> 
 pub struct JournaldSink {
     socket: PathBuf,
     stats: Arc<SinkStats>,
-    /// Unbound; each send names the socket path, so a restarted journald is found again.
+    /// Connected to `socket`; dropped when a send fails, so the next one connects again and
+    /// finds a restarted journald.
     conn: Option<UnixDatagram>,
     /// The entry being sent (reused).
     entry: Vec<u8>,
@@ -257,12 +267,23 @@ impl JournaldSink {
     }
 
     fn try_send(&mut self) -> io::Result<()> {
+        let reused = self.conn.is_some();
+        match self.send_connected() {
+            // The journald this connection led to is gone (restarted, with a new socket at the
+            // path): a fresh connection reaches the new one, and the entry is not lost.
+            Err(e) if reused && matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOTCONN)) => {
+                self.send_connected()
+            }
+            result => result,
+        }
+    }
+
+    fn send_connected(&mut self) -> io::Result<()> {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => {
-                let conn = UnixDatagram::unbound()?;
-                conn.set_write_timeout(Some(SEND_TIMEOUT))?;
-                self.conn.insert(conn)
+                self.nonblocking = false;
+                self.conn.insert(connect(&self.socket)?)
             }
         };
         // While journald is unreachable, fail at once rather than wait for it on every record.
@@ -270,7 +291,11 @@ impl JournaldSink {
             conn.set_nonblocking(self.down)?;
             self.nonblocking = self.down;
         }
-        send(conn, &self.socket, &self.entry)
+        let result = send(conn, &self.socket, &self.entry);
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
     }
 }
 
@@ -598,6 +623,26 @@ mod tests {
         assert!(sink.write(&record).is_err());
     }
 
+    /// journald restarted between two records (a new socket at the same path): the second
+    /// record reaches the new journald at once, with nothing failed.
+    #[test]
+    fn a_restarted_journald_gets_the_next_record() {
+        let mut journald = FakeJournald::new("restart");
+        journald.bind();
+        let stats = Arc::new(SinkStats::default());
+        let mut sink = JournaldSink::new(journald.path.clone(), stats.clone());
+        let record = exec_record(vec!["marker".into()]);
+        sink.write(&record).unwrap();
+        assert!(!journald.receive().0.is_empty());
+
+        journald.socket = None;
+        std::fs::remove_file(&journald.path).unwrap();
+        journald.bind();
+        sink.write(&record).unwrap();
+        assert!(!journald.receive().0.is_empty());
+        assert_eq!(stats.delivered.load(Relaxed), 2);
+    }
+
     /// Reads a received memfd back and checks it is sealed for good.
     fn read_sealed(fd: OwnedFd) -> Vec<u8> {
         // SAFETY: fcntl on a valid descriptor.
@@ -646,7 +691,8 @@ mod tests {
         assert_eq!(r, 0);
         let mut entry = Vec::new();
         encode(&exec_record(vec!["marker".into(), "y".repeat(64 * 1024)]), &mut entry);
-        let direct = socket.send_to(&entry, &journald.path).unwrap_err();
+        socket.connect(&journald.path).unwrap();
+        let direct = socket.send(&entry).unwrap_err();
         assert_eq!(direct.raw_os_error(), Some(libc::EMSGSIZE), "{direct}");
 
         send(&socket, &journald.path, &entry).unwrap();

@@ -126,3 +126,31 @@ fn a_large_argv_arrives_cut_to_the_field_limit() {
     let stopped = run.ksense.stop();
     assert_eq!(stopped.counter("sink_journald_failed"), 0, "{}", stopped.stderr);
 }
+
+/// `[sinks.journald] events = ["process.exit"]`: the journal gets a process's exit and not its
+/// exec, while stdout has both; the entries left out count neither as delivered nor as failed.
+#[test]
+fn a_narrowed_journald_sink_gets_only_the_events_it_selects() {
+    let run = Run::start_with("journald-narrowed", "events = [\"process.exit\"]\n");
+    let child = Command::new(workload_bin()).arg("marker").spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    for kind in ["process.exec", "process.exit"] {
+        run.ksense.wait_for(kind, |e| is(e, kind) && attr(e, "process.pid") == pid);
+    }
+
+    let process = format!("PROCESS_PID={pid}");
+    run.entry(&["SYSLOG_IDENTIFIER=ksense", "KSENSE_EVENT=process.exit", &process]);
+    // The exec was written before the exit, so it would be in the journal by now.
+    let execs: Vec<_> = journald::entries(&run.since, &["SYSLOG_IDENTIFIER=ksense", "KSENSE_EVENT=process.exec", &process])
+        .into_iter()
+        .filter(|e| e["_CMDLINE"].as_str().is_some_and(|c| c.contains(&run.config)))
+        .collect();
+    assert!(execs.is_empty(), "an exec entry although only exits are selected: {}", short(&execs[0]));
+
+    let stopped = run.ksense.stop();
+    let (written, delivered) = (stopped.counter("events_written"), stopped.counter("sink_journald_delivered"));
+    assert!(0 < delivered && delivered < written, "{delivered} of {written} written: {}", stopped.stderr);
+    assert_eq!(stopped.counter("sink_journald_failed"), 0, "{}", stopped.stderr);
+    assert_eq!(stopped.counter("sink_stdout_delivered"), written, "{}", stopped.stderr);
+}

@@ -2,8 +2,9 @@
 //! (`../shared/EVENTS.md`, "The three renderings").
 use std::time::SystemTime;
 
-/// Severity of a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Severity of a record, in increasing order (`info`, `warn` in a configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// Routine activity.
     Info,

@@ -28,11 +28,22 @@ pub struct FileConfig {
     pub max_bytes: u64,
     /// Rotated files kept (`<path>.1` .. `<path>.<keep>`); 0 keeps none.
     pub keep: u32,
+    /// Only these event kinds go to the file (see [`crate::config::Selection`]); all when absent.
+    pub events: Option<Vec<crate::config::EventName>>,
+    /// Only records of this severity or above go to the file.
+    pub min_severity: Option<crate::record::Severity>,
 }
 
 impl Default for FileConfig {
     fn default() -> Self {
-        FileConfig { enabled: false, path: "/var/log/ksense/events.json".into(), max_bytes: 100 << 20, keep: 5 }
+        FileConfig {
+            enabled: false,
+            path: "/var/log/ksense/events.json".into(),
+            max_bytes: 100 << 20,
+            keep: 5,
+            events: None,
+            min_severity: None,
+        }
     }
 }
 
@@ -114,7 +125,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ksense-file-sink-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("events.json");
-        let config = FileConfig { enabled: true, path: path.clone(), max_bytes: 1000, keep: 2 };
+        let config = FileConfig { enabled: true, path: path.clone(), max_bytes: 1000, keep: 2, ..FileConfig::default() };
         let mut sink = FileSink::open(config, Arc::default()).unwrap();
         let record = LogRecord {
             event_name: "process.exec",

@@ -7,8 +7,8 @@ use std::io;
 use anyhow::Context as _;
 
 use crate::{
-    config::{Config, OutputFormat},
-    record::LogRecord,
+    config::{Config, EventName, OutputFormat, Selection},
+    record::{LogRecord, Severity},
     telemetry::Counters,
 };
 
@@ -43,20 +43,23 @@ pub fn build(
     counters: &Counters,
 ) -> anyhow::Result<crate::pipeline::Sinks> {
     let mut sinks = crate::pipeline::Sinks::new();
-    if let Some(settings) = config.sinks.otlp.resolve(|name| std::env::var(name).ok())? {
+    let otlp = &config.sinks.otlp;
+    if let Some(settings) = otlp.resolve(|name| std::env::var(name).ok())? {
         let stats = counters.register_sink("otlp");
         let sink = otlp::OtlpSink::start(settings, stats.clone()).context("cannot start the OTLP worker")?;
-        sinks.push((Box::new(sink), stats));
+        sinks.push((selected(sink, &otlp.events, otlp.min_severity), stats));
     }
     let journald = &config.sinks.journald;
     if journald.enabled.resolve(journald.socket.exists()) {
         let stats = counters.register_sink("journald");
-        sinks.push((Box::new(journald::JournaldSink::new(journald.socket.clone(), stats.clone())), stats));
+        let sink = journald::JournaldSink::new(journald.socket.clone(), stats.clone());
+        sinks.push((selected(sink, &journald.events, journald.min_severity), stats));
     }
-    if config.sinks.file.enabled {
+    let file = &config.sinks.file;
+    if file.enabled {
         let stats = counters.register_sink("file");
-        let sink = file::FileSink::open(config.sinks.file.clone(), stats.clone()).context("[sinks.file]")?;
-        sinks.push((Box::new(sink), stats));
+        let sink = file::FileSink::open(file.clone(), stats.clone()).context("[sinks.file]")?;
+        sinks.push((selected(sink, &file.events, file.min_severity), stats));
     }
     let text = output.or(config.output.format).or(sinks.is_empty().then_some(OutputFormat::Json));
     if let Some(format) = text.filter(|&f| f != OutputFormat::None) {
@@ -69,4 +72,35 @@ pub fn build(
         sinks.push((sink, stats));
     }
     Ok(sinks)
+}
+
+/// `sink`, taking only the records its `events` and `min_severity` keys select.
+fn selected(sink: impl Sink + 'static, events: &Option<Vec<EventName>>, min_severity: Option<Severity>) -> Box<dyn Sink> {
+    let selection = Selection { events: events.clone(), min_severity };
+    if selection.is_all() { Box::new(sink) } else { Box::new(Selected { sink, selection }) }
+}
+
+/// A sink given only the records its configuration selects. What it is not given is neither
+/// delivered nor failed: the other sinks, and the `events_written` count, still have it.
+struct Selected<S> {
+    sink: S,
+    selection: Selection,
+}
+
+impl<S: Sink> Sink for Selected<S> {
+    fn name(&self) -> &'static str {
+        self.sink.name()
+    }
+
+    fn write(&mut self, record: &LogRecord) -> io::Result<()> {
+        if self.selection.admits(record) { self.sink.write(record) } else { Ok(()) }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
+    }
+
+    fn close(&mut self) {
+        self.sink.close();
+    }
 }

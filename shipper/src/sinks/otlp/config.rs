@@ -40,6 +40,10 @@ pub struct OtlpConfig {
     /// Records held while the collector is slow or down; beyond this, new records are dropped
     /// and counted.
     pub queue_events: usize,
+    /// Only these event kinds are exported (see [`crate::config::Selection`]); all when absent.
+    pub events: Option<Vec<crate::config::EventName>>,
+    /// Only records of this severity or above are exported.
+    pub min_severity: Option<crate::record::Severity>,
 }
 
 impl Default for OtlpConfig {
@@ -58,6 +62,8 @@ impl Default for OtlpConfig {
             batch_size: 512,
             batch_interval_ms: 1000,
             queue_events: 65536,
+            events: None,
+            min_severity: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Where records go. Each sink owns its formatting, buffering and retries; the pipeline hands
-//! every sink every record, asks them to flush when its queue runs dry, and closes them at exit.
+//! every sink every record, asks them to flush when its queue runs dry (or every 1024 events
+//! under a steady load), and closes them at exit.
 //! A sink that delivers synchronously counts delivered records in its [`crate::telemetry::SinkStats`]
 //! (the pipeline counts failed writes); a sink with its own queue counts everything itself.
 use std::io;

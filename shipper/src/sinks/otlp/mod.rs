@@ -4,8 +4,8 @@
 //! records as OTLP protobuf and builds the resource, `service.rs` is the worker that batches,
 //! exports and retries. The sink encodes each record on the pipeline thread into a chunk and
 //! hands the chunk to the worker when it holds a batch or the pipeline flushes (its queue ran
-//! dry, or 1024 events went by): [`Sink::write`] never waits on the network, and what does not fit in the worker's queue
-//! (`queue_events` records) is dropped and counted.
+//! dry, or 1024 events went by): [`Sink::write`] never waits on the network, and what does not
+//! fit in the worker's queue (`queue_events` records) is dropped and counted.
 use std::{
     io,
     sync::{

@@ -44,9 +44,9 @@ impl Cgroups {
         Cgroups { root, by_id: HashMap::new() }
     }
 
-    /// The cgroup with this id, if learned (id 0: unknown).
+    /// The cgroup with this id, if learned (never for id 0, unknown: [`Cgroups::learn`] skips it).
     pub fn get(&self, id: u64) -> Option<&Cgroup> {
-        self.by_id.get(&id).filter(|_| id != 0)
+        self.by_id.get(&id)
     }
 
     /// Learns `cgroup`, read from `/proc/<pid>/cgroup`, as the cgroup `id`, if its line is the

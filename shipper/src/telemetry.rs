@@ -44,6 +44,10 @@ pub struct SinkStats {
     pub queue_full: AtomicU64,
     /// Records that could not be delivered (after retries, where the sink retries).
     pub failed: AtomicU64,
+    /// Records the backend refused for good: an answer that retrying cannot change (a
+    /// non-retryable status, records a partial success names as rejected, a record larger
+    /// than a request may be).
+    pub rejected: AtomicU64,
     /// Delivery attempts that were retried.
     pub retries: AtomicU64,
 }
@@ -59,6 +63,8 @@ pub struct SinkSnapshot {
     pub queue_full: u64,
     /// See [`SinkStats::failed`].
     pub failed: u64,
+    /// See [`SinkStats::rejected`].
+    pub rejected: u64,
     /// See [`SinkStats::retries`].
     pub retries: u64,
 }
@@ -104,6 +110,7 @@ impl Counters {
                     delivered: s.delivered.load(Relaxed),
                     queue_full: s.queue_full.load(Relaxed),
                     failed: s.failed.load(Relaxed),
+                    rejected: s.rejected.load(Relaxed),
                     retries: s.retries.load(Relaxed),
                 })
                 .collect(),
@@ -159,7 +166,7 @@ impl Snapshot {
 
     /// Records the sinks dropped or could not deliver, all sinks together.
     pub fn sink_lost(&self) -> u64 {
-        self.sinks.iter().map(|s| s.queue_full + s.failed).sum()
+        self.sinks.iter().map(|s| s.queue_full + s.failed + s.rejected).sum()
     }
 }
 
@@ -179,8 +186,8 @@ impl fmt::Display for Snapshot {
         for s in &self.sinks {
             write!(
                 f,
-                " sink_{0}_delivered={1} sink_{0}_queue_full={2} sink_{0}_failed={3} sink_{0}_retries={4}",
-                s.name, s.delivered, s.queue_full, s.failed, s.retries
+                " sink_{0}_delivered={1} sink_{0}_queue_full={2} sink_{0}_failed={3} sink_{0}_rejected={4} sink_{0}_retries={5}",
+                s.name, s.delivered, s.queue_full, s.failed, s.rejected, s.retries
             )?;
         }
         let l = &self.latency;

@@ -3,7 +3,7 @@
 # Used by the README's commands and by .ci/run. Safe to run again: every step
 # checks first and does nothing when its piece is already there.
 #
-# Needs root (apt-get, mount). Versions are the ones verified in ../shared/TOOLCHAIN.md.
+# Needs root (apt-get, mount). Versions and why: docs/DEVELOPMENT.md.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }

@@ -1,5 +1,5 @@
 //! The journald sink end to end: ksense writes each event as a journal entry, and
-//! `journalctl -o json` finds it by the contract's fields (`../shared/EVENTS.md`, "The three
+//! `journalctl -o json` finds it by the contract's fields (`docs/EVENTS.md`, "The three
 //! renderings"). Starts a real `systemd-journald` when none runs, and leaves it running.
 use std::process::Command;
 

@@ -120,7 +120,7 @@ pub struct OutputConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
-    /// One JSON object per line (the format of EVENTS.md).
+    /// One JSON object per line (the format of docs/EVENTS.md).
     Json,
     /// One readable, coloured line per event.
     Pretty,

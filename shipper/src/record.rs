@@ -1,5 +1,5 @@
 //! The one shape every sink receives: an OpenTelemetry-style log record
-//! (`../shared/EVENTS.md`, "The three renderings").
+//! (`docs/EVENTS.md`, "The three renderings").
 use std::time::SystemTime;
 
 /// Severity of a record, in increasing order (`info`, `warn` in a configuration).

@@ -1,5 +1,5 @@
-//! Every attribute name ksense emits, defined here and nowhere else (the contract is
-//! `../shared/EVENTS.md`). Sinks map these names mechanically: OTLP keys as they are, journald
+//! Every attribute name ksense emits, defined here and nowhere else (documented for users
+//! in `docs/EVENTS.md`, which a test keeps in step with this file). Sinks map these names mechanically: OTLP keys as they are, journald
 //! fields upper-cased with `.` turned into `_`, JSON keys as they are.
 
 /// Thread-group id (what `ps` calls PID) of the acting process; for `process.fork`, the child.

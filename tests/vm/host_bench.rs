@@ -1,4 +1,4 @@
-//! The VM benchmark (issue 7): module load/unload on Debian 12's 6.1 kernel, beside no agent and
+//! The VM benchmark: module load/unload on Debian 12's 6.1 kernel, beside no agent and
 //! beside ksense in each attach mode, interleaved in pairs (`guest_bench.rs` runs it in the
 //! guest). The host kernel has no loadable modules, so this is the only place it can run.
 //!

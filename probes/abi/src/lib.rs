@@ -72,7 +72,7 @@ impl EventKind {
         }
     }
 
-    /// The event name of the contract (`../shared/EVENTS.md`), e.g. `process.fork`.
+    /// The event name of the contract (`docs/EVENTS.md`), e.g. `process.fork`.
     pub const fn name(self) -> &'static str {
         match self {
             EventKind::Fork => "process.fork",

@@ -1,4 +1,4 @@
-//! Throughput benchmarks of the user-space path (issue 7; figures in `docs/THROUGHPUT.md`).
+//! Throughput benchmarks of the user-space path (figures in `docs/THROUGHPUT.md`).
 //! They print, they do not assert speed: run them in release with
 //! `cargo test --release -p ksense --lib decode_json_throughput -- --ignored --nocapture`.
 //!

@@ -1,6 +1,6 @@
 //! journald over its native protocol: each record becomes one journal entry, sent as one
 //! datagram to journald's socket (`/run/systemd/journal/socket`), with the fields of
-//! `../shared/EVENTS.md` ("The three renderings"): `MESSAGE`, `PRIORITY`,
+//! `docs/EVENTS.md` ("The three renderings"): `MESSAGE`, `PRIORITY`,
 //! `SYSLOG_IDENTIFIER=ksense`, a `MESSAGE_ID` per event kind (explained by
 //! `packaging/ksense.catalog`), `KSENSE_EVENT`, `KSENSE_TIME`, `OBJECT_PID`, and every attribute
 //! under [`field_name`], an array as the same field repeated once per element.

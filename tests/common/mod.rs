@@ -69,6 +69,7 @@ fn require_root() {
 pub struct Ksense {
     child: Child,
     events: Arc<Mutex<Vec<Value>>>,
+    own: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -77,6 +78,8 @@ pub struct Ksense {
 pub struct Stopped {
     /// Every event it printed.
     pub events: Vec<Value>,
+    /// Every record it printed about itself (`ksense.loss`, `ksense.status`).
+    pub own: Vec<Value>,
     /// Its diagnostics.
     pub stderr: String,
     /// Its exit status.
@@ -126,19 +129,21 @@ impl Ksense {
             .spawn()
             .expect("cannot start ksense");
         let events = Arc::new(Mutex::new(Vec::new()));
+        let own = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
         let readers = vec![
             {
-                let events = events.clone();
+                let (events, own) = (events.clone(), own.clone());
                 std::thread::spawn(move || {
                     for line in BufReader::new(out).split(b'\n') {
                         let line = line.unwrap();
                         let value: Value = serde_json::from_slice(&line).unwrap_or_else(|e| {
                             panic!("ksense printed a line that is not JSON ({e}): {}", String::from_utf8_lossy(&line))
                         });
-                        events.lock().unwrap().push(value);
+                        let list = if is_own(&value) { &own } else { &events };
+                        list.lock().unwrap().push(value);
                     }
                 })
             },
@@ -154,7 +159,7 @@ impl Ksense {
                 })
             },
         ];
-        let mut ksense = Ksense { child, events, stderr, readers };
+        let mut ksense = Ksense { child, events, own, stderr, readers };
         let deadline = Instant::now() + event_timeout();
         while !ksense.stderr().contains("ksense is running") {
             if let Ok(Some(status)) = ksense.child.try_wait() {
@@ -210,6 +215,11 @@ impl Ksense {
         self.events.lock().unwrap().clone()
     }
 
+    /// Every record about itself (`ksense.loss`, `ksense.status`) printed so far.
+    pub fn own(&self) -> Vec<Value> {
+        self.own.lock().unwrap().clone()
+    }
+
     /// Sends `signal` (e.g. `libc::SIGHUP`) to ksense.
     pub fn signal(&self, signal: i32) {
         unsafe { libc::kill(self.child.id() as i32, signal) };
@@ -223,8 +233,9 @@ impl Ksense {
             reader.join().expect("an output reader panicked");
         }
         let events = std::mem::take(&mut *self.events.lock().unwrap());
+        let own = std::mem::take(&mut *self.own.lock().unwrap());
         let stderr = self.stderr();
-        Stopped { events, stderr, status }
+        Stopped { events, own, stderr, status }
     }
 }
 
@@ -238,6 +249,12 @@ impl Drop for Ksense {
 /// An attribute of an event.
 pub fn attr<'a>(event: &'a Value, name: &str) -> &'a Value {
     &event["attributes"][name]
+}
+
+/// Whether `record` is one ksense writes about itself (`ksense.loss`, `ksense.status`) rather
+/// than a kernel event.
+pub fn is_own(record: &Value) -> bool {
+    record["event.name"].as_str().is_some_and(|name| name.starts_with("ksense."))
 }
 
 /// Whether `event` is the named kind.

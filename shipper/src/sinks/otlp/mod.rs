@@ -5,7 +5,8 @@
 //! exports and retries. The sink encodes each record on the pipeline thread into a chunk and
 //! hands the chunk to the worker when it holds a batch or the pipeline flushes (its queue ran
 //! dry, or 1024 events went by): [`Sink::write`] never waits on the network, and what does not
-//! fit in the worker's queue (`queue_events` records) is dropped and counted.
+//! fit in the worker's queue (`queue_events` records, and the sink's share of the memory budget
+//! in bytes) is dropped and counted.
 use std::{
     io,
     sync::{
@@ -81,11 +82,18 @@ impl OtlpSink {
         if self.chunk.records == 0 {
             return;
         }
-        let chunk = std::mem::take(&mut self.chunk);
+        let mut chunk = std::mem::take(&mut self.chunk);
         let records = chunk.records as usize;
         if self.queued.load(Relaxed) + records > self.capacity {
             self.stats.queue_full.fetch_add(chunk.records, Relaxed);
             return;
+        }
+        match self.stats.held.try_charge(chunk.bytes.capacity()) {
+            Some(charge) => chunk.charge = charge,
+            None => {
+                self.stats.memory_budget.fetch_add(chunk.records, Relaxed);
+                return;
+            }
         }
         self.queued.fetch_add(records, Relaxed);
         if let Err(mpsc::error::SendError(chunk)) = queue.send(chunk) {

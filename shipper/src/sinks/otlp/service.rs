@@ -42,6 +42,8 @@ pub struct Chunk {
     pub bytes: Vec<u8>,
     /// How many.
     pub records: u64,
+    /// `bytes`, charged to the sink's share of the memory budget until the chunk is dropped.
+    pub charge: crate::budget::Charge,
 }
 
 /// Set once when ksense shuts down: until then a failing batch is retried; after it, retrying

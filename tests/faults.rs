@@ -1,8 +1,10 @@
 //! Faults under load, end to end with the real ksense, a real collector (rotel) and a real
 //! journald: a collector away for 30 s, journald killed and restarted, SIGHUP and SIGTERM in the
-//! middle of a burst, and a ring buffer overrun on purpose. In each, ksense keeps running (or
-//! exits cleanly when told to), and every event is either delivered or counted as lost: the
-//! counters of the final `ksense stopped:` line add up exactly. docs/FAULTS.md has the numbers.
+//! middle of a burst, a ring buffer overrun on purpose (reported in the stream as `ksense.loss`
+//! records), a stdout pipe nobody reads, and a flood of long command lines. In each, ksense
+//! keeps running (or exits cleanly when told to), and every event is either delivered or
+//! counted as lost: the counters of the final `ksense stopped:` line add up exactly.
+//! docs/FAULTS.md has the numbers.
 use std::{
     collections::HashSet,
     os::unix::process::CommandExt as _,
@@ -12,7 +14,7 @@ use std::{
 
 use ksense_e2e::{
     Ksense, Stopped, attr,
-    collector::{Collector, check_outage_accounting, free_port, small_queue_config},
+    collector::{Collector, Received, check_outage_accounting, free_port, small_queue_config},
     event_timeout, is, journald,
     load::Load,
     printed_hex, run_workload, temp_config, workload_bin,
@@ -252,6 +254,7 @@ const TOGGLER_UID: u32 = 64_123;
 #[test]
 fn ring_buffer_overrun_is_counted_exactly() {
     const N: u64 = 200_000;
+    let collector = Collector::start();
     let mut others = other_uids();
     others.retain(|&uid| uid != TOGGLER_UID);
     let uids: Vec<String> = others.iter().map(u32::to_string).collect();
@@ -261,8 +264,10 @@ fn ring_buffer_overrun_is_counted_exactly() {
             "[probes]\nfork = false\nexec = false\nexit = false\nmodule = false\n\
              [memory]\nreport = \"wx\"\ncoalesce_window_ms = 0\n\
              [limits]\nring_buffer_bytes = 65536\nqueue_events = 64\n\
-             [filters]\nexclude = {{ uid = [{}] }}\n{NO_JOURNALD}",
-            uids.join(", ")
+             [filters]\nexclude = {{ uid = [{}] }}\n{NO_JOURNALD}\
+             [sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\n",
+            uids.join(", "),
+            collector.grpc_port
         ),
     );
     let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
@@ -305,6 +310,179 @@ fn ring_buffer_overrun_is_counted_exactly() {
         "only memory-protection changes were lost: {}",
         stopped.stderr
     );
+
+    // The backend learns of the gap: ksense.loss records on stdout and over OTLP add up to
+    // the ring buffer's losses, and the status records of start and stop arrive.
+    let on_stdout = lost_in_json(&stopped.own, "ring_buffer", None);
+    assert_eq!(on_stdout, ring_lost, "ksense.loss records on stdout: {:?}", stopped.own);
+    let over_otlp = wait_for_otlp_losses(&collector, "ring_buffer", None, ring_lost);
+    assert_eq!(over_otlp, ring_lost, "ksense.loss records over OTLP");
+    for state in ["started", "stopping"] {
+        assert!(
+            stopped.own.iter().any(|r| is(r, "ksense.status") && attr(r, "ksense.status.state") == state),
+            "no ksense.status {state} on stdout: {:?}",
+            stopped.own
+        );
+        let printed = format!("Str({state})");
+        collector.wait_for(&format!("ksense.status {state}"), |r| {
+            r.event_name == "ksense.status" && r.attributes.get("ksense.status.state") == Some(&printed)
+        });
+    }
+    eprintln!("overrun: ksense.loss records report {on_stdout} lost in the ring buffer on stdout, {over_otlp} over OTLP");
+}
+
+/// The sum of `ksense.loss.count` of the `ksense.loss` JSON records of `cause` (and `sink`).
+fn lost_in_json(records: &[Value], cause: &str, sink: Option<&str>) -> u64 {
+    records
+        .iter()
+        .filter(|r| is(r, "ksense.loss") && attr(r, "ksense.loss.cause") == cause)
+        .filter(|r| sink.is_none_or(|sink| attr(r, "ksense.loss.sink") == sink))
+        .map(|r| attr(r, "ksense.loss.count").as_u64().unwrap_or_else(|| panic!("no count: {r}")))
+        .sum()
+}
+
+/// The sum of `ksense.loss.count` of the `ksense.loss` records of `cause` (and `sink`) the
+/// collector printed, once it is `expected` or after a timeout (rotel prints a batch after it
+/// has answered the export).
+fn wait_for_otlp_losses(collector: &Collector, cause: &str, sink: Option<&str>, expected: u64) -> u64 {
+    let (cause, sink) = (format!("Str({cause})"), sink.map(|s| format!("Str({s})")));
+    let sum = |records: Vec<Received>| -> u64 {
+        records
+            .iter()
+            .filter(|r| r.event_name == "ksense.loss" && r.attributes.get("ksense.loss.cause") == Some(&cause))
+            .filter(|r| sink.is_none() || r.attributes.get("ksense.loss.sink") == sink.as_ref())
+            .map(|r| {
+                let count = r.attributes.get("ksense.loss.count").unwrap_or_else(|| panic!("no count: {r:?}"));
+                count.strip_prefix("Int(").and_then(|c| c.strip_suffix(')')).and_then(|c| c.parse::<u64>().ok()).unwrap()
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + event_timeout();
+    loop {
+        let got = sum(collector.received());
+        if got == expected || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// ksense's stdout is a pipe nobody reads (the reader of `ksense run | reader` stopped): the
+/// pipe fills and the stdout sink blocks, but the OTLP sink keeps delivering, stdout's losses
+/// are counted (its queue is full) and reported to the collector, and SIGTERM still ends
+/// ksense with status 0.
+#[test]
+fn a_blocked_stdout_pipe_stalls_only_stdout() {
+    let collector = Collector::start();
+    let config = temp_config(
+        "faults-blocked-stdout",
+        &format!(
+            "[sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\n[limits]\nqueue_events = 64\n{NO_JOURNALD}",
+            collector.grpc_port
+        ),
+    );
+    let ksense = Ksense::start_with_stdout_unread(&["--config", config.to_str().unwrap()]);
+    let load = Load::start(&["fork-exit", "20"]);
+    let deadline = Instant::now() + event_timeout();
+    while !ksense.pipe_is_full() {
+        assert!(Instant::now() < deadline, "the stdout pipe never filled:\n{}", ksense.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A marker run now reaches the collector, with stdout blocked throughout. (Other tests'
+    // floods may be running: a marker can then be dropped, and counted, for OTLP too.)
+    let markers = first_marker_to_arrive("the collector with stdout blocked", |pid| {
+        let pid = format!("Int({pid})");
+        collector.received().iter().any(|r| r.event_name == "process.exit" && r.attributes.get("process.pid") == Some(&pid))
+    });
+    assert!(ksense.pipe_is_full(), "nobody read the pipe");
+    let runs = load.stop().len();
+    let started = Instant::now();
+    let stopped = ksense.stop();
+    let took = started.elapsed();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let queue_full = stopped.counter("sink_stdout_queue_full");
+    let reported = wait_for_otlp_losses(&collector, "queue_full", Some("stdout"), queue_full);
+    eprintln!(
+        "blocked stdout: {runs} runs of fork-exit 20, {markers} marker(s) until one was delivered over OTLP; stdout delivered {}, \
+         dropped {queue_full} (queue full), failed {} at stop; OTLP delivered {}; ksense.loss reported {reported} \
+         stdout drops; SIGTERM to exit {took:?}",
+        stopped.counter("sink_stdout_delivered"),
+        stopped.counter("sink_stdout_failed"),
+        stopped.counter("sink_otlp_delivered"),
+    );
+    assert!(queue_full > 0, "the blocked stdout's queue overflowed: {}", stopped.stderr);
+    assert_eq!(reported, queue_full, "the collector learned of every record stdout dropped");
+}
+
+/// The uid the flood runs as in [`peak_rss_under_a_long_argv_exec_flood`]: `nobody`.
+const FLOODER_UID: u32 = 65534;
+
+/// An unprivileged user execs a program with 16 KiB of argv 1,500 times, as fast as four
+/// threads can, while ksense (default limits and memory budget) writes JSON lines to stdout
+/// and exports over OTLP: ksense's peak RSS stays within its target, whatever the user sends.
+/// docs/BENCHMARKS.md has the figure.
+#[test]
+fn peak_rss_under_a_long_argv_exec_flood() {
+    const EXECS: usize = 1500;
+    let collector = Collector::start_discarding();
+    // Batches of 64 records of 33 KiB (argv, and the command line) stay under the receiver's
+    // 4 MiB request limit.
+    let config = temp_config(
+        "faults-flood",
+        &format!("[sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\nbatch_size = 64\n{NO_JOURNALD}", collector.grpc_port),
+    );
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+    // Idle: what it holds once running (its peak so far is loading the probes, which parses
+    // the kernel's BTF and frees it before any event flows).
+    let idle_kib = vm_kib(ksense.pid(), "VmRSS");
+    // 256 arguments of 63 bytes and a NUL: 16 KiB.
+    let argv: Vec<String> = (0..256).map(|i| format!("{i:05}-{}", "a".repeat(57))).collect();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..EXECS / 4 {
+                    let status = Command::new(workload_bin())
+                        .arg("marker")
+                        .args(&argv)
+                        .uid(FLOODER_UID)
+                        .gid(FLOODER_UID)
+                        .stdout(Stdio::null())
+                        .status()
+                        .unwrap();
+                    assert!(status.success());
+                }
+            });
+        }
+    });
+    let flood = started.elapsed();
+    let stopped = ksense.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let peak_kib = stopped.counter("peak_rss_kib");
+    eprintln!(
+        "long-argv flood: {EXECS} execs of 16 KiB argv as uid {FLOODER_UID} in {flood:?}; ksense peak RSS {} MiB \
+         (idle after start {} MiB resident); {} events written, lost {} before the sinks, OTLP delivered {} dropped {} \
+         (memory budget {}), stdout delivered {}",
+        peak_kib / 1024,
+        idle_kib / 1024,
+        stopped.counter("events_written"),
+        stopped.counter("lost_total"),
+        stopped.counter("sink_otlp_delivered"),
+        stopped.counter("sink_otlp_queue_full"),
+        stopped.counter("sink_otlp_memory_budget"),
+        stopped.counter("sink_stdout_delivered"),
+    );
+    assert!(idle_kib <= 30 * 1024, "idle RSS {idle_kib} KiB is over 30 MiB");
+    assert!(peak_kib <= 64 * 1024, "peak RSS {peak_kib} KiB under the flood is over 64 MiB: {}", stopped.stderr);
+}
+
+/// A `Vm*` figure of `/proc/<pid>/status`, KiB.
+fn vm_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
 /// Every uid in /etc/passwd and every effective uid running a process now.

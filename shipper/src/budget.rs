@@ -7,7 +7,7 @@
 //! used up the reader pauses and events wait in the ring buffer (nothing is lost there while
 //! the ring buffer has room). The other three quarters are shared out equally among the sinks:
 //! what a sink holds (records in its queue; for OTLP also the encoded records waiting for
-//! export) is charged to its share, and a record that would go beyond it is dropped for that
+//! export or being exported) is charged to its share, and a record that would go beyond it is dropped for that
 //! sink and counted as `memory_budget`. The kernel ring buffer is not part of the budget.
 use std::sync::{
     Arc,
@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// The default of `[limits] memory_budget_bytes`.
-pub const DEFAULT_BYTES: usize = 32 << 20;
+pub const DEFAULT_BYTES: usize = 24 << 20;
 
 /// The part of the budget for events between the reader and the pipeline: `total` / 4.
 pub fn events_share(total: usize) -> usize {

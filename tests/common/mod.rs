@@ -68,6 +68,9 @@ fn require_root() {
 /// A running ksense and what it has printed so far.
 pub struct Ksense {
     child: Child,
+    /// ksense's stdout when nobody reads it ([`Ksense::start_with_stdout_unread`]): kept open,
+    /// so the pipe fills rather than breaks.
+    unread_stdout: Option<std::process::ChildStdout>,
     events: Arc<Mutex<Vec<Value>>>,
     own: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
@@ -118,6 +121,29 @@ impl Ksense {
 
     /// [`Ksense::start`] with extra environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Ksense {
+        Ksense::spawn(extra, env, true)
+    }
+
+    /// [`Ksense::start`], but nobody reads ksense's stdout: the pipe fills up and ksense's
+    /// writes to it block, as when the reader of `ksense run | reader` stops reading.
+    /// [`Ksense::pipe_is_full`] says when it has.
+    pub fn start_with_stdout_unread(extra: &[&str]) -> Ksense {
+        Ksense::spawn(extra, &[], false)
+    }
+
+    /// Whether ksense's unread stdout pipe is full.
+    pub fn pipe_is_full(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let fd = self.unread_stdout.as_ref().expect("stdout is read").as_raw_fd();
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int; F_GETPIPE_SZ takes no argument.
+        let (read, size) = unsafe { (libc::ioctl(fd, libc::FIONREAD, &mut queued), libc::fcntl(fd, libc::F_GETPIPE_SZ)) };
+        assert!(read == 0 && size > 0, "cannot query ksense's stdout pipe");
+        // A blocked writer leaves less than a page free.
+        queued > size - 4096
+    }
+
+    fn spawn(extra: &[&str], env: &[(&str, &str)], read_stdout: bool) -> Ksense {
         require_root();
         let mut child = Command::new(ksense_bin())
             .args(["run", "--output", "json"])
@@ -133,8 +159,9 @@ impl Ksense {
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
-        let readers = vec![
-            {
+        let (out, unread_stdout) = if read_stdout { (Some(out), None) } else { (None, Some(out)) };
+        let readers = out
+            .map(|out| {
                 let (events, own) = (events.clone(), own.clone());
                 std::thread::spawn(move || {
                     for line in BufReader::new(out).split(b'\n') {
@@ -146,8 +173,9 @@ impl Ksense {
                         list.lock().unwrap().push(value);
                     }
                 })
-            },
-            {
+            })
+            .into_iter()
+            .chain([{
                 let stderr = stderr.clone();
                 std::thread::spawn(move || {
                     for line in BufReader::new(err).lines() {
@@ -157,9 +185,9 @@ impl Ksense {
                         s.push('\n');
                     }
                 })
-            },
-        ];
-        let mut ksense = Ksense { child, events, own, stderr, readers };
+            }])
+            .collect();
+        let mut ksense = Ksense { child, unread_stdout, events, own, stderr, readers };
         let deadline = Instant::now() + event_timeout();
         while !ksense.stderr().contains("ksense is running") {
             if let Ok(Some(status)) = ksense.child.try_wait() {
@@ -173,6 +201,11 @@ impl Ksense {
             std::thread::sleep(Duration::from_millis(20));
         }
         ksense
+    }
+
+    /// ksense's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Diagnostics so far.

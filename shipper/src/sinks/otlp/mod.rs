@@ -30,6 +30,11 @@ use config::OtlpSettings;
 use encoder::Encoder;
 use service::{Chunk, Closing};
 
+/// A chunk is handed to the worker once it holds this many bytes, even short of a batch: the
+/// bytes are charged to the sink's share of the memory budget, which a batch of long command
+/// lines (512 of 32 KiB) would not fit in whole.
+const CHUNK_BYTES: usize = 1 << 20;
+
 /// How long, at shutdown, queued records may still be retried before they count as failed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -114,7 +119,7 @@ impl Sink for OtlpSink {
         }
         self.encoder.encode(record, &mut self.chunk.bytes);
         self.chunk.records += 1;
-        if self.chunk.records >= self.chunk_records {
+        if self.chunk.records >= self.chunk_records || self.chunk.bytes.len() >= CHUNK_BYTES {
             self.hand_over();
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Faults under load, end to end with the real ksense, a real collector (rotel) and a real
 //! journald: a collector away for 30 s, journald killed and restarted, SIGHUP and SIGTERM in the
 //! middle of a burst, a ring buffer overrun on purpose (reported in the stream as `ksense.loss`
-//! records), a stdout pipe nobody reads, and a flood of long command lines. In each, ksense
+//! records), and a stdout pipe nobody reads. In each, ksense
 //! keeps running (or exits cleanly when told to), and every event is either delivered or
 //! counted as lost: the counters of the final `ksense stopped:` line add up exactly.
 //! docs/FAULTS.md has the numbers.
@@ -244,7 +244,8 @@ fn sigterm_under_load_ships_what_was_read() {
 const TOGGLER_UID: u32 = 64_123;
 
 /// A 64 KiB ring buffer overrun on purpose by 400,000 uncoalesced memory-protection changes:
-/// what arrived plus what was counted lost is exactly what the toggler did.
+/// what arrived plus what was counted lost is exactly what the toggler did, and the backend
+/// (stdout and an OTLP collector) learns of the ring buffer's losses from `ksense.loss` records.
 ///
 /// Loss counters are per event kind, not per process, so the equation only holds if no other
 /// process's memory-protection change was lost. To make that so rather than likely, the toggler
@@ -293,16 +294,18 @@ fn ring_buffer_overrun_is_counted_exactly() {
     }
     let delivered: u64 = changes.iter().map(|e| attr(e, "ksense.event.count").as_u64().unwrap()).sum();
     let ring_lost = stopped.counter("lost_ring_buffer_process_memory_protect");
-    // Everything counted lost before the sinks: the ring buffer's losses and any after reading.
+    // Everything counted lost: before the sinks (the ring buffer's losses and any after
+    // reading), and what the stdout sink dropped (it falls behind: its queue holds 64 records).
     let lost = stopped.counter("lost_total");
+    let dropped = ["queue_full", "memory_budget", "failed"].map(|c| stopped.counter(&format!("sink_stdout_{c}"))).iter().sum::<u64>();
     eprintln!(
         "overrun: {} changes made, {delivered} delivered ({} events), {lost} counted lost of which {ring_lost} in the \
-         ring buffer; {} ns per mprotect",
+         ring buffer, {dropped} dropped by stdout; {} ns per mprotect",
         2 * N,
         changes.len(),
         printed_hex(&out, "ns_per_call")
     );
-    assert_eq!(delivered + lost, 2 * N, "{}", stopped.stderr);
+    assert_eq!(delivered + lost + dropped, 2 * N, "{}", stopped.stderr);
     assert!(ring_lost > 0, "the 64 KiB ring buffer was not overrun: {}", stopped.stderr);
     assert_eq!(
         stopped.counter("lost_ring_buffer"),
@@ -414,76 +417,6 @@ fn a_blocked_stdout_pipe_stalls_only_stdout() {
     assert_eq!(reported, queue_full, "the collector learned of every record stdout dropped");
 }
 
-/// The uid the flood runs as in [`peak_rss_under_a_long_argv_exec_flood`]: `nobody`.
-const FLOODER_UID: u32 = 65534;
-
-/// An unprivileged user execs a program with 16 KiB of argv 1,500 times, as fast as four
-/// threads can, while ksense (default limits and memory budget) writes JSON lines to stdout
-/// and exports over OTLP: ksense's peak RSS stays within its target, whatever the user sends.
-/// docs/BENCHMARKS.md has the figure.
-#[test]
-fn peak_rss_under_a_long_argv_exec_flood() {
-    const EXECS: usize = 1500;
-    let collector = Collector::start_discarding();
-    // Batches of 64 records of 33 KiB (argv, and the command line) stay under the receiver's
-    // 4 MiB request limit.
-    let config = temp_config(
-        "faults-flood",
-        &format!("[sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\nbatch_size = 64\n{NO_JOURNALD}", collector.grpc_port),
-    );
-    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
-    // Idle: what it holds once running (its peak so far is loading the probes, which parses
-    // the kernel's BTF and frees it before any event flows).
-    let idle_kib = vm_kib(ksense.pid(), "VmRSS");
-    // 256 arguments of 63 bytes and a NUL: 16 KiB.
-    let argv: Vec<String> = (0..256).map(|i| format!("{i:05}-{}", "a".repeat(57))).collect();
-    let started = Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..4 {
-            scope.spawn(|| {
-                for _ in 0..EXECS / 4 {
-                    let status = Command::new(workload_bin())
-                        .arg("marker")
-                        .args(&argv)
-                        .uid(FLOODER_UID)
-                        .gid(FLOODER_UID)
-                        .stdout(Stdio::null())
-                        .status()
-                        .unwrap();
-                    assert!(status.success());
-                }
-            });
-        }
-    });
-    let flood = started.elapsed();
-    let stopped = ksense.stop();
-    assert!(stopped.status.success(), "{}", stopped.stderr);
-    let peak_kib = stopped.counter("peak_rss_kib");
-    eprintln!(
-        "long-argv flood: {EXECS} execs of 16 KiB argv as uid {FLOODER_UID} in {flood:?}; ksense peak RSS {} MiB \
-         (idle after start {} MiB resident); {} events written, lost {} before the sinks, OTLP delivered {} dropped {} \
-         (memory budget {}), stdout delivered {}",
-        peak_kib / 1024,
-        idle_kib / 1024,
-        stopped.counter("events_written"),
-        stopped.counter("lost_total"),
-        stopped.counter("sink_otlp_delivered"),
-        stopped.counter("sink_otlp_queue_full"),
-        stopped.counter("sink_otlp_memory_budget"),
-        stopped.counter("sink_stdout_delivered"),
-    );
-    assert!(idle_kib <= 30 * 1024, "idle RSS {idle_kib} KiB is over 30 MiB");
-    assert!(peak_kib <= 64 * 1024, "peak RSS {peak_kib} KiB under the flood is over 64 MiB: {}", stopped.stderr);
-}
-
-/// A `Vm*` figure of `/proc/<pid>/status`, KiB.
-fn vm_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-}
 
 /// Every uid in /etc/passwd and every effective uid running a process now.
 fn other_uids() -> Vec<u32> {

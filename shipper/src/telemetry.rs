@@ -300,9 +300,9 @@ const SUB_BUCKETS: u32 = 4;
 const LATENCY_BUCKETS: usize = 41 * SUB_BUCKETS as usize;
 
 /// A histogram of how long events took from the kernel (the event's own time stamp) to having
-/// been handed to every sink, in log-spaced microsecond buckets: recording is one atomic add,
-/// with no allocation and no lock on the event path. For a sink that queues (OTLP) "handed"
-/// means queued for export; journald, file and stdout have written the event by then.
+/// been offered to every sink's queue, in log-spaced microsecond buckets: recording is one
+/// atomic add, with no allocation and no lock on the event path. Each sink writes from its
+/// queue on its own thread, so a sink that is behind adds its own delay after this.
 #[derive(Debug)]
 pub struct Latency {
     buckets: [AtomicU64; LATENCY_BUCKETS],

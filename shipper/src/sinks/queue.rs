@@ -56,6 +56,9 @@ struct State {
     abandoned: bool,
     /// The kind of the record being written now, if one is.
     writing: Option<Option<EventKind>>,
+    /// The thread waits for a record: an offer must wake it (and only then, as a wakeup is a
+    /// system call).
+    idle: bool,
 }
 
 /// The queue a sink's thread drains.
@@ -151,8 +154,11 @@ impl Worker {
         };
         state.own += usize::from(kind.is_none());
         state.records.push_back(Queued { record: record.clone(), kind, _charge: charge });
+        let wake = std::mem::take(&mut state.idle);
         drop(state);
-        self.queue.changed.notify_all();
+        if wake {
+            self.queue.changed.notify_all();
+        }
         Offered::Queued
     }
 
@@ -235,6 +241,7 @@ fn drain(mut sink: Box<dyn Sink>, queue: &Queue, reader_gone: &AtomicBool) {
                 if state.closing {
                     break Step::Close;
                 }
+                state.idle = true;
                 state = queue.changed.wait(state).unwrap_or_else(|e| e.into_inner());
             }
         };

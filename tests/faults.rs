@@ -245,7 +245,8 @@ const TOGGLER_UID: u32 = 64_123;
 
 /// A 64 KiB ring buffer overrun on purpose by 400,000 uncoalesced memory-protection changes:
 /// what arrived plus what was counted lost is exactly what the toggler did, and the backend
-/// (stdout and an OTLP collector) learns of the ring buffer's losses from `ksense.loss` records.
+/// (stdout and an OTLP collector) learns of the ring buffer's losses from `ksense.loss` records,
+/// and gets `ksense.status` records at start, every second (`status_interval_s = 1`) and at stop.
 ///
 /// Loss counters are per event kind, not per process, so the equation only holds if no other
 /// process's memory-protection change was lost. To make that so rather than likely, the toggler
@@ -266,7 +267,7 @@ fn ring_buffer_overrun_is_counted_exactly() {
              [memory]\nreport = \"wx\"\ncoalesce_window_ms = 0\n\
              [limits]\nring_buffer_bytes = 65536\nqueue_events = 64\n\
              [filters]\nexclude = {{ uid = [{}] }}\n{NO_JOURNALD}\
-             [sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\n",
+             [sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\n[telemetry]\nstatus_interval_s = 1\n",
             uids.join(", "),
             collector.grpc_port
         ),
@@ -284,6 +285,12 @@ fn ring_buffer_overrun_is_counted_exactly() {
     assert!(out.status.success(), "the toggler failed: {:?}", out.status);
     let out = String::from_utf8(out.stdout).unwrap();
     let page = format!("{:#x}", printed_hex(&out, "page"));
+    // The heartbeat comes every second whatever the load.
+    let deadline = Instant::now() + event_timeout();
+    while !ksense.own().iter().any(|r| is(r, "ksense.status") && attr(r, "ksense.status.state") == "running") {
+        assert!(Instant::now() < deadline, "no ksense.status running on stdout:\n{}", ksense.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let stopped = ksense.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 
@@ -320,7 +327,7 @@ fn ring_buffer_overrun_is_counted_exactly() {
     assert_eq!(on_stdout, ring_lost, "ksense.loss records on stdout: {:?}", stopped.own);
     let over_otlp = wait_for_otlp_losses(&collector, "ring_buffer", None, ring_lost);
     assert_eq!(over_otlp, ring_lost, "ksense.loss records over OTLP");
-    for state in ["started", "stopping"] {
+    for state in ["started", "running", "stopping"] {
         assert!(
             stopped.own.iter().any(|r| is(r, "ksense.status") && attr(r, "ksense.status.state") == state),
             "no ksense.status {state} on stdout: {:?}",

@@ -455,6 +455,30 @@ mod tests {
     }
 
     #[test]
+    fn ksense_own_records_have_their_message_ids_and_no_object_pid() {
+        let key = crate::loss::LossKey { cause: crate::loss::Cause::RingBuffer, kind: Some(EventKind::Exec), sink: None };
+        let fields = encoded(&crate::loss::loss_record(key, 12, 7));
+        assert_eq!(one(&fields, "KSENSE_EVENT"), "ksense.loss");
+        assert_eq!(one(&fields, "MESSAGE_ID"), KSENSE_LOSS_MESSAGE_ID);
+        assert_eq!(one(&fields, "PRIORITY"), "4");
+        assert_eq!(one(&fields, "KSENSE_LOSS_CAUSE"), "ring_buffer");
+        assert_eq!(one(&fields, "KSENSE_LOSS_COUNT"), "12");
+        assert!(values(&fields, "OBJECT_PID").is_empty());
+        let probes = ["process.exec=tp_btf/sched_process_exec".to_owned()];
+        let status = crate::loss::Status {
+            state: crate::loss::State::Running,
+            events_read: 1,
+            events_written: 1,
+            lost_total: 0,
+            probes: &probes,
+        };
+        let fields = encoded(&crate::loss::status_record(&status, 1));
+        assert_eq!(one(&fields, "MESSAGE_ID"), KSENSE_STATUS_MESSAGE_ID);
+        assert_eq!(one(&fields, "KSENSE_STATUS_STATE"), "running");
+        assert_eq!(values(&fields, "KSENSE_STATUS_PROBES"), [probes[0].as_bytes()]);
+    }
+
+    #[test]
     fn arrays_are_repeated_fields_in_order() {
         let argv: Vec<String> = ["marker", "b", "a", "a", ""].map(String::from).to_vec();
         let fields = encoded(&exec_record(argv.clone()));

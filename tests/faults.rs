@@ -394,7 +394,7 @@ fn a_blocked_stdout_pipe_stalls_only_stdout() {
     let ksense = Ksense::start_with_stdout_unread(&["--config", config.to_str().unwrap()]);
     let load = Load::start(&["fork-exit", "20"]);
     let deadline = Instant::now() + event_timeout();
-    while !ksense.pipe_is_full() {
+    while !ksense.stdout_is_blocked() {
         assert!(Instant::now() < deadline, "the stdout pipe never filled:\n{}", ksense.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -404,7 +404,7 @@ fn a_blocked_stdout_pipe_stalls_only_stdout() {
         let pid = format!("Int({pid})");
         collector.received().iter().any(|r| r.event_name == "process.exit" && r.attributes.get("process.pid") == Some(&pid))
     });
-    assert!(ksense.pipe_is_full(), "nobody read the pipe");
+    assert!(ksense.stdout_is_blocked(), "nobody read the pipe");
     let runs = load.stop().len();
     let started = Instant::now();
     let stopped = ksense.stop();

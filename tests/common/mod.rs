@@ -126,21 +126,24 @@ impl Ksense {
 
     /// [`Ksense::start`], but nobody reads ksense's stdout: the pipe fills up and ksense's
     /// writes to it block, as when the reader of `ksense run | reader` stops reading.
-    /// [`Ksense::pipe_is_full`] says when it has.
+    /// [`Ksense::stdout_is_blocked`] says when it has.
     pub fn start_with_stdout_unread(extra: &[&str]) -> Ksense {
         Ksense::spawn(extra, &[], false)
     }
 
-    /// Whether ksense's unread stdout pipe is full.
-    pub fn pipe_is_full(&self) -> bool {
+    /// Whether ksense's writes to its unread stdout pipe block: the pipe holds data, and a
+    /// thread of ksense waits in the kernel's pipe write (`pipe_write`, `anon_pipe_write`; its other
+    /// pipe, stderr, is read all along).
+    pub fn stdout_is_blocked(&self) -> bool {
         use std::os::fd::AsRawFd;
         let fd = self.unread_stdout.as_ref().expect("stdout is read").as_raw_fd();
         let mut queued: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int; F_GETPIPE_SZ takes no argument.
         let (read, size) = unsafe { (libc::ioctl(fd, libc::FIONREAD, &mut queued), libc::fcntl(fd, libc::F_GETPIPE_SZ)) };
         assert!(read == 0 && size > 0, "cannot query ksense's stdout pipe");
-        // A blocked writer leaves less than a page free.
-        queued > size - 4096
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).into_iter().flatten().flatten();
+        let waiting = tasks.filter_map(|t| std::fs::read_to_string(t.path().join("wchan")).ok()).any(|w| w.ends_with("pipe_write"));
+        queued > size / 2 && waiting
     }
 
     fn spawn(extra: &[&str], env: &[(&str, &str)], read_stdout: bool) -> Ksense {

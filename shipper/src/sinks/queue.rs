@@ -31,8 +31,9 @@ pub const MAX_BATCH: usize = 1024;
 /// Room in every queue for ksense's own records, beyond `queue_events`.
 pub const OWN_RESERVE: usize = 256;
 
-/// How long closing waits for a sink to deliver what it holds (the OTLP sink retries for up to
-/// 5 s of it). A sink still blocked then is left behind and what it held is counted as failed.
+/// How long closing waits for a sink that makes no progress (writes nothing) to deliver what it
+/// holds (the OTLP sink retries for up to 5 s of it). A sink still blocked then is left behind
+/// and what it held is counted as failed; one that is slow but writing is waited for.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One record waiting in a queue.
@@ -59,6 +60,8 @@ struct State {
     /// The thread waits for a record: an offer must wake it (and only then, as a wakeup is a
     /// system call).
     idle: bool,
+    /// When the thread last finished a write, or closing started if later.
+    progressed: Option<Instant>,
 }
 
 /// The queue a sink's thread drains.
@@ -164,17 +167,24 @@ impl Worker {
 
     /// Starts closing: the thread delivers what is queued, closes the sink and ends.
     pub fn start_closing(&self) {
-        self.queue.lock().closing = true;
+        let mut state = self.queue.lock();
+        if !state.closing {
+            state.closing = true;
+            state.progressed = Some(Instant::now());
+        }
+        drop(state);
         self.queue.changed.notify_all();
     }
 
-    /// Waits until the thread has closed the sink, or `deadline`; a sink still blocked then is
-    /// left behind, and what it held (queued, and the record it is writing) counts as failed.
-    pub fn finish(mut self, deadline: Instant) {
+    /// Waits until the thread has closed the sink, or has made no progress for `patience`; a
+    /// sink still blocked then is left behind, and what it held (queued, and the record it is
+    /// writing) counts as failed.
+    pub fn finish(mut self, patience: Duration) {
         self.start_closing();
         let mut state = self.queue.lock();
         while !state.done {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let since = state.progressed.unwrap_or_else(Instant::now);
+            let left = (since + patience).saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
@@ -193,7 +203,11 @@ impl Worker {
                     }
                 }
             }
-            tracing::warn!(sink = self.name, records = held.len(), "the sink did not finish in {CLOSE_TIMEOUT:?}: what it held is counted as failed");
+            tracing::warn!(
+                sink = self.name,
+                records = held.len(),
+                "the sink made no progress for {patience:?} while closing: what it held is counted as failed"
+            );
             // The thread is blocked in the sink: it is left behind, detached.
             drop(self.thread.take());
             return;
@@ -207,12 +221,11 @@ impl Worker {
     }
 }
 
-/// Closes `workers`: all start closing at once, then each is waited for, up to
-/// [`CLOSE_TIMEOUT`] in all.
+/// Closes `workers`: all start closing at once, then each is waited for while it makes
+/// progress (a blocked one for [`CLOSE_TIMEOUT`] at most, all of them in the same 10 s).
 pub fn close_all(workers: Vec<Worker>) {
     workers.iter().for_each(Worker::start_closing);
-    let deadline = Instant::now() + CLOSE_TIMEOUT;
-    workers.into_iter().for_each(|w| w.finish(deadline));
+    workers.into_iter().for_each(|w| w.finish(CLOSE_TIMEOUT));
 }
 
 /// What the thread does next.
@@ -250,6 +263,9 @@ fn drain(mut sink: Box<dyn Sink>, queue: &Queue, reader_gone: &AtomicBool) {
                 let result = sink.write(&queued.record);
                 let mut state = queue.lock();
                 state.writing = None;
+                if state.closing {
+                    state.progressed = Some(Instant::now());
+                }
                 if state.abandoned {
                     return;
                 }
@@ -302,12 +318,13 @@ mod tests {
     use std::sync::atomic::Ordering::Relaxed;
 
     /// Counts what it is given: records written, and how many were written before each flush;
-    /// `blocked` holds every write until it is cleared.
+    /// `blocked` holds every write until it is cleared; each write takes `delay`.
     #[derive(Clone, Default)]
-    pub(crate) struct Recorder {
-        pub written: Arc<Mutex<usize>>,
-        pub flushed_at: Arc<Mutex<Vec<usize>>>,
-        pub blocked: Arc<AtomicBool>,
+    struct Recorder {
+        written: Arc<Mutex<usize>>,
+        flushed_at: Arc<Mutex<Vec<usize>>>,
+        blocked: Arc<AtomicBool>,
+        delay: Duration,
     }
 
     impl Sink for Recorder {
@@ -318,6 +335,7 @@ mod tests {
             while self.blocked.load(Relaxed) {
                 std::thread::sleep(Duration::from_millis(1));
             }
+            std::thread::sleep(self.delay);
             *self.written.lock().unwrap() += 1;
             Ok(())
         }
@@ -348,7 +366,7 @@ mod tests {
         worker.start_closing();
         let sink = Recorder::default();
         let worker = worker.run(Box::new(sink.clone()), Arc::default()).unwrap();
-        worker.finish(Instant::now() + CLOSE_TIMEOUT);
+        worker.finish(CLOSE_TIMEOUT);
         assert_eq!(*sink.written.lock().unwrap(), 3 * MAX_BATCH);
         assert_eq!(*sink.flushed_at.lock().unwrap(), [MAX_BATCH, 2 * MAX_BATCH, 3 * MAX_BATCH, 3 * MAX_BATCH], "after each batch, and at close");
         assert_eq!(stats.held.used(), 0, "every record's bytes are released once written");
@@ -394,9 +412,25 @@ mod tests {
             worker.offer(&record, Some(EventKind::Exit), 10);
         }
         let started = Instant::now();
-        worker.finish(Instant::now() + Duration::from_millis(300));
+        worker.finish(Duration::from_millis(300));
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(stats.failed_by_kind.read()[EventKind::Exit as usize - 1], 3, "the one being written and the two queued");
         sink.blocked.store(false, Relaxed);
+    }
+
+    /// A sink that is slow but writing is waited for at close, however long it takes in all.
+    #[test]
+    fn a_slow_sink_that_makes_progress_is_waited_for() {
+        let stats = Arc::new(SinkStats::default());
+        let sink = Recorder { delay: Duration::from_millis(20), ..Recorder::default() };
+        let worker = Worker::start(Box::new(sink.clone()), stats.clone(), 20, Arc::default()).unwrap();
+        let record = record();
+        for _ in 0..20 {
+            worker.offer(&record, Some(EventKind::Exit), 10);
+        }
+        // 400 ms of writes in all, never 100 ms without one.
+        worker.finish(Duration::from_millis(100));
+        assert_eq!(*sink.written.lock().unwrap(), 20);
+        assert_eq!(stats.failed_by_kind.read(), [0; EventKind::ALL.len()]);
     }
 }

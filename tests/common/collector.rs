@@ -140,7 +140,7 @@ pub struct OutageTotals {
     pub written: u64,
     /// `sink_otlp_delivered`.
     pub delivered: u64,
-    /// `sink_otlp_queue_full`: dropped while the collector was away.
+    /// `sink_otlp_queue_full` + `sink_otlp_memory_budget`: dropped while the collector was away.
     pub dropped: u64,
     /// `sink_otlp_failed`.
     pub failed: u64,
@@ -157,7 +157,7 @@ pub fn check_outage_accounting(stopped: &crate::Stopped, collector: &Collector) 
     let totals = OutageTotals {
         written: stopped.counter("events_written") + stopped.counter("own_records"),
         delivered: stopped.counter("sink_otlp_delivered"),
-        dropped: stopped.counter("sink_otlp_queue_full"),
+        dropped: stopped.counter("sink_otlp_queue_full") + stopped.counter("sink_otlp_memory_budget"),
         failed: stopped.counter("sink_otlp_failed"),
         retries: stopped.counter("sink_otlp_retries"),
     };

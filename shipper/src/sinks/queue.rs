@@ -121,7 +121,7 @@ impl Worker {
         let queue = self.queue.clone();
         self.thread = Some(
             std::thread::Builder::new()
-                .name(format!("ksense-{}", self.name))
+                .name(format!("sink-{}", self.name))
                 .spawn(move || drain(sink, &queue, &reader_gone))?,
         );
         Ok(self)

@@ -168,3 +168,47 @@ impl Output {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use ksense_abi::Hook;
+
+    use super::*;
+    use crate::{
+        decode::fork::ProcessFork,
+        event::{Detail, Process},
+    };
+
+    fn fork() -> Event {
+        Event {
+            seq: 1,
+            time: SystemTime::now(),
+            observed_time: SystemTime::now(),
+            hook: Hook::TpBtfTaskNewtask,
+            process: Process::default(),
+            detail: Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0 }),
+        }
+    }
+
+    /// With the events' share of the memory budget used up, the reader keeps its event (it is
+    /// not dropped) and sends it as soon as the pipeline releases bytes.
+    #[tokio::test]
+    async fn a_full_budget_pauses_the_reader_without_loss() {
+        let budget = Arc::new(Budget::new(1000));
+        let held = budget.try_charge(1000).unwrap();
+        let (queue, mut pipeline) = mpsc::channel(4);
+        let mut out = Output { queue, counters: Arc::default(), budget: budget.clone(), pending: Some(fork()) };
+        let send = out.send_pending();
+        tokio::pin!(send);
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut send).await.is_err(), "waits while the budget is full");
+        drop(held);
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), send).await.expect("sent once bytes are released"), Flow::Continue);
+        let Some(Input::Event(event, charge)) = pipeline.recv().await else { panic!("no event") };
+        assert_eq!(event.seq, 1);
+        assert_eq!(budget.used(), event_bytes(&event));
+        drop(charge);
+        assert_eq!(budget.used(), 0);
+    }
+}

@@ -1,8 +1,10 @@
 //! Faults under load, end to end with the real ksense, a real collector (rotel) and a real
 //! journald: a collector away for 30 s, journald killed and restarted, SIGHUP and SIGTERM in the
-//! middle of a burst, and a ring buffer overrun on purpose. In each, ksense keeps running (or
-//! exits cleanly when told to), and every event is either delivered or counted as lost: the
-//! counters of the final `ksense stopped:` line add up exactly. docs/FAULTS.md has the numbers.
+//! middle of a burst, a ring buffer overrun on purpose (reported in the stream as `ksense.loss`
+//! records), and a stdout pipe nobody reads. In each, ksense
+//! keeps running (or exits cleanly when told to), and every event is either delivered or
+//! counted as lost: the counters of the final `ksense stopped:` line add up exactly.
+//! docs/FAULTS.md has the numbers.
 use std::{
     collections::HashSet,
     os::unix::process::CommandExt as _,
@@ -12,7 +14,7 @@ use std::{
 
 use ksense_e2e::{
     Ksense, Stopped, attr,
-    collector::{Collector, check_outage_accounting, free_port, small_queue_config},
+    collector::{Collector, Received, check_outage_accounting, free_port, small_queue_config},
     event_timeout, is, journald,
     load::Load,
     printed_hex, run_workload, temp_config, workload_bin,
@@ -151,6 +153,8 @@ fn journald_killed_and_restarted_under_load() {
     let stopped = ksense.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
     let written = stopped.counter("events_written");
+    // Every sink is offered the events and ksense's records about itself.
+    let offered = written + stopped.counter("own_records");
     let delivered = stopped.counter("sink_journald_delivered");
     let failed = stopped.counter("sink_journald_failed");
     let dropped = stopped.counter("sink_journald_queue_full");
@@ -161,10 +165,10 @@ fn journald_killed_and_restarted_under_load() {
          {failed} failed, {dropped} dropped; said away {went_away}x, back {came_back}x; {markers} marker(s) until one \
          was in the journal"
     );
-    assert_eq!(delivered + failed + dropped, written, "every event is delivered to journald or counted");
+    assert_eq!(delivered + failed + dropped, offered, "every record is delivered to journald or counted");
     assert!(failed > 0, "the marker's entry while journald was away must count as failed");
     assert_eq!((went_away, came_back), (1, 1), "one outage, said once each way:\n{}", stopped.stderr);
-    assert_eq!(stopped.counter("sink_stdout_delivered"), written, "stdout got every event all along");
+    assert_eq!(stopped.counter("sink_stdout_delivered"), offered, "stdout got every record all along");
     journald::ensure();
 }
 
@@ -201,7 +205,7 @@ fn sighup_under_load_loses_nothing() {
     );
     assert_eq!(stopped.counter("lost_total"), 0, "{}", stopped.stderr);
     assert_eq!(written, read - filtered, "{}", stopped.stderr);
-    assert_eq!(stopped.events.len() as u64, stopped.counter("sink_stdout_delivered"));
+    assert_eq!((stopped.events.len() + stopped.own.len()) as u64, stopped.counter("sink_stdout_delivered"));
     assert_every_run_reported(&stopped.events, &pids, "stdout");
     let in_file: Vec<Value> =
         std::fs::read_to_string(&file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -230,7 +234,7 @@ fn sigterm_under_load_ships_what_was_read() {
         before_signal.len()
     );
     assert_eq!(read, written + stopped.counter("filtered") + lost_after_read(&stopped), "{}", stopped.stderr);
-    assert_eq!(stopped.events.len() as u64, stopped.counter("sink_stdout_delivered"), "{}", stopped.stderr);
+    assert_eq!((stopped.events.len() + stopped.own.len()) as u64, stopped.counter("sink_stdout_delivered"), "{}", stopped.stderr);
     // Nothing lost anywhere, so every event the kernel wrote before the signal was shipped.
     assert_eq!(stopped.counter("lost_total"), 0, "{}", stopped.stderr);
     assert_every_run_reported(&stopped.events, &before_signal, "the output");
@@ -240,7 +244,9 @@ fn sigterm_under_load_ships_what_was_read() {
 const TOGGLER_UID: u32 = 64_123;
 
 /// A 64 KiB ring buffer overrun on purpose by 400,000 uncoalesced memory-protection changes:
-/// what arrived plus what was counted lost is exactly what the toggler did.
+/// what arrived plus what was counted lost is exactly what the toggler did, and the backend
+/// (stdout and an OTLP collector) learns of the ring buffer's losses from `ksense.loss` records,
+/// and gets `ksense.status` records at start, every second (`status_interval_s = 1`) and at stop.
 ///
 /// Loss counters are per event kind, not per process, so the equation only holds if no other
 /// process's memory-protection change was lost. To make that so rather than likely, the toggler
@@ -250,6 +256,7 @@ const TOGGLER_UID: u32 = 64_123;
 #[test]
 fn ring_buffer_overrun_is_counted_exactly() {
     const N: u64 = 200_000;
+    let collector = Collector::start();
     let mut others = other_uids();
     others.retain(|&uid| uid != TOGGLER_UID);
     let uids: Vec<String> = others.iter().map(u32::to_string).collect();
@@ -259,8 +266,10 @@ fn ring_buffer_overrun_is_counted_exactly() {
             "[probes]\nfork = false\nexec = false\nexit = false\nmodule = false\n\
              [memory]\nreport = \"wx\"\ncoalesce_window_ms = 0\n\
              [limits]\nring_buffer_bytes = 65536\nqueue_events = 64\n\
-             [filters]\nexclude = {{ uid = [{}] }}\n{NO_JOURNALD}",
-            uids.join(", ")
+             [filters]\nexclude = {{ uid = [{}] }}\n{NO_JOURNALD}\
+             [sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\n[telemetry]\nstatus_interval_s = 1\n",
+            uids.join(", "),
+            collector.grpc_port
         ),
     );
     let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
@@ -276,6 +285,12 @@ fn ring_buffer_overrun_is_counted_exactly() {
     assert!(out.status.success(), "the toggler failed: {:?}", out.status);
     let out = String::from_utf8(out.stdout).unwrap();
     let page = format!("{:#x}", printed_hex(&out, "page"));
+    // The heartbeat comes every second whatever the load.
+    let deadline = Instant::now() + event_timeout();
+    while !ksense.own().iter().any(|r| is(r, "ksense.status") && attr(r, "ksense.status.state") == "running") {
+        assert!(Instant::now() < deadline, "no ksense.status running on stdout:\n{}", ksense.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let stopped = ksense.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 
@@ -286,16 +301,18 @@ fn ring_buffer_overrun_is_counted_exactly() {
     }
     let delivered: u64 = changes.iter().map(|e| attr(e, "ksense.event.count").as_u64().unwrap()).sum();
     let ring_lost = stopped.counter("lost_ring_buffer_process_memory_protect");
-    // Everything counted lost before the sinks: the ring buffer's losses and any after reading.
+    // Everything counted lost: before the sinks (the ring buffer's losses and any after
+    // reading), and what the stdout sink dropped (it falls behind: its queue holds 64 records).
     let lost = stopped.counter("lost_total");
+    let dropped = ["queue_full", "memory_budget", "failed"].map(|c| stopped.counter(&format!("sink_stdout_{c}"))).iter().sum::<u64>();
     eprintln!(
         "overrun: {} changes made, {delivered} delivered ({} events), {lost} counted lost of which {ring_lost} in the \
-         ring buffer; {} ns per mprotect",
+         ring buffer, {dropped} dropped by stdout; {} ns per mprotect",
         2 * N,
         changes.len(),
         printed_hex(&out, "ns_per_call")
     );
-    assert_eq!(delivered + lost, 2 * N, "{}", stopped.stderr);
+    assert_eq!(delivered + lost + dropped, 2 * N, "{}", stopped.stderr);
     assert!(ring_lost > 0, "the 64 KiB ring buffer was not overrun: {}", stopped.stderr);
     assert_eq!(
         stopped.counter("lost_ring_buffer"),
@@ -303,7 +320,110 @@ fn ring_buffer_overrun_is_counted_exactly() {
         "only memory-protection changes were lost: {}",
         stopped.stderr
     );
+
+    // The backend learns of the gap: ksense.loss records on stdout and over OTLP add up to
+    // the ring buffer's losses, and the status records of start and stop arrive.
+    let on_stdout = lost_in_json(&stopped.own, "ring_buffer", None);
+    assert_eq!(on_stdout, ring_lost, "ksense.loss records on stdout: {:?}", stopped.own);
+    let over_otlp = wait_for_otlp_losses(&collector, "ring_buffer", None, ring_lost);
+    assert_eq!(over_otlp, ring_lost, "ksense.loss records over OTLP");
+    for state in ["started", "running", "stopping"] {
+        assert!(
+            stopped.own.iter().any(|r| is(r, "ksense.status") && attr(r, "ksense.status.state") == state),
+            "no ksense.status {state} on stdout: {:?}",
+            stopped.own
+        );
+        let printed = format!("Str({state})");
+        collector.wait_for(&format!("ksense.status {state}"), |r| {
+            r.event_name == "ksense.status" && r.attributes.get("ksense.status.state") == Some(&printed)
+        });
+    }
+    eprintln!("overrun: ksense.loss records report {on_stdout} lost in the ring buffer on stdout, {over_otlp} over OTLP");
 }
+
+/// The sum of `ksense.loss.count` of the `ksense.loss` JSON records of `cause` (and `sink`).
+fn lost_in_json(records: &[Value], cause: &str, sink: Option<&str>) -> u64 {
+    records
+        .iter()
+        .filter(|r| is(r, "ksense.loss") && attr(r, "ksense.loss.cause") == cause)
+        .filter(|r| sink.is_none_or(|sink| attr(r, "ksense.loss.sink") == sink))
+        .map(|r| attr(r, "ksense.loss.count").as_u64().unwrap_or_else(|| panic!("no count: {r}")))
+        .sum()
+}
+
+/// The sum of `ksense.loss.count` of the `ksense.loss` records of `cause` (and `sink`) the
+/// collector printed, once it is `expected` or after a timeout (rotel prints a batch after it
+/// has answered the export).
+fn wait_for_otlp_losses(collector: &Collector, cause: &str, sink: Option<&str>, expected: u64) -> u64 {
+    let (cause, sink) = (format!("Str({cause})"), sink.map(|s| format!("Str({s})")));
+    let sum = |records: Vec<Received>| -> u64 {
+        records
+            .iter()
+            .filter(|r| r.event_name == "ksense.loss" && r.attributes.get("ksense.loss.cause") == Some(&cause))
+            .filter(|r| sink.is_none() || r.attributes.get("ksense.loss.sink") == sink.as_ref())
+            .map(|r| {
+                let count = r.attributes.get("ksense.loss.count").unwrap_or_else(|| panic!("no count: {r:?}"));
+                count.strip_prefix("Int(").and_then(|c| c.strip_suffix(')')).and_then(|c| c.parse::<u64>().ok()).unwrap()
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + event_timeout();
+    loop {
+        let got = sum(collector.received());
+        if got == expected || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// ksense's stdout is a pipe nobody reads (the reader of `ksense run | reader` stopped): the
+/// pipe fills and the stdout sink blocks, but the OTLP sink keeps delivering, stdout's losses
+/// are counted (its queue is full) and reported to the collector, and SIGTERM still ends
+/// ksense with status 0.
+#[test]
+fn a_blocked_stdout_pipe_stalls_only_stdout() {
+    let collector = Collector::start();
+    let config = temp_config(
+        "faults-blocked-stdout",
+        &format!(
+            "[sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\n[limits]\nqueue_events = 64\n{NO_JOURNALD}",
+            collector.grpc_port
+        ),
+    );
+    let ksense = Ksense::start_with_stdout_unread(&["--config", config.to_str().unwrap()]);
+    let load = Load::start(&["fork-exit", "20"]);
+    let deadline = Instant::now() + event_timeout();
+    while !ksense.stdout_is_blocked() {
+        assert!(Instant::now() < deadline, "the stdout pipe never filled:\n{}", ksense.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A marker run now reaches the collector, with stdout blocked throughout. (Other tests'
+    // floods may be running: a marker can then be dropped, and counted, for OTLP too.)
+    let markers = first_marker_to_arrive("the collector with stdout blocked", |pid| {
+        let pid = format!("Int({pid})");
+        collector.received().iter().any(|r| r.event_name == "process.exit" && r.attributes.get("process.pid") == Some(&pid))
+    });
+    assert!(ksense.stdout_is_blocked(), "nobody read the pipe");
+    let runs = load.stop().len();
+    let started = Instant::now();
+    let stopped = ksense.stop();
+    let took = started.elapsed();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let queue_full = stopped.counter("sink_stdout_queue_full");
+    let reported = wait_for_otlp_losses(&collector, "queue_full", Some("stdout"), queue_full);
+    eprintln!(
+        "blocked stdout: {runs} runs of fork-exit 20, {markers} marker(s) until one was delivered over OTLP; stdout delivered {}, \
+         dropped {queue_full} (queue full), failed {} at stop; OTLP delivered {}; ksense.loss reported {reported} \
+         stdout drops; SIGTERM to exit {took:?}",
+        stopped.counter("sink_stdout_delivered"),
+        stopped.counter("sink_stdout_failed"),
+        stopped.counter("sink_otlp_delivered"),
+    );
+    assert!(queue_full > 0, "the blocked stdout's queue overflowed: {}", stopped.stderr);
+    assert_eq!(reported, queue_full, "the collector learned of every record stdout dropped");
+}
+
 
 /// Every uid in /etc/passwd and every effective uid running a process now.
 fn other_uids() -> Vec<u32> {

@@ -32,6 +32,23 @@ pub struct Config {
     pub filters: crate::filter::FiltersConfig,
     /// Buffer sizes and rate limits.
     pub limits: LimitsConfig,
+    /// ksense's own records in the stream.
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Every this many seconds every sink gets a `ksense.status` record (also once at start
+    /// and once at stop), so a backend can alert when a host's sensor goes quiet.
+    pub status_interval_s: Spanned<u64>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { status_interval_s: Spanned::new(0..0, 60) }
+    }
 }
 
 /// `[probes]`.
@@ -254,9 +271,13 @@ impl Default for JournaldConfig {
 pub struct LimitsConfig {
     /// Size of the kernel ring buffer in bytes: a power of two, at least 64 KiB.
     pub ring_buffer_bytes: Spanned<u32>,
-    /// Events held between the ring-buffer reader and the sinks. When they are all taken, the
-    /// reader pauses and events wait in the ring buffer.
+    /// Events held between the ring-buffer reader and the pipeline, and records in each
+    /// sink's queue. When the pipeline's are all taken, the reader pauses and events wait in
+    /// the ring buffer; a sink whose queue is full drops (and counts) what it cannot take.
     pub queue_events: Spanned<usize>,
+    /// Bytes that events and records may hold between the reader, the pipeline and the sinks
+    /// (see [`crate::budget`]); beyond it records are dropped and counted (`memory_budget`).
+    pub memory_budget_bytes: Spanned<usize>,
     /// The ring buffer is read at most once per this many milliseconds: under load, events are
     /// read in batches, one wakeup per batch instead of one per event. 0: read every event at once.
     pub read_interval_ms: u64,
@@ -270,11 +291,15 @@ impl Default for LimitsConfig {
         LimitsConfig {
             ring_buffer_bytes: Spanned::new(0..0, 4 << 20),
             queue_events: Spanned::new(0..0, 8192),
+            memory_budget_bytes: Spanned::new(0..0, crate::budget::DEFAULT_BYTES),
             read_interval_ms: 10,
             rate_per_second: Default::default(),
         }
     }
 }
+
+/// The smallest `[limits] memory_budget_bytes`: below it, a few long command lines would fill it.
+const MIN_MEMORY_BUDGET: usize = 1 << 20;
 
 /// A configuration that could not be read or is invalid.
 #[derive(Debug)]
@@ -343,6 +368,17 @@ impl Config {
         let queue = &config.limits.queue_events;
         if *queue.get_ref() == 0 {
             return Err(error(Some(queue.span()), "limits.queue_events must be at least 1".to_owned()));
+        }
+        let budget = &config.limits.memory_budget_bytes;
+        if *budget.get_ref() < MIN_MEMORY_BUDGET {
+            return Err(error(
+                Some(budget.span()),
+                format!("limits.memory_budget_bytes = {}: expected at least {MIN_MEMORY_BUDGET} (1 MiB)", budget.get_ref()),
+            ));
+        }
+        let status = &config.telemetry.status_interval_s;
+        if *status.get_ref() == 0 {
+            return Err(error(Some(status.span()), "telemetry.status_interval_s must be at least 1".to_owned()));
         }
         Ok(config)
     }
@@ -420,6 +456,16 @@ mod tests {
         assert_eq!(config.memory.coalesce_window_ms, defaults.memory.coalesce_window_ms);
         assert_eq!(config.limits.ring_buffer_bytes.get_ref(), defaults.limits.ring_buffer_bytes.get_ref());
         assert_eq!(config.limits.queue_events.get_ref(), defaults.limits.queue_events.get_ref());
+        assert_eq!(config.limits.memory_budget_bytes.get_ref(), defaults.limits.memory_budget_bytes.get_ref());
+        assert_eq!(config.telemetry, defaults.telemetry);
+    }
+
+    #[test]
+    fn a_tiny_memory_budget_or_status_interval_is_located() {
+        let err = parse("[limits]\nmemory_budget_bytes = 1000\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/ksense/ksense.toml:2:23: ") && err.contains("at least 1048576"), "{err}");
+        let err = parse("[telemetry]\nstatus_interval_s = 0\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/ksense/ksense.toml:2:21: ") && err.contains("at least 1"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! probes (kernel) -> ring buffer -> ringbuf::Reader -> decode -> queue -> pipeline thread:
-//!                                                                 enrich -> sinks
+//!     rate limit -> enrich -> filter -> record -> a queue per sink -> the sink's own thread
 //! ```
 //!
 //! Main types: [`attach::Probes`] (load, choose and attach hooks), [`ringbuf::Reader`],
@@ -22,6 +22,7 @@ use tokio::{
 
 pub mod attach;
 pub mod btf;
+pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod decode;
 pub mod enrich;
 pub mod event;
 pub mod filter;
+pub mod loss;
 pub mod notify;
 pub mod offsets;
 pub mod pipeline;
@@ -44,7 +46,8 @@ use config::{AttachMode, Config, OutputFormat};
 use ringbuf::{Flow, Reader};
 use telemetry::{Counters, LossReporter};
 
-/// How often losses are checked and, when there are new ones, reported.
+/// How often losses are checked and, when there are new ones, reported (in the log, and to
+/// every sink as `ksense.loss` records).
 const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Runs a parsed command line.
@@ -92,6 +95,16 @@ fn attach_options(config: &Config, attach: Option<AttachMode>) -> AttachOptions 
 /// SIGINT/SIGTERM detach, drain what the ring buffer holds to the sinks, and report totals.
 pub fn run(config_path: Option<&Path>, output: Option<OutputFormat>, attach: Option<AttachMode>) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
+    // SAFETY: mallopt only tunes the allocator, before any other thread exists.
+    unsafe {
+        // One arena per thread that allocates (the pipeline and every sink) would each keep
+        // the memory freed in it; two arenas keep the peak RSS close to what is in use.
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        // Large buffers (long records, encoded requests) are mapped and unmapped with their
+        // use, rather than left in the heap after a burst (glibc otherwise raises this
+        // threshold as such buffers are freed).
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -125,31 +138,43 @@ async fn run_async(
     let (queue_tx, queue_rx) = mpsc::channel(*config.limits.queue_events.get_ref());
     probes.set_exclusions(&config.filters)?;
     let outputs = outputs(config, output, &counters)?;
-    // SIGHUP's new outputs ride the event queue: see pipeline::Input.
-    let reloads = queue_tx.clone();
-    let pipeline = {
-        let counters = counters.clone();
-        std::thread::Builder::new()
-            .name("ksense-pipeline".into())
-            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), outputs, counters))
-            .context("cannot start the pipeline thread")?
-    };
-
-    let mut reader = Reader::new(ring, queue_tx, counters.clone())?;
-    let mut losses = LossReporter::default();
-    let mut tick = tokio::time::interval(LOSS_REPORT_INTERVAL);
-    let notifier = notify::Notifier::from_env();
     let attached: Vec<String> = probes
         .report
         .iter()
         .filter_map(|k| Some(format!("{}={}", k.kind.name(), attach::probe_name(k.chosen()?))))
         .collect();
+    let memory_budget_bytes = *config.limits.memory_budget_bytes.get_ref();
+    // SIGHUP's new outputs and the requests for ksense's own records ride the event queue:
+    // see pipeline::Input.
+    let requests = queue_tx.clone();
+    let pipeline = {
+        let context = pipeline::Context {
+            counters: counters.clone(),
+            probes: attached.clone(),
+            sink_queue_records: *config.limits.queue_events.get_ref(),
+            memory_budget_bytes,
+        };
+        std::thread::Builder::new()
+            .name("ksense-pipeline".into())
+            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), outputs, context))
+            .context("cannot start the pipeline thread")?
+    };
+
+    let events_budget = Arc::new(budget::Budget::new(budget::events_share(memory_budget_bytes)));
+    let mut reader = Reader::new(ring, queue_tx, counters.clone(), events_budget)?;
+    let mut losses = LossReporter::default();
+    let mut tick = tokio::time::interval(LOSS_REPORT_INTERVAL);
+    let status_interval = Duration::from_secs(*config.telemetry.status_interval_s.get_ref());
+    let mut status_tick = tokio::time::interval_at(tokio::time::Instant::now() + status_interval, status_interval);
+    let notifier = notify::Notifier::from_env();
     let status = |snapshot: &telemetry::Snapshot| {
         format!("STATUS=attached {}; events {}; lost {}", attached.join(" "), snapshot.written, snapshot.lost() + snapshot.sink_lost())
     };
+    let _ = requests.send(pipeline::Input::Status(loss::State::Started, probes.ring_lost()?)).await;
     notifier.send(&format!("READY=1\n{}", status(&counters.snapshot(probes.ring_lost()?))));
     let mut watchdog = tokio::time::interval(notify::Notifier::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
     let watchdog_on = notify::Notifier::watchdog_interval().is_some();
+    let mut heartbeat = notify::Heartbeat::default();
     let window = Duration::from_millis(config.memory.coalesce_window_ms);
     // Coalesced memory repeats are swept at the window's pace (never if coalescing is off).
     let mut sweep = tokio::time::interval(window.max(Duration::from_millis(100)));
@@ -170,11 +195,27 @@ async fn run_async(
                 }
             }
             _ = tick.tick() => {
-                let snapshot = counters.snapshot(probes.ring_lost()?);
+                let ring_lost = probes.ring_lost()?;
+                let snapshot = counters.snapshot(ring_lost);
                 notifier.send(&status(&snapshot));
                 losses.report(snapshot);
+                if requests.send(pipeline::Input::Losses(ring_lost)).await.is_err() {
+                    break;
+                }
             }
-            _ = watchdog.tick(), if watchdog_on => notifier.send("WATCHDOG=1"),
+            _ = status_tick.tick() => {
+                if requests.send(pipeline::Input::Status(loss::State::Running, probes.ring_lost()?)).await.is_err() {
+                    break;
+                }
+            }
+            _ = watchdog.tick(), if watchdog_on => {
+                // Only while the pipeline is alive and idle or getting on: a stuck one is
+                // restarted by systemd.
+                let idle = requests.capacity() == requests.max_capacity();
+                if !pipeline.is_finished() && heartbeat.beats(counters.heartbeat.load(std::sync::atomic::Ordering::Relaxed), idle) {
+                    notifier.send("WATCHDOG=1");
+                }
+            }
             _ = sweep.tick(), if !window.is_zero() => {
                 if reader.inject(probes.take_idle_coalesced(window.as_nanos() as u64)).await == Flow::Stop {
                     break;
@@ -182,7 +223,7 @@ async fn run_async(
             }
             _ = sighup.recv() => {
                 if let Some(new) = reload(config_path, config, output, &counters, &mut probes)
-                    && reloads.send(pipeline::Input::Reload(Box::new(new))).await.is_err()
+                    && requests.send(pipeline::Input::Reload(Box::new(new))).await.is_err()
                 {
                     break;
                 }
@@ -199,7 +240,12 @@ async fn run_async(
         // Repeats still counted in the kernel are reported rather than lost with it.
         reader.inject(probes.take_idle_coalesced(0)).await;
     }
-    drop((reader, reloads));
+    // The last reports, after the last event: every loss until now is in them. (A sink that
+    // fails while delivering what it still holds after this is counted in the stopped line.)
+    let ring_lost = probes.ring_lost()?;
+    let _ = requests.send(pipeline::Input::Losses(ring_lost)).await;
+    let _ = requests.send(pipeline::Input::Status(loss::State::Stopping, ring_lost)).await;
+    drop((reader, requests));
     pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))?;
     let totals = counters.snapshot(probes.ring_lost()?);
     losses.report(totals.clone());
@@ -235,10 +281,13 @@ fn reload(
     };
     let restart_only = |c: &Config| {
         let l = &c.limits;
-        (c.probes.clone(), c.memory.clone(), l.ring_buffer_bytes.clone(), l.queue_events.clone(), l.read_interval_ms)
+        let sizes = (l.ring_buffer_bytes.clone(), l.queue_events.clone(), l.memory_budget_bytes.clone(), l.read_interval_ms);
+        (c.probes.clone(), c.memory.clone(), c.telemetry.clone(), sizes)
     };
     if restart_only(&new) != restart_only(running) {
-        tracing::warn!("SIGHUP: changes to [probes], [memory] and the [limits] sizes and read interval take effect when ksense restarts");
+        tracing::warn!(
+            "SIGHUP: changes to [probes], [memory], [telemetry] and the [limits] sizes, memory budget and read interval take effect when ksense restarts"
+        );
     }
     match outputs(&new, output, counters) {
         Ok(built) => {

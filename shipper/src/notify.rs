@@ -1,6 +1,6 @@
 //! systemd's service notification protocol (`sd_notify`): `READY=1` once every probe is
 //! attached, `STATUS=` with what is attached and what was lost, `WATCHDOG=1` when the unit sets
-//! `WatchdogSec=`, `STOPPING=1` at shutdown. A no-op outside a `Type=notify` service.
+//! `WatchdogSec=` and the pipeline is making progress ([`Heartbeat`]), `STOPPING=1` at shutdown. A no-op outside a `Type=notify` service.
 use std::{
     os::{linux::net::SocketAddrExt, unix::net::{SocketAddr, UnixDatagram}},
     time::Duration,
@@ -45,9 +45,36 @@ impl Notifier {
     }
 }
 
+/// Decides whether the pipeline deserves a `WATCHDOG=1`: it does when its heartbeat (a counter
+/// it bumps per input) moved since the last check, or when it is idle (nothing queued for it).
+/// A pipeline with work queued and no beat since the last check is stuck.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    last: Option<u64>,
+}
+
+impl Heartbeat {
+    /// Whether the pipeline is alive, given its heartbeat counter now and whether it is idle.
+    pub fn beats(&mut self, now: u64, idle: bool) -> bool {
+        let moved = self.last != Some(now);
+        self.last = Some(now);
+        moved || idle
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pipeline_with_work_and_no_beat_is_stuck() {
+        let mut heartbeat = Heartbeat::default();
+        assert!(heartbeat.beats(0, false), "the first check has nothing to compare with");
+        assert!(heartbeat.beats(5, false), "moved");
+        assert!(heartbeat.beats(5, true), "idle");
+        assert!(!heartbeat.beats(5, false), "work queued and no progress");
+        assert!(heartbeat.beats(6, false));
+    }
 
     #[test]
     fn sends_state_to_the_socket() {

@@ -1,24 +1,31 @@
-//! The stages after the reader, on their own thread: enrich -> sinks. Records are flushed
-//! whenever the queue runs dry, or after [`MAX_BATCH`] events if it never does, so output is
-//! prompt when idle and batched under load.
-use std::{io, sync::Arc};
+//! The stages after the reader, on their own thread: rate limit -> enrich -> filter -> record,
+//! then the record is offered to every sink's queue ([`crate::sinks::queue`]), each drained by
+//! the sink's own thread: the pipeline never waits on a sink. The pipeline also writes
+//! ksense's own records (`ksense.loss`, `ksense.status`: [`crate::loss`]) when the run loop
+//! asks, in order with the events, so a report made after the last event counts every loss.
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering::Relaxed},
+};
 
 use tokio::sync::mpsc;
 
 use crate::{
+    budget::{Charge, record_bytes, sink_share},
     enrich::Enricher,
     event::Event,
     filter::{Filter, rate::RateLimiter},
-    sinks::Sink,
-    telemetry::{Counters, SinkStats},
+    loss::{Ledger, State, Status, loss_record, status_record},
+    record::LogRecord,
+    sinks::{
+        Sink,
+        queue::{Worker, close_all},
+    },
+    telemetry::{Counters, RingLost, SinkStats},
 };
 
 /// A set of sinks with their counters.
 pub type Sinks = Vec<(Box<dyn Sink>, Arc<SinkStats>)>;
-
-/// The most events handled between two flushes. Under a load the pipeline only just keeps up
-/// with, the queue may never run dry; the bound keeps sinks flushed all the same.
-pub const MAX_BATCH: usize = 1024;
 
 /// What a configuration decides after enrichment: which events pass, how many, and where to.
 pub struct Outputs {
@@ -31,135 +38,178 @@ pub struct Outputs {
 }
 
 /// What the pipeline queue carries: events in the order they were read, and, between them,
-/// a configuration reloaded by SIGHUP. Riding the same queue, a reload wakes an idle pipeline
-/// at once, and applies to exactly the events queued after it.
+/// a configuration reloaded by SIGHUP and the run loop's requests for ksense's own records.
+/// Riding the same queue, a reload wakes an idle pipeline at once, and applies to exactly the
+/// events queued after it; a report counts every loss of the events queued before it.
 // Nearly every item is an event: boxing events to shrink the rare reload would allocate per event.
 #[allow(clippy::large_enum_variant)]
 pub enum Input {
-    /// An event from the ring buffer.
-    Event(Event),
+    /// An event from the ring buffer, with the bytes it holds charged to the memory budget.
+    Event(Event, Charge),
     /// New filters, rate limits and sinks for every event after this one.
     Reload(Box<Outputs>),
+    /// Report what was lost since the last report (`ksense.loss`), given the kernel's
+    /// ring-buffer losses now.
+    Losses(RingLost),
+    /// Send every sink a `ksense.status` record.
+    Status(State, RingLost),
+}
+
+/// What the pipeline needs besides its configuration.
+pub struct Context {
+    /// ksense's counters.
+    pub counters: Arc<Counters>,
+    /// `<event name>=<probe>` of every attached kind, for `ksense.status`.
+    pub probes: Vec<String>,
+    /// Records each sink's queue holds (`[limits] queue_events`).
+    pub sink_queue_records: usize,
+    /// `[limits] memory_budget_bytes`: the sinks share three quarters of it.
+    pub memory_budget_bytes: usize,
+}
+
+/// The outputs at work: the sinks are running, each on its thread.
+struct Running {
+    filter: Filter,
+    limiter: RateLimiter,
+    workers: Vec<Worker>,
 }
 
 /// Runs until the queue is closed and empty, or a sink's reader went away (broken pipe); then
 /// closes every sink (which delivers what it still holds). An [`Input::Reload`] replaces the
 /// current [`Outputs`]: the old sinks are closed first, so they deliver what they hold, and no
 /// event is lost in the switch.
-pub fn run(queue: mpsc::Receiver<Input>, enricher: Enricher, mut outputs: Outputs, counters: Arc<Counters>) {
-    feed(queue, enricher, &mut outputs, &counters);
-    close(&mut outputs.sinks);
-}
-
-fn close(sinks: &mut Sinks) {
-    for (sink, _) in sinks.iter_mut() {
-        sink.close();
-    }
-}
-
-/// A sink's reader went away (`ksense run | head`): a normal end, not a failure.
-struct ReaderGone;
-
-fn feed(mut queue: mpsc::Receiver<Input>, mut enricher: Enricher, outputs: &mut Outputs, counters: &Counters) {
-    while let Some(first) = queue.blocking_recv() {
-        let mut next = Some(first);
-        let mut handled = 0;
-        while let Some(input) = next {
-            handled += 1;
-            next = if handled < MAX_BATCH { queue.try_recv().ok() } else { None };
-            let outcome = match input {
-                Input::Event(event) => ship(event, &mut enricher, outputs, counters),
-                Input::Reload(new) => {
-                    close(&mut outputs.sinks);
-                    *outputs = *new;
-                    let names: Vec<&str> = outputs.sinks.iter().map(|(s, _)| s.name()).collect();
-                    tracing::info!(sinks = ?names, "filters and sinks reloaded");
-                    Ok(())
+pub fn run(mut queue: mpsc::Receiver<Input>, mut enricher: Enricher, outputs: Outputs, context: Context) {
+    let reader_gone = Arc::new(AtomicBool::new(false));
+    let mut running = start(outputs, &context, &reader_gone);
+    let mut ledger = Ledger::default();
+    let counters = &context.counters;
+    while let Some(input) = queue.blocking_recv() {
+        Counters::bump(&counters.heartbeat);
+        match input {
+            Input::Event(event, _charge) => ship(event, &mut enricher, &mut running, counters),
+            Input::Reload(new) => {
+                close_all(std::mem::take(&mut running.workers));
+                running = start(*new, &context, &reader_gone);
+                let names: Vec<&str> = running.workers.iter().map(Worker::name).collect();
+                tracing::info!(sinks = ?names, "filters and sinks reloaded");
+            }
+            Input::Losses(ring_lost) => {
+                for (key, count) in ledger.report(&counters.snapshot(ring_lost).losses) {
+                    own(loss_record(key, count, counters.last_seq()), &running, counters);
                 }
-            };
-            if outcome.is_err() {
-                return;
+            }
+            Input::Status(state, ring_lost) => {
+                let snapshot = counters.snapshot(ring_lost);
+                let status = Status {
+                    state,
+                    events_read: snapshot.read,
+                    events_written: snapshot.written,
+                    lost_total: snapshot.lost() + snapshot.sink_lost(),
+                    probes: &context.probes,
+                };
+                own(status_record(&status, counters.last_seq()), &running, counters);
             }
         }
-        if flush(&mut outputs.sinks).is_err() {
-            return;
+        // A sink's reader went away (`ksense run | head`): a normal end, not a failure.
+        if reader_gone.load(Relaxed) {
+            break;
         }
     }
+    close_all(running.workers);
 }
 
-/// Enriches, filters and writes one event to every sink.
-fn ship(mut event: Event, enricher: &mut Enricher, outputs: &mut Outputs, counters: &Counters) -> Result<(), ReaderGone> {
-    if !outputs.limiter.admit(event.kind()) {
-        Counters::bump(&counters.rate_limited);
-        return Ok(());
+/// Starts a thread per sink of `outputs`, each with its share of the memory budget.
+fn start(outputs: Outputs, context: &Context, reader_gone: &Arc<AtomicBool>) -> Running {
+    let share = sink_share(context.memory_budget_bytes, outputs.sinks.len());
+    let workers = outputs
+        .sinks
+        .into_iter()
+        .filter_map(|(sink, stats)| {
+            stats.held.set_limit(share);
+            let name = sink.name();
+            Worker::start(sink, stats, context.sink_queue_records, reader_gone.clone())
+                .inspect_err(|e| tracing::error!(sink = name, "cannot start the sink's thread: {e}"))
+                .ok()
+        })
+        .collect();
+    Running { filter: outputs.filter, limiter: outputs.limiter, workers }
+}
+
+/// Rate-limits, enriches, filters and offers one event to every sink.
+fn ship(mut event: Event, enricher: &mut Enricher, running: &mut Running, counters: &Counters) {
+    let kind = event.kind();
+    if !running.limiter.admit(kind) {
+        counters.rate_limited.add(kind, 1);
+        return;
     }
     // Enrich before filtering: path and container rules need what enrichment adds.
     enricher.enrich(&mut event);
-    if !outputs.filter.allows(&event.process) {
+    if !running.filter.allows(&event.process) {
         Counters::bump(&counters.filtered);
-        return Ok(());
+        return;
     }
-    let record = event.to_record();
-    for (sink, stats) in outputs.sinks.iter_mut() {
-        if let Err(e) = sink.write(&record) {
-            if e.kind() == io::ErrorKind::BrokenPipe {
-                return Err(ReaderGone);
-            }
-            // Counted, and reported with the other losses every few seconds; the sink
-            // itself says once when its backend goes away and when it is back.
-            Counters::bump(&stats.failed);
-            tracing::debug!(sink = sink.name(), "could not write an event: {e}");
-        }
+    let record = Arc::new(event.to_record());
+    let bytes = record_bytes(&record);
+    for worker in &running.workers {
+        worker.offer(&record, Some(kind), bytes);
     }
     Counters::bump(&counters.written);
     // A kernel time stamp a little ahead of this clock reads as zero latency.
     let latency = std::time::SystemTime::now().duration_since(event.time).unwrap_or_default();
     counters.latency.record(latency.as_micros() as u64);
-    Ok(())
 }
 
-fn flush(sinks: &mut Sinks) -> Result<(), ReaderGone> {
-    for (sink, _) in sinks.iter_mut() {
-        if let Err(e) = sink.flush() {
-            if e.kind() == io::ErrorKind::BrokenPipe {
-                return Err(ReaderGone);
-            }
-            tracing::warn!(sink = sink.name(), "could not flush: {e}");
-        }
+/// Offers one of ksense's own records to every sink: no rate limit, filter or budget applies.
+fn own(record: LogRecord, running: &Running, counters: &Counters) {
+    let record = Arc::new(record);
+    let bytes = record_bytes(&record);
+    for worker in &running.workers {
+        worker.offer(&record, None, bytes);
     }
-    Ok(())
+    Counters::bump(&counters.own_records);
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::{
+        sync::Mutex,
+        time::{Duration, Instant},
+    };
 
-    use ksense_abi::Hook;
+    use ksense_abi::{EventKind, Hook};
 
     use super::*;
     use crate::{
         decode::fork::ProcessFork,
         event::{Detail, Process},
-        record::LogRecord,
+        loss::Cause,
+        record::Value,
+        schema,
     };
 
-    /// Counts what it is given: records written, and how many were written before each flush.
+    /// Keeps every record it is given, and how many it had at each flush.
     #[derive(Clone, Default)]
     struct Recorder {
-        written: Arc<Mutex<usize>>,
+        records: Arc<Mutex<Vec<LogRecord>>>,
         flushed_at: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Recorder {
+        fn written(&self) -> usize {
+            self.records.lock().unwrap().len()
+        }
     }
 
     impl Sink for Recorder {
         fn name(&self) -> &'static str {
             "recorder"
         }
-        fn write(&mut self, _: &LogRecord) -> io::Result<()> {
-            *self.written.lock().unwrap() += 1;
+        fn write(&mut self, record: &LogRecord) -> std::io::Result<()> {
+            self.records.lock().unwrap().push(record.clone());
             Ok(())
         }
-        fn flush(&mut self) -> io::Result<()> {
-            self.flushed_at.lock().unwrap().push(*self.written.lock().unwrap());
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.flushed_at.lock().unwrap().push(self.written());
             Ok(())
         }
     }
@@ -172,39 +222,24 @@ mod tests {
         }
     }
 
-    fn fork(seq: u64) -> Event {
-        Event {
+    fn fork(seq: u64) -> Input {
+        let event = Event {
             seq,
             time: std::time::SystemTime::now(),
             observed_time: std::time::SystemTime::now(),
             hook: Hook::TpBtfTaskNewtask,
             process: Process { pid: u32::MAX - 1, tid: u32::MAX - 1, parent_pid: u32::MAX - 2, ..Process::default() },
             detail: Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0 }),
-        }
+        };
+        Input::Event(event, Charge::default())
     }
 
-    fn pipeline_on(queue: mpsc::Receiver<Input>, sink: &Recorder) -> Arc<Counters> {
+    fn pipeline_on(queue: mpsc::Receiver<Input>, outputs: Outputs, counters: Arc<Counters>) {
         let proc_root = std::env::temp_dir().join("ksense-pipeline-test-no-proc");
         let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), None);
-        let counters = Arc::new(Counters::starting_now());
-        run(queue, enricher, outputs(sink), counters.clone());
-        counters
-    }
-
-    /// A queue that never runs dry (here: three batches waiting at once) still has its sinks
-    /// flushed after every batch, not only when the load stops.
-    #[test]
-    fn a_queue_that_never_runs_dry_is_flushed_after_every_batch() {
-        let (tx, rx) = mpsc::channel(3 * MAX_BATCH);
-        for seq in 0..3 * MAX_BATCH as u64 {
-            tx.try_send(Input::Event(fork(seq))).unwrap();
-        }
-        drop(tx);
-        let sink = Recorder::default();
-        let counters = pipeline_on(rx, &sink);
-        assert_eq!(*sink.written.lock().unwrap(), 3 * MAX_BATCH);
-        assert_eq!(*sink.flushed_at.lock().unwrap(), [MAX_BATCH, 2 * MAX_BATCH, 3 * MAX_BATCH, 3 * MAX_BATCH], "after each batch, and at close");
-        assert_eq!(counters.written.load(std::sync::atomic::Ordering::Relaxed), 3 * MAX_BATCH as u64);
+        let context =
+            Context { counters, probes: vec!["process.fork=test".into()], sink_queue_records: 64, memory_budget_bytes: 1 << 20 };
+        run(queue, enricher, outputs, context);
     }
 
     /// The events queued before a reload go to the old sinks, which are closed (so flushed)
@@ -213,13 +248,15 @@ mod tests {
     fn a_reload_applies_to_the_events_queued_after_it() {
         let (old, new) = (Recorder::default(), Recorder::default());
         let (tx, rx) = mpsc::channel(16);
-        (0..5).for_each(|seq| tx.try_send(Input::Event(fork(seq))).unwrap());
+        (0..5).for_each(|seq| tx.try_send(fork(seq)).unwrap());
         tx.try_send(Input::Reload(Box::new(outputs(&new)))).unwrap();
-        (5..12).for_each(|seq| tx.try_send(Input::Event(fork(seq))).unwrap());
+        (5..12).for_each(|seq| tx.try_send(fork(seq)).unwrap());
         drop(tx);
-        pipeline_on(rx, &old);
-        assert_eq!((*old.written.lock().unwrap(), old.flushed_at.lock().unwrap().clone()), (5, vec![5]));
-        assert_eq!((*new.written.lock().unwrap(), new.flushed_at.lock().unwrap().clone()), (7, vec![7, 7]));
+        let counters = Arc::new(Counters::starting_now());
+        pipeline_on(rx, outputs(&old), counters.clone());
+        assert_eq!((old.written(), old.flushed_at.lock().unwrap().last().copied()), (5, Some(5)));
+        assert_eq!((new.written(), new.flushed_at.lock().unwrap().last().copied()), (7, Some(7)));
+        assert_eq!(counters.written.load(Relaxed), 12);
     }
 
     /// With no event coming, a reload still takes effect at once (the old sinks are closed).
@@ -229,16 +266,70 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let pipeline = std::thread::spawn({
             let old = old.clone();
-            move || pipeline_on(rx, &old)
+            move || pipeline_on(rx, outputs(&old), Arc::new(Counters::starting_now()))
         });
         tx.try_send(Input::Reload(Box::new(outputs(&new)))).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while old.flushed_at.lock().unwrap().is_empty() {
-            assert!(std::time::Instant::now() < deadline, "the idle pipeline never applied the reload");
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            assert!(Instant::now() < deadline, "the idle pipeline never applied the reload");
+            std::thread::sleep(Duration::from_millis(5));
         }
         drop(tx);
         pipeline.join().unwrap();
         assert_eq!(*old.flushed_at.lock().unwrap(), [0], "the old sinks were closed once, at the reload");
+    }
+
+    /// Rate-limited events are reported to every sink as `ksense.loss` records that add up to
+    /// the counter, once per report, with a final report after the last event; status records
+    /// pass a sink's selection of kinds.
+    #[test]
+    fn losses_and_status_reach_every_sink_and_add_up() {
+        let (a, b) = (Recorder::default(), Recorder::default());
+        let limits = [("process.fork".to_owned(), 2)].into();
+        let outputs = Outputs {
+            filter: Filter::new(Default::default()),
+            limiter: RateLimiter::new(&limits),
+            sinks: vec![(Box::new(a.clone()), Arc::default()), (Box::new(b.clone()), Arc::default())],
+        };
+        let (tx, rx) = mpsc::channel(64);
+        tx.try_send(Input::Status(State::Started, RingLost::default())).unwrap();
+        (0..10).for_each(|seq| tx.try_send(fork(seq)).unwrap());
+        tx.try_send(Input::Losses(RingLost::default())).unwrap();
+        tx.try_send(Input::Losses(RingLost::default())).unwrap();
+        (10..15).for_each(|seq| tx.try_send(fork(seq)).unwrap());
+        let mut ring = RingLost::default();
+        ring.0[EventKind::Exec as usize - 1] = 3;
+        tx.try_send(Input::Losses(ring)).unwrap();
+        tx.try_send(Input::Status(State::Stopping, ring)).unwrap();
+        drop(tx);
+        let counters = Arc::new(Counters::starting_now());
+        pipeline_on(rx, outputs, counters.clone());
+
+        let rate_limited: u64 = counters.rate_limited.read().iter().sum();
+        assert!(rate_limited >= 8, "a limit of 2 a second drops most of 15 events at once: {rate_limited}");
+        for sink in [&a, &b] {
+            let records = sink.records.lock().unwrap();
+            let count_of = |cause: Cause| -> u64 {
+                records
+                    .iter()
+                    .filter(|r| r.event_name == schema::KSENSE_LOSS)
+                    .filter(|r| r.attribute(schema::KSENSE_LOSS_CAUSE) == Some(&Value::Str(cause.name().into())))
+                    .map(|r| match r.attribute(schema::KSENSE_LOSS_COUNT) {
+                        Some(Value::Int(n)) => *n as u64,
+                        other => panic!("no count: {other:?}"),
+                    })
+                    .sum()
+            };
+            assert_eq!(count_of(Cause::RateLimited), rate_limited, "loss records add up to rate_limited");
+            assert_eq!(count_of(Cause::RingBuffer), 3, "and to the ring buffer's losses");
+            let losses = records.iter().filter(|r| r.event_name == schema::KSENSE_LOSS).count();
+            assert_eq!(losses, 3, "one record per key per report: fork rate-limited twice (the second report had nothing new), exec lost once");
+            let states: Vec<&Value> =
+                records.iter().filter(|r| r.event_name == schema::KSENSE_STATUS).filter_map(|r| r.attribute(schema::KSENSE_STATUS_STATE)).collect();
+            assert_eq!(states, [&Value::Str("started".into()), &Value::Str("stopping".into())]);
+            let seqs: Vec<&Value> = records.iter().filter(|r| r.event_name.starts_with("ksense.")).filter_map(|r| r.attribute(schema::KSENSE_EVENT_SEQ)).collect();
+            assert_eq!(seqs.len(), 5, "every own record has a ksense.event.seq");
+        }
+        assert_eq!(counters.own_records.load(Relaxed), 5);
     }
 }

@@ -2,16 +2,23 @@
 //! drain every record, then clear readiness (the pattern aya documents for `RingBuf`).
 //!
 //! Each record gets the next `ksense.event.seq`, is decoded and handed to the pipeline queue.
-//! A record that does not decode is counted and dropped. When the queue is full the reader
-//! pauses and leaves the records in the ring buffer: the ring buffer is the one place events
-//! wait, its size (not a count of queued events) bounds ksense's memory, and what no longer fits
-//! there is counted by the probes, per kind. Nothing already read is ever dropped.
+//! A record that does not decode is counted and dropped. When the queue is full, or the events
+//! in it hold their whole share of the memory budget ([`crate::budget`]), the reader pauses and
+//! leaves the records in the ring buffer: the ring buffer is where events wait, and what no
+//! longer fits there is counted by the probes, per kind. Nothing already read is ever dropped.
 use std::{io, sync::Arc, time::SystemTime};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-use crate::{clock::Clock, decode::decode, event::Event, pipeline::Input, telemetry::Counters};
+use crate::{
+    budget::{Budget, event_bytes},
+    clock::Clock,
+    decode::decode,
+    event::Event,
+    pipeline::Input,
+    telemetry::Counters,
+};
 
 /// Whether the pipeline still takes events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,28 +39,31 @@ pub struct Reader {
 struct Output {
     queue: mpsc::Sender<Input>,
     counters: Arc<Counters>,
-    seq: u64,
-    /// A decoded event the full queue could not take yet; it goes before any other.
-    pending: Option<Input>,
+    /// The events' share of the memory budget.
+    budget: Arc<Budget>,
+    /// A decoded event the queue or the budget could not take yet; it goes before any other.
+    pending: Option<Event>,
 }
 
 impl Reader {
-    /// A reader of `ring` feeding `queue`.
-    pub fn new(ring: RingBuf<MapData>, queue: mpsc::Sender<Input>, counters: Arc<Counters>) -> io::Result<Reader> {
+    /// A reader of `ring` feeding `queue`, the events in it holding at most `budget`.
+    pub fn new(
+        ring: RingBuf<MapData>,
+        queue: mpsc::Sender<Input>,
+        counters: Arc<Counters>,
+        budget: Arc<Budget>,
+    ) -> io::Result<Reader> {
         // SAFETY: the AsyncFd owns the RingBuf, which owns the fd: it stays open while registered.
         let ring = unsafe { AsyncFd::register(ring) }?;
-        Ok(Reader { ring, out: Output { queue, counters, seq: 0, pending: None } })
+        Ok(Reader { ring, out: Output { queue, counters, budget, pending: None } })
     }
 
-    /// Waits until the kernel signals records (and the queue has room), then reads until the
-    /// ring buffer is empty or the queue is full. Cancel-safe: if dropped while waiting,
-    /// nothing is lost.
+    /// Waits until the kernel signals records (and the queue and budget have room), then reads
+    /// until the ring buffer is empty or the queue or budget is full. Cancel-safe: if dropped
+    /// while waiting, nothing is lost.
     pub async fn wait_and_drain(&mut self) -> io::Result<Flow> {
-        if self.out.pending.is_some() {
-            let Ok(permit) = self.out.queue.reserve().await else {
-                return Ok(Flow::Stop);
-            };
-            permit.send(self.out.pending.take().expect("checked above"));
+        if self.out.send_pending().await == Flow::Stop {
+            return Ok(Flow::Stop);
         }
         let mut guard = self.ring.readable_mut().await?;
         let (flow, emptied) = self.out.read(guard.get_inner_mut());
@@ -69,9 +79,7 @@ impl Reader {
     /// (after the probes are detached, so that everything they wrote reaches the sinks).
     pub async fn drain(&mut self) -> Flow {
         loop {
-            if let Some(event) = self.out.pending.take()
-                && self.out.queue.send(event).await.is_err()
-            {
+            if self.out.send_pending().await == Flow::Stop {
                 return Flow::Stop;
             }
             match self.out.read(self.ring.get_mut()) {
@@ -92,7 +100,8 @@ impl Reader {
                 std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<ksense_abi::memory::Memory>())
             };
             let Some(event) = self.out.decode(bytes, &clock) else { continue };
-            if self.out.queue.send(Input::Event(event)).await.is_err() {
+            self.out.pending = Some(event);
+            if self.out.send_pending().await == Flow::Stop {
                 return Flow::Stop;
             }
         }
@@ -101,7 +110,26 @@ impl Reader {
 }
 
 impl Output {
-    /// Reads records from `ring` until it is empty (`true`) or the queue is full (`false`).
+    /// Sends the pending event, if there is one, waiting for room in the budget and the queue.
+    /// Cancel-safe: the event stays pending until it is sent.
+    async fn send_pending(&mut self) -> Flow {
+        let Some(event) = &self.pending else { return Flow::Continue };
+        let bytes = event_bytes(event);
+        let charge = loop {
+            if let Some(charge) = self.budget.try_charge(bytes) {
+                break charge;
+            }
+            self.budget.released().await;
+        };
+        let Ok(permit) = self.queue.reserve().await else {
+            return Flow::Stop;
+        };
+        permit.send(Input::Event(self.pending.take().expect("checked above"), charge));
+        Flow::Continue
+    }
+
+    /// Reads records from `ring` until it is empty (`true`) or the queue or the budget is full
+    /// (`false`).
     fn read(&mut self, ring: &mut RingBuf<MapData>) -> (Flow, bool) {
         let clock = Clock::sample();
         while self.pending.is_none() {
@@ -109,9 +137,17 @@ impl Output {
                 return (Flow::Continue, true);
             };
             let Some(event) = self.decode(&item, &clock) else { continue };
-            match self.queue.try_send(Input::Event(event)) {
+            let Some(charge) = self.budget.try_charge(event_bytes(&event)) else {
+                self.pending = Some(event);
+                break;
+            };
+            match self.queue.try_send(Input::Event(event, charge)) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(event)) => self.pending = Some(event),
+                Err(mpsc::error::TrySendError::Full(input)) => {
+                    if let Input::Event(event, _) = input {
+                        self.pending = Some(event);
+                    }
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => return (Flow::Stop, false),
             }
         }
@@ -120,15 +156,59 @@ impl Output {
 
     /// Numbers and decodes one record (`None`, counted, when it does not decode).
     fn decode(&mut self, bytes: &[u8], clock: &Clock) -> Option<Event> {
-        self.seq += 1;
+        let seq = self.counters.next_seq();
         Counters::bump(&self.counters.read);
-        match decode(bytes, self.seq, clock, SystemTime::now()) {
+        match decode(bytes, seq, clock, SystemTime::now()) {
             Ok(event) => Some(event),
             Err(e) => {
                 Counters::bump(&self.counters.decode_errors);
-                tracing::debug!(seq = self.seq, "rejected a record: {e}");
+                tracing::debug!(seq, "rejected a record: {e}");
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use ksense_abi::Hook;
+
+    use super::*;
+    use crate::{
+        decode::fork::ProcessFork,
+        event::{Detail, Process},
+    };
+
+    fn fork() -> Event {
+        Event {
+            seq: 1,
+            time: SystemTime::now(),
+            observed_time: SystemTime::now(),
+            hook: Hook::TpBtfTaskNewtask,
+            process: Process::default(),
+            detail: Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0 }),
+        }
+    }
+
+    /// With the events' share of the memory budget used up, the reader keeps its event (it is
+    /// not dropped) and sends it as soon as the pipeline releases bytes.
+    #[tokio::test]
+    async fn a_full_budget_pauses_the_reader_without_loss() {
+        let budget = Arc::new(Budget::new(1000));
+        let held = budget.try_charge(1000).unwrap();
+        let (queue, mut pipeline) = mpsc::channel(4);
+        let mut out = Output { queue, counters: Arc::default(), budget: budget.clone(), pending: Some(fork()) };
+        let send = out.send_pending();
+        tokio::pin!(send);
+        assert!(tokio::time::timeout(Duration::from_millis(50), &mut send).await.is_err(), "waits while the budget is full");
+        drop(held);
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), send).await.expect("sent once bytes are released"), Flow::Continue);
+        let Some(Input::Event(event, charge)) = pipeline.recv().await else { panic!("no event") };
+        assert_eq!(event.seq, 1);
+        assert_eq!(budget.used(), event_bytes(&event));
+        drop(charge);
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -50,7 +50,8 @@ pub const CONTAINER_ID: &str = "container.id";
 pub const PROCESS_LINUX_CGROUP: &str = "process.linux.cgroup";
 /// The hook that produced the event, e.g. `tp_btf/sched_process_exec`.
 pub const KSENSE_PROBE: &str = "ksense.probe";
-/// Per-agent sequence number, one more per event read from the kernel.
+/// Per-agent sequence number, one more per event read from the kernel; on ksense's own records
+/// (`ksense.loss`, `ksense.status`), the number of the last event read before it.
 pub const KSENSE_EVENT_SEQ: &str = "ksense.event.seq";
 /// argv was longer than the probe copies and was cut.
 pub const KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED: &str = "ksense.process.command_args.truncated";
@@ -80,3 +81,26 @@ pub const KSENSE_MEMORY_RESULT: &str = "ksense.memory.result";
 pub const KSENSE_EVENT_COUNT: &str = "ksense.event.count";
 /// The event name, repeated as an attribute for OTLP backends that predate the field.
 pub const EVENT_NAME: &str = "event.name";
+/// The event name of ksense's loss reports.
+pub const KSENSE_LOSS: &str = "ksense.loss";
+/// Why events were lost: `ring_buffer`, `queue_full`, `memory_budget`, `rate_limited`,
+/// `sink_failed`, `sink_rejected`, `decode_error`.
+pub const KSENSE_LOSS_CAUSE: &str = "ksense.loss.cause";
+/// The kind lost, e.g. `process.exec`; `*` where the cause cannot tell.
+pub const KSENSE_LOSS_EVENT_NAME: &str = "ksense.loss.event_name";
+/// How many were lost for this cause and kind (and sink) since the previous report of them.
+pub const KSENSE_LOSS_COUNT: &str = "ksense.loss.count";
+/// The sink that lost them (`otlp`, `journald`, `file`, `stdout`), for the sink causes.
+pub const KSENSE_LOSS_SINK: &str = "ksense.loss.sink";
+/// The event name of ksense's heartbeat.
+pub const KSENSE_STATUS: &str = "ksense.status";
+/// `started`, `running` or `stopping`.
+pub const KSENSE_STATUS_STATE: &str = "ksense.status.state";
+/// Events read from the kernel since start.
+pub const KSENSE_STATUS_EVENTS_READ: &str = "ksense.status.events_read";
+/// Events handed to the sinks since start.
+pub const KSENSE_STATUS_EVENTS_WRITTEN: &str = "ksense.status.events_written";
+/// Everything lost since start.
+pub const KSENSE_STATUS_LOST_TOTAL: &str = "ksense.status.lost_total";
+/// `<event name>=<probe>` of every attached kind.
+pub const KSENSE_STATUS_PROBES: &str = "ksense.status.probes";

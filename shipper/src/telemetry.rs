@@ -12,6 +12,11 @@ use std::{
 
 use ksense_abi::EventKind;
 
+use crate::{
+    budget::Budget,
+    loss::{Cause, KindCounts, LossKey},
+};
+
 /// Counters shared by the reader and the pipeline.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -23,8 +28,16 @@ pub struct Counters {
     pub written: AtomicU64,
     /// Events the `[filters]` rules kept from the sinks (by choice: not a loss).
     pub filtered: AtomicU64,
-    /// Events dropped by `[limits] rate_per_second`.
-    pub rate_limited: AtomicU64,
+    /// Events dropped by `[limits] rate_per_second`, per kind.
+    pub rate_limited: KindCounts,
+    /// ksense's own records (`ksense.loss`, `ksense.status`) handed to the sinks: with
+    /// `written`, what every sink was offered.
+    pub own_records: AtomicU64,
+    /// The last `ksense.event.seq` given to an event read from the kernel (ksense's own records
+    /// carry it too, to say where in the stream they were written).
+    pub seq: AtomicU64,
+    /// One more per input the pipeline handles: the watchdog sees it move.
+    pub heartbeat: AtomicU64,
     /// Kernel-to-sink latency of the events written.
     pub latency: Latency,
     /// Resource use when events started to flow: the CPU time reported is what ksense used
@@ -34,16 +47,29 @@ pub struct Counters {
     sinks: Mutex<Vec<(&'static str, Arc<SinkStats>)>>,
 }
 
-/// One sink's counters. A sink that queues (OTLP) counts its own queue overflows, retries and
-/// failed deliveries; for the others the pipeline counts failed writes.
+/// One sink's counters, and the memory it holds. The sink's queue (sinks::queue) counts the
+/// records it drops, per kind, and the writes that fail; a sink with a queue of its own (OTLP)
+/// counts what that drops or cannot deliver in the plain counters, where the kind is no longer
+/// known. A total is the plain counter plus the per-kind ones.
 #[derive(Debug, Default)]
 pub struct SinkStats {
     /// Records delivered.
     pub delivered: AtomicU64,
-    /// Records dropped because the sink's queue was full.
+    /// Records dropped because the sink's queue was full (kind unknown).
     pub queue_full: AtomicU64,
-    /// Records that could not be delivered (after retries, where the sink retries).
+    /// Records dropped because the sink's queue was full, per kind.
+    pub queue_full_by_kind: KindCounts,
+    /// Records that could not be delivered (after retries, where the sink retries; kind unknown).
     pub failed: AtomicU64,
+    /// Records that could not be written, per kind.
+    pub failed_by_kind: KindCounts,
+    /// Records dropped because the sink's share of the memory budget was used up (kind unknown).
+    pub memory_budget: AtomicU64,
+    /// Records dropped because the sink's share of the memory budget was used up, per kind.
+    pub memory_budget_by_kind: KindCounts,
+    /// The bytes the sink holds (its queue, and what it keeps itself), against its share of
+    /// `[limits] memory_budget_bytes`.
+    pub held: Arc<Budget>,
     /// Records the backend refused for good: an answer that retrying cannot change (a
     /// non-retryable status, records a partial success names as rejected, a record larger
     /// than a request may be).
@@ -59,12 +85,14 @@ pub struct SinkSnapshot {
     pub name: &'static str,
     /// See [`SinkStats::delivered`].
     pub delivered: u64,
-    /// See [`SinkStats::queue_full`].
+    /// See [`SinkStats::queue_full`], with the per-kind counts.
     pub queue_full: u64,
-    /// See [`SinkStats::failed`].
+    /// See [`SinkStats::failed`], with the per-kind counts.
     pub failed: u64,
     /// See [`SinkStats::rejected`].
     pub rejected: u64,
+    /// See [`SinkStats::memory_budget`], with the per-kind counts.
+    pub memory_budget: u64,
     /// See [`SinkStats::retries`].
     pub retries: u64,
 }
@@ -80,6 +108,16 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// The next `ksense.event.seq`, for an event read from the kernel.
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Relaxed) + 1
+    }
+
+    /// The last `ksense.event.seq` given.
+    pub fn last_seq(&self) -> u64 {
+        self.seq.load(Relaxed)
+    }
+
     /// The counters of the sink called `name` (the same ones again when a reload recreates it).
     pub fn register_sink(&self, name: &'static str) -> Arc<SinkStats> {
         let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,30 +129,64 @@ impl Counters {
         stats
     }
 
-    /// The counters now, with the kernel's ring-buffer losses per kind.
+    /// The counters now, with the kernel's ring-buffer losses per kind. Each loss counter is
+    /// read once, and both the totals and [`Snapshot::losses`] come from that read.
     pub fn snapshot(&self, ring_lost: RingLost) -> Snapshot {
         let sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut losses = Losses::default();
+        losses.per_kind(Cause::RingBuffer, None, ring_lost.0);
+        let rate_limited = losses.per_kind(Cause::RateLimited, None, self.rate_limited.read());
+        let sink_snapshots: Vec<SinkSnapshot> = sinks
+            .iter()
+            .map(|(name, s)| {
+                let sink = Some(*name);
+                let queue_full = losses.per_kind(Cause::QueueFull, sink, s.queue_full_by_kind.read());
+                let failed = losses.per_kind(Cause::SinkFailed, sink, s.failed_by_kind.read());
+                let memory_budget = losses.per_kind(Cause::MemoryBudget, sink, s.memory_budget_by_kind.read());
+                SinkSnapshot {
+                    name,
+                    delivered: s.delivered.load(Relaxed),
+                    queue_full: queue_full + losses.add(Cause::QueueFull, None, sink, s.queue_full.load(Relaxed)),
+                    failed: failed + losses.add(Cause::SinkFailed, None, sink, s.failed.load(Relaxed)),
+                    rejected: losses.add(Cause::SinkRejected, None, sink, s.rejected.load(Relaxed)),
+                    memory_budget: memory_budget + losses.add(Cause::MemoryBudget, None, sink, s.memory_budget.load(Relaxed)),
+                    retries: s.retries.load(Relaxed),
+                }
+            })
+            .collect();
+        let decode_errors = losses.add(Cause::DecodeError, None, None, self.decode_errors.load(Relaxed));
         Snapshot {
             read: self.read.load(Relaxed),
-            decode_errors: self.decode_errors.load(Relaxed),
+            decode_errors,
             written: self.written.load(Relaxed),
+            own_records: self.own_records.load(Relaxed),
             filtered: self.filtered.load(Relaxed),
-            rate_limited: self.rate_limited.load(Relaxed),
+            rate_limited,
             latency: self.latency.summary(),
             usage: Usage::now().since(&self.baseline),
             ring_lost,
-            sinks: sinks
-                .iter()
-                .map(|(name, s)| SinkSnapshot {
-                    name,
-                    delivered: s.delivered.load(Relaxed),
-                    queue_full: s.queue_full.load(Relaxed),
-                    failed: s.failed.load(Relaxed),
-                    rejected: s.rejected.load(Relaxed),
-                    retries: s.retries.load(Relaxed),
-                })
-                .collect(),
+            sinks: sink_snapshots,
+            losses: losses.0,
         }
+    }
+}
+
+/// Loss counts as a snapshot gathers them, under their keys.
+#[derive(Default)]
+struct Losses(Vec<(LossKey, u64)>);
+
+impl Losses {
+    /// Notes `count` under the key (when not zero) and returns it.
+    fn add(&mut self, cause: Cause, kind: Option<EventKind>, sink: Option<&'static str>, count: u64) -> u64 {
+        if count > 0 {
+            self.0.push((LossKey { cause, kind, sink }, count));
+        }
+        count
+    }
+
+    /// Notes each kind's count and returns their sum.
+    fn per_kind(&mut self, cause: Cause, sink: Option<&'static str>, counts: [u64; EventKind::ALL.len()]) -> u64 {
+        EventKind::ALL.into_iter().zip(counts).map(|(kind, n)| self.add(cause, Some(kind), sink, n)).sum()
     }
 }
 
@@ -143,6 +215,8 @@ pub struct Snapshot {
     pub decode_errors: u64,
     /// See [`Counters::written`].
     pub written: u64,
+    /// See [`Counters::own_records`].
+    pub own_records: u64,
     /// See [`Counters::filtered`].
     pub filtered: u64,
     /// See [`Counters::rate_limited`].
@@ -155,6 +229,9 @@ pub struct Snapshot {
     pub ring_lost: RingLost,
     /// Per sink.
     pub sinks: Vec<SinkSnapshot>,
+    /// Every loss counter that is not zero, cumulative, under its key (what `ksense.loss`
+    /// records report): per cause they add up to the totals above.
+    pub losses: Vec<(LossKey, u64)>,
 }
 
 impl Snapshot {
@@ -166,28 +243,44 @@ impl Snapshot {
 
     /// Records the sinks dropped or could not deliver, all sinks together.
     pub fn sink_lost(&self) -> u64 {
-        self.sinks.iter().map(|s| s.queue_full + s.failed + s.rejected).sum()
+        self.sinks.iter().map(|s| s.queue_full + s.failed + s.rejected + s.memory_budget).sum()
+    }
+
+    /// Records the sinks dropped because their share of the memory budget was used up.
+    pub fn memory_budget(&self) -> u64 {
+        self.sinks.iter().map(|s| s.memory_budget).sum()
     }
 }
 
 impl fmt::Display for Snapshot {
     /// `key=value` pairs, stable names a script can parse.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "events_read={} events_written={} lost_total={}", self.read, self.written, self.lost())?;
+        write!(
+            f,
+            "events_read={} events_written={} own_records={} lost_total={}",
+            self.read,
+            self.written,
+            self.own_records,
+            self.lost()
+        )?;
         write!(f, " lost_ring_buffer={}", self.ring_lost.total())?;
         for kind in EventKind::ALL {
             write!(f, " lost_ring_buffer_{}={}", kind.name().replace('.', "_"), self.ring_lost.of(kind))?;
         }
         write!(
             f,
-            " decode_errors={} rate_limited={} filtered={}",
-            self.decode_errors, self.rate_limited, self.filtered
+            " decode_errors={} rate_limited={} filtered={} memory_budget={}",
+            self.decode_errors,
+            self.rate_limited,
+            self.filtered,
+            self.memory_budget()
         )?;
         for s in &self.sinks {
             write!(
                 f,
-                " sink_{0}_delivered={1} sink_{0}_queue_full={2} sink_{0}_failed={3} sink_{0}_rejected={4} sink_{0}_retries={5}",
-                s.name, s.delivered, s.queue_full, s.failed, s.rejected, s.retries
+                " sink_{0}_delivered={1} sink_{0}_queue_full={2} sink_{0}_failed={3} sink_{0}_rejected={4} \
+                 sink_{0}_memory_budget={5} sink_{0}_retries={6}",
+                s.name, s.delivered, s.queue_full, s.failed, s.rejected, s.memory_budget, s.retries
             )?;
         }
         let l = &self.latency;
@@ -207,9 +300,9 @@ const SUB_BUCKETS: u32 = 4;
 const LATENCY_BUCKETS: usize = 41 * SUB_BUCKETS as usize;
 
 /// A histogram of how long events took from the kernel (the event's own time stamp) to having
-/// been handed to every sink, in log-spaced microsecond buckets: recording is one atomic add,
-/// with no allocation and no lock on the event path. For a sink that queues (OTLP) "handed"
-/// means queued for export; journald, file and stdout have written the event by then.
+/// been offered to every sink's queue, in log-spaced microsecond buckets: recording is one
+/// atomic add, with no allocation and no lock on the event path. Each sink writes from its
+/// queue on its own thread, so a sink that is behind adds its own delay after this.
 #[derive(Debug)]
 pub struct Latency {
     buckets: [AtomicU64; LATENCY_BUCKETS],

@@ -212,7 +212,8 @@ impl Agent {
                         **v > 0
                             && (["lost_ring_buffer", "lost_queue_full", "decode_errors", "rate_limited"]
                                 .contains(&k.as_str())
-                                || k.starts_with("sink_") && (k.ends_with("_queue_full") || k.ends_with("_failed")))
+                                || k.starts_with("sink_")
+                                    && ["_queue_full", "_failed", "_rejected", "_memory_budget"].iter().any(|c| k.ends_with(c)))
                     })
                     .collect();
                 if let Some(path) = &events {

@@ -135,11 +135,12 @@ pub fn small_queue_config(grpc_port: u16) -> String {
 /// The OTLP sink's totals at stop, after an outage.
 #[derive(Debug)]
 pub struct OutageTotals {
-    /// `events_written`: what the pipeline handed every sink.
+    /// `events_written` + `own_records`: what the pipeline offered every sink (events, and
+    /// ksense's records about itself).
     pub written: u64,
     /// `sink_otlp_delivered`.
     pub delivered: u64,
-    /// `sink_otlp_queue_full`: dropped while the collector was away.
+    /// `sink_otlp_queue_full` + `sink_otlp_memory_budget`: dropped while the collector was away.
     pub dropped: u64,
     /// `sink_otlp_failed`.
     pub failed: u64,
@@ -154,9 +155,9 @@ pub struct OutageTotals {
 pub fn check_outage_accounting(stopped: &crate::Stopped, collector: &Collector) -> OutageTotals {
     assert!(stopped.status.success(), "{}", stopped.stderr);
     let totals = OutageTotals {
-        written: stopped.counter("events_written"),
+        written: stopped.counter("events_written") + stopped.counter("own_records"),
         delivered: stopped.counter("sink_otlp_delivered"),
-        dropped: stopped.counter("sink_otlp_queue_full"),
+        dropped: stopped.counter("sink_otlp_queue_full") + stopped.counter("sink_otlp_memory_budget"),
         failed: stopped.counter("sink_otlp_failed"),
         retries: stopped.counter("sink_otlp_retries"),
     };

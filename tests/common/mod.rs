@@ -68,7 +68,11 @@ fn require_root() {
 /// A running ksense and what it has printed so far.
 pub struct Ksense {
     child: Child,
+    /// ksense's stdout when nobody reads it ([`Ksense::start_with_stdout_unread`]): kept open,
+    /// so the pipe fills rather than breaks.
+    unread_stdout: Option<std::process::ChildStdout>,
     events: Arc<Mutex<Vec<Value>>>,
+    own: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -77,6 +81,8 @@ pub struct Ksense {
 pub struct Stopped {
     /// Every event it printed.
     pub events: Vec<Value>,
+    /// Every record it printed about itself (`ksense.loss`, `ksense.status`).
+    pub own: Vec<Value>,
     /// Its diagnostics.
     pub stderr: String,
     /// Its exit status.
@@ -115,6 +121,32 @@ impl Ksense {
 
     /// [`Ksense::start`] with extra environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Ksense {
+        Ksense::spawn(extra, env, true)
+    }
+
+    /// [`Ksense::start`], but nobody reads ksense's stdout: the pipe fills up and ksense's
+    /// writes to it block, as when the reader of `ksense run | reader` stops reading.
+    /// [`Ksense::stdout_is_blocked`] says when it has.
+    pub fn start_with_stdout_unread(extra: &[&str]) -> Ksense {
+        Ksense::spawn(extra, &[], false)
+    }
+
+    /// Whether ksense's writes to its unread stdout pipe block: the pipe holds data, and a
+    /// thread of ksense waits in the kernel's pipe write (`pipe_write`, `anon_pipe_write`; its other
+    /// pipe, stderr, is read all along).
+    pub fn stdout_is_blocked(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let fd = self.unread_stdout.as_ref().expect("stdout is read").as_raw_fd();
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int; F_GETPIPE_SZ takes no argument.
+        let (read, size) = unsafe { (libc::ioctl(fd, libc::FIONREAD, &mut queued), libc::fcntl(fd, libc::F_GETPIPE_SZ)) };
+        assert!(read == 0 && size > 0, "cannot query ksense's stdout pipe");
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).into_iter().flatten().flatten();
+        let waiting = tasks.filter_map(|t| std::fs::read_to_string(t.path().join("wchan")).ok()).any(|w| w.ends_with("pipe_write"));
+        queued > size / 2 && waiting
+    }
+
+    fn spawn(extra: &[&str], env: &[(&str, &str)], read_stdout: bool) -> Ksense {
         require_root();
         let mut child = Command::new(ksense_bin())
             .args(["run", "--output", "json"])
@@ -126,23 +158,27 @@ impl Ksense {
             .spawn()
             .expect("cannot start ksense");
         let events = Arc::new(Mutex::new(Vec::new()));
+        let own = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
-        let readers = vec![
-            {
-                let events = events.clone();
+        let (out, unread_stdout) = if read_stdout { (Some(out), None) } else { (None, Some(out)) };
+        let readers = out
+            .map(|out| {
+                let (events, own) = (events.clone(), own.clone());
                 std::thread::spawn(move || {
                     for line in BufReader::new(out).split(b'\n') {
                         let line = line.unwrap();
                         let value: Value = serde_json::from_slice(&line).unwrap_or_else(|e| {
                             panic!("ksense printed a line that is not JSON ({e}): {}", String::from_utf8_lossy(&line))
                         });
-                        events.lock().unwrap().push(value);
+                        let list = if is_own(&value) { &own } else { &events };
+                        list.lock().unwrap().push(value);
                     }
                 })
-            },
-            {
+            })
+            .into_iter()
+            .chain([{
                 let stderr = stderr.clone();
                 std::thread::spawn(move || {
                     for line in BufReader::new(err).lines() {
@@ -152,9 +188,9 @@ impl Ksense {
                         s.push('\n');
                     }
                 })
-            },
-        ];
-        let mut ksense = Ksense { child, events, stderr, readers };
+            }])
+            .collect();
+        let mut ksense = Ksense { child, unread_stdout, events, own, stderr, readers };
         let deadline = Instant::now() + event_timeout();
         while !ksense.stderr().contains("ksense is running") {
             if let Ok(Some(status)) = ksense.child.try_wait() {
@@ -168,6 +204,11 @@ impl Ksense {
             std::thread::sleep(Duration::from_millis(20));
         }
         ksense
+    }
+
+    /// ksense's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Diagnostics so far.
@@ -210,6 +251,11 @@ impl Ksense {
         self.events.lock().unwrap().clone()
     }
 
+    /// Every record about itself (`ksense.loss`, `ksense.status`) printed so far.
+    pub fn own(&self) -> Vec<Value> {
+        self.own.lock().unwrap().clone()
+    }
+
     /// Sends `signal` (e.g. `libc::SIGHUP`) to ksense.
     pub fn signal(&self, signal: i32) {
         unsafe { libc::kill(self.child.id() as i32, signal) };
@@ -223,8 +269,9 @@ impl Ksense {
             reader.join().expect("an output reader panicked");
         }
         let events = std::mem::take(&mut *self.events.lock().unwrap());
+        let own = std::mem::take(&mut *self.own.lock().unwrap());
         let stderr = self.stderr();
-        Stopped { events, stderr, status }
+        Stopped { events, own, stderr, status }
     }
 }
 
@@ -238,6 +285,12 @@ impl Drop for Ksense {
 /// An attribute of an event.
 pub fn attr<'a>(event: &'a Value, name: &str) -> &'a Value {
     &event["attributes"][name]
+}
+
+/// Whether `record` is one ksense writes about itself (`ksense.loss`, `ksense.status`) rather
+/// than a kernel event.
+pub fn is_own(record: &Value) -> bool {
+    record["event.name"].as_str().is_some_and(|name| name.starts_with("ksense."))
 }
 
 /// Whether `event` is the named kind.

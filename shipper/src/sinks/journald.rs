@@ -65,6 +65,15 @@ pub const KERNEL_MODULE_LOAD_MESSAGE_ID: &str = "d39d8dbbf76d457d97ca879021e1eb9
 /// `MESSAGE_ID` of `process.memory.protect` entries.
 pub const PROCESS_MEMORY_PROTECT_MESSAGE_ID: &str = "450bd3ca132e4701bb08514634b315d2";
 
+/// `MESSAGE_ID` of `ksense.loss` entries.
+pub const KSENSE_LOSS_MESSAGE_ID: &str = "d7e5de717d704c2498c593c05f16a5a2";
+/// `MESSAGE_ID` of `ksense.status` entries.
+pub const KSENSE_STATUS_MESSAGE_ID: &str = "0339118d59ef492f86aa85044dcc969a";
+
+/// The `MESSAGE_ID` of ksense's own records, by event name.
+const OWN_MESSAGE_IDS: [(&str, &str); 2] =
+    [(schema::KSENSE_LOSS, KSENSE_LOSS_MESSAGE_ID), (schema::KSENSE_STATUS, KSENSE_STATUS_MESSAGE_ID)];
+
 /// The `MESSAGE_ID` of an event kind (fixed: catalogs and saved queries depend on it).
 pub const fn message_id(kind: EventKind) -> &'static str {
     match kind {
@@ -114,8 +123,12 @@ pub fn encode(record: &LogRecord, out: &mut Vec<u8>) {
     put(out, "MESSAGE", record.body.as_bytes());
     put(out, "PRIORITY", record.severity.syslog_priority().to_string().as_bytes());
     put(out, "SYSLOG_IDENTIFIER", IDENTIFIER.as_bytes());
-    if let Some(kind) = EventKind::ALL.into_iter().find(|k| k.name() == record.event_name) {
-        put(out, "MESSAGE_ID", message_id(kind).as_bytes());
+    let id = match EventKind::ALL.into_iter().find(|k| k.name() == record.event_name) {
+        Some(kind) => Some(message_id(kind)),
+        None => OWN_MESSAGE_IDS.iter().find(|(name, _)| *name == record.event_name).map(|(_, id)| *id),
+    };
+    if let Some(id) = id {
+        put(out, "MESSAGE_ID", id.as_bytes());
     }
     put(out, "KSENSE_EVENT", record.event_name.as_bytes());
     put(out, "KSENSE_TIME", rfc3339(record.time).as_bytes());
@@ -442,6 +455,30 @@ mod tests {
     }
 
     #[test]
+    fn ksense_own_records_have_their_message_ids_and_no_object_pid() {
+        let key = crate::loss::LossKey { cause: crate::loss::Cause::RingBuffer, kind: Some(EventKind::Exec), sink: None };
+        let fields = encoded(&crate::loss::loss_record(key, 12, 7));
+        assert_eq!(one(&fields, "KSENSE_EVENT"), "ksense.loss");
+        assert_eq!(one(&fields, "MESSAGE_ID"), KSENSE_LOSS_MESSAGE_ID);
+        assert_eq!(one(&fields, "PRIORITY"), "4");
+        assert_eq!(one(&fields, "KSENSE_LOSS_CAUSE"), "ring_buffer");
+        assert_eq!(one(&fields, "KSENSE_LOSS_COUNT"), "12");
+        assert!(values(&fields, "OBJECT_PID").is_empty());
+        let probes = ["process.exec=tp_btf/sched_process_exec".to_owned()];
+        let status = crate::loss::Status {
+            state: crate::loss::State::Running,
+            events_read: 1,
+            events_written: 1,
+            lost_total: 0,
+            probes: &probes,
+        };
+        let fields = encoded(&crate::loss::status_record(&status, 1));
+        assert_eq!(one(&fields, "MESSAGE_ID"), KSENSE_STATUS_MESSAGE_ID);
+        assert_eq!(one(&fields, "KSENSE_STATUS_STATE"), "running");
+        assert_eq!(values(&fields, "KSENSE_STATUS_PROBES"), [probes[0].as_bytes()]);
+    }
+
+    #[test]
     fn arrays_are_repeated_fields_in_order() {
         let argv: Vec<String> = ["marker", "b", "a", "a", ""].map(String::from).to_vec();
         let fields = encoded(&exec_record(argv.clone()));
@@ -490,7 +527,7 @@ mod tests {
 
     #[test]
     fn message_ids_are_distinct_128_bit_hex() {
-        let ids: Vec<&str> = EventKind::ALL.into_iter().map(message_id).collect();
+        let ids: Vec<&str> = EventKind::ALL.into_iter().map(message_id).chain(OWN_MESSAGE_IDS.map(|(_, id)| id)).collect();
         for id in &ids {
             assert_eq!(id.len(), 32, "{id}");
             assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
@@ -516,7 +553,13 @@ mod tests {
             assert!(entry.contains("Support: "), "{}: no Support", kind.name());
             assert!(entry.contains(kind.name()), "{}: the entry does not name its event", kind.name());
         }
-        assert_eq!(catalog.matches("\n-- ").count() + usize::from(catalog.starts_with("-- ")), EventKind::ALL.len());
+        for (name, id) in OWN_MESSAGE_IDS {
+            let header = format!("-- {id}\n");
+            let at = catalog.find(&header).unwrap_or_else(|| panic!("packaging/ksense.catalog has no entry for {name}"));
+            assert!(catalog[at..].contains(name), "{name}: the entry does not name its event");
+        }
+        let entries = EventKind::ALL.len() + OWN_MESSAGE_IDS.len();
+        assert_eq!(catalog.matches("\n-- ").count() + usize::from(catalog.starts_with("-- ")), entries);
     }
 
     /// A datagram socket bound in a fresh directory, standing in for journald.

@@ -1,14 +1,19 @@
-//! Where records go. Each sink owns its formatting, buffering and retries; the pipeline hands
-//! every sink every record, asks them to flush when its queue runs dry (or every 1024 events
-//! under a steady load), and closes them at exit.
-//! A sink that delivers synchronously counts delivered records in its [`crate::telemetry::SinkStats`]
-//! (the pipeline counts failed writes); a sink with its own queue counts everything itself.
+//! Where records go. Each sink owns its formatting, buffering and retries, and runs on a thread
+//! of its own ([`queue`]): the pipeline offers every record to every sink's queue, the sink's
+//! thread writes them, flushes when its queue runs dry (or every 1024 records under a steady
+//! load), and closes the sink at exit.
+//! A sink counts delivered records in its [`crate::telemetry::SinkStats`] (its queue counts
+//! drops and failed writes); a sink with a queue of its own (OTLP) counts what that loses too.
+//!
+//! A sink's `events` and `min_severity` keys select among kernel events only: ksense's own
+//! records (`ksense.loss`, `ksense.status`) go to every sink.
 use std::io;
 
 use anyhow::Context as _;
 
 use crate::{
     config::{Config, EventName, OutputFormat, Selection},
+    loss::is_own,
     record::{LogRecord, Severity},
     telemetry::Counters,
 };
@@ -18,6 +23,7 @@ pub mod journald;
 pub mod jsonl;
 pub mod otlp;
 pub mod pretty;
+pub mod queue;
 
 /// A destination for records.
 pub trait Sink: Send {
@@ -81,8 +87,9 @@ fn selected(sink: impl Sink + 'static, events: &Option<Vec<EventName>>, min_seve
     if selection.is_all() { Box::new(sink) } else { Box::new(Selected { sink, selection }) }
 }
 
-/// A sink given only the records its configuration selects. What it is not given is neither
-/// delivered nor failed: the other sinks, and the `events_written` count, still have it.
+/// A sink given only the records its configuration selects, and ksense's own. What it is not
+/// given is neither delivered nor failed: the other sinks, and the `events_written` count,
+/// still have it.
 struct Selected<S> {
     sink: S,
     selection: Selection,
@@ -94,7 +101,7 @@ impl<S: Sink> Sink for Selected<S> {
     }
 
     fn write(&mut self, record: &LogRecord) -> io::Result<()> {
-        if self.selection.admits(record) { self.sink.write(record) } else { Ok(()) }
+        if is_own(record) || self.selection.admits(record) { self.sink.write(record) } else { Ok(()) }
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -5,7 +5,8 @@
 //! exports and retries. The sink encodes each record on the pipeline thread into a chunk and
 //! hands the chunk to the worker when it holds a batch or the pipeline flushes (its queue ran
 //! dry, or 1024 events went by): [`Sink::write`] never waits on the network, and what does not
-//! fit in the worker's queue (`queue_events` records) is dropped and counted.
+//! fit in the worker's queue (`queue_events` records, and the sink's share of the memory budget
+//! in bytes) is dropped and counted.
 use std::{
     io,
     sync::{
@@ -29,6 +30,11 @@ use config::OtlpSettings;
 use encoder::Encoder;
 use service::{Chunk, Closing};
 
+/// A chunk is handed to the worker once it holds this many bytes, even short of a batch: the
+/// bytes are charged to the sink's share of the memory budget, which a batch of long command
+/// lines (512 of 32 KiB) would not fit in whole.
+const CHUNK_BYTES: usize = 1 << 20;
+
 /// How long, at shutdown, queued records may still be retried before they count as failed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -37,6 +43,10 @@ pub struct OtlpSink {
     encoder: Encoder,
     /// Encoded records not yet handed to the worker, and how many.
     chunk: Chunk,
+    /// Whether `chunk` holds one of ksense's own records (`ksense.loss`, `ksense.status`):
+    /// then neither the queue's bound nor the memory budget drops it, so a loss report is not
+    /// lost to the loss it reports.
+    chunk_has_own: bool,
     /// Records per chunk at most: the batch size.
     chunk_records: u64,
     queue: Option<mpsc::UnboundedSender<Chunk>>,
@@ -64,6 +74,7 @@ impl OtlpSink {
         Ok(OtlpSink {
             encoder: Encoder::default(),
             chunk: Chunk::default(),
+            chunk_has_own: false,
             chunk_records,
             queue: Some(queue),
             queued,
@@ -81,11 +92,23 @@ impl OtlpSink {
         if self.chunk.records == 0 {
             return;
         }
-        let chunk = std::mem::take(&mut self.chunk);
+        let mut chunk = std::mem::take(&mut self.chunk);
+        let own = std::mem::take(&mut self.chunk_has_own);
         let records = chunk.records as usize;
-        if self.queued.load(Relaxed) + records > self.capacity {
-            self.stats.queue_full.fetch_add(chunk.records, Relaxed);
-            return;
+        if own {
+            chunk.charge = self.stats.held.charge(chunk.bytes.capacity());
+        } else {
+            if self.queued.load(Relaxed) + records > self.capacity {
+                self.stats.queue_full.fetch_add(chunk.records, Relaxed);
+                return;
+            }
+            match self.stats.held.try_charge(chunk.bytes.capacity()) {
+                Some(charge) => chunk.charge = charge,
+                None => {
+                    self.stats.memory_budget.fetch_add(chunk.records, Relaxed);
+                    return;
+                }
+            }
         }
         self.queued.fetch_add(records, Relaxed);
         if let Err(mpsc::error::SendError(chunk)) = queue.send(chunk) {
@@ -106,7 +129,8 @@ impl Sink for OtlpSink {
         }
         self.encoder.encode(record, &mut self.chunk.bytes);
         self.chunk.records += 1;
-        if self.chunk.records >= self.chunk_records {
+        self.chunk_has_own |= crate::loss::is_own(record);
+        if self.chunk.records >= self.chunk_records || self.chunk.bytes.len() >= CHUNK_BYTES {
             self.hand_over();
         }
         Ok(())
@@ -134,6 +158,36 @@ mod tests {
     use super::*;
     use crate::decode::bench::{log_records, process_cpu_time};
     use std::{sync::atomic::Ordering::Relaxed, time::Instant};
+
+    /// With the sink's share of the memory budget used up, its records are dropped and counted,
+    /// but a chunk holding one of ksense's own records is handed over all the same.
+    #[test]
+    fn own_records_are_not_lost_to_the_memory_budget() {
+        let config = config::OtlpConfig { endpoint: Some("http://127.0.0.1:1".into()), ..Default::default() };
+        let settings = config.resolve(|_| None).unwrap().unwrap();
+        let stats = Arc::new(SinkStats::default());
+        stats.held.set_limit(1);
+        let mut sink = OtlpSink::start(settings, stats.clone()).unwrap();
+        let event = log_records(1).remove(0);
+        let loss = crate::loss::loss_record(
+            crate::loss::LossKey { cause: crate::loss::Cause::MemoryBudget, kind: None, sink: Some("otlp") },
+            1,
+            0,
+        );
+        // The first chunk fits alone (nothing else is held); it stays charged while the
+        // worker tries to export it to a port nobody listens on.
+        sink.write(&event).unwrap();
+        sink.flush().unwrap();
+        sink.write(&event).unwrap();
+        sink.flush().unwrap();
+        assert_eq!(stats.memory_budget.load(Relaxed), 1, "over the share: dropped and counted");
+        sink.write(&loss).unwrap();
+        sink.flush().unwrap();
+        assert_eq!(stats.memory_budget.load(Relaxed), 1, "the loss record went through");
+        sink.close();
+        assert_eq!(stats.failed.load(Relaxed), 2, "both chunks handed over failed at stop (no collector)");
+        assert_eq!(stats.held.used(), 0, "every charge is released");
+    }
 
     /// Logs/s the sink delivers to a real collector, and the CPU this process spent per log
     /// (sink, encoder, exporter, transport; the records are rendered beforehand):

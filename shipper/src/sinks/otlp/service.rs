@@ -42,6 +42,8 @@ pub struct Chunk {
     pub bytes: Vec<u8>,
     /// How many.
     pub records: u64,
+    /// `bytes`, charged to the sink's share of the memory budget until the chunk is dropped.
+    pub charge: crate::budget::Charge,
 }
 
 /// Set once when ksense shuts down: until then a failing batch is retried; after it, retrying
@@ -107,17 +109,19 @@ async fn serve(
 ) {
     let mut in_flight = JoinSet::new();
     let mut batch = Vec::new();
-    let take = |chunk: Chunk, batch: &mut Vec<u8>| {
+    let mut charges = Vec::new();
+    let take = |chunk: Chunk, batch: &mut Vec<u8>, charges: &mut Vec<crate::budget::Charge>| {
         queued.fetch_sub(chunk.records as usize, Relaxed);
         batch.extend_from_slice(&chunk.bytes);
+        charges.push(chunk.charge);
         chunk.records
     };
     while let Some(first) = queue.recv().await {
-        let mut count = take(first, &mut batch);
+        let mut count = take(first, &mut batch, &mut charges);
         let deadline = tokio::time::Instant::now() + settings.batch_interval;
         while count < settings.batch_size as u64 {
             match tokio::time::timeout_at(deadline, queue.recv()).await {
-                Ok(Some(chunk)) => count += take(chunk, &mut batch),
+                Ok(Some(chunk)) => count += take(chunk, &mut batch, &mut charges),
                 Ok(None) | Err(_) => break,
             }
         }
@@ -126,7 +130,13 @@ async fn serve(
         }
         let request = Bytes::from(envelope.request(&batch));
         batch.clear();
-        in_flight.spawn(exports.clone().export(request, count));
+        let (export, charges) = (exports.clone().export(request, count), std::mem::take(&mut charges));
+        // The chunks' bytes stay charged to the sink's share of the memory budget until their
+        // export ends: the request holds as much.
+        in_flight.spawn(async move {
+            export.await;
+            drop(charges);
+        });
     }
     while in_flight.join_next().await.is_some() {}
 }

@@ -1,0 +1,82 @@
+//! A flood of long command lines from an unprivileged user, end to end: ksense's memory stays
+//! bounded by its memory budget whatever the user sends. Alone in its test binary, so that the
+//! flood does not fall on the other tests' ksense instances (test binaries run one at a time).
+//! docs/BENCHMARKS.md has the figure.
+use std::{
+    os::unix::process::CommandExt as _,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use ksense_e2e::{Ksense, collector::Collector, temp_config, workload_bin};
+
+/// The uid the flood runs as in [`peak_rss_under_a_long_argv_exec_flood`]: `nobody`.
+const FLOODER_UID: u32 = 65534;
+
+/// An unprivileged user execs a program with 16 KiB of argv 1,500 times, as fast as four
+/// threads can, while ksense (default limits and memory budget) writes JSON lines to stdout
+/// and exports over OTLP: ksense's peak RSS stays within its target, whatever the user sends.
+/// docs/BENCHMARKS.md has the figure.
+#[test]
+fn peak_rss_under_a_long_argv_exec_flood() {
+    const EXECS: usize = 1500;
+    let collector = Collector::start_discarding();
+    // Batches of 64 records of 33 KiB (argv, and the command line) stay under the receiver's
+    // 4 MiB request limit.
+    let config = temp_config(
+        "flood",
+        &format!("[sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\nbatch_size = 64\n[sinks.journald]\nenabled = false\n", collector.grpc_port),
+    );
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+    // Idle: what it holds once running (its peak so far is loading the probes, which parses
+    // the kernel's BTF and frees it before any event flows).
+    let idle_kib = vm_kib(ksense.pid(), "VmRSS");
+    // 256 arguments of 63 bytes and a NUL: 16 KiB.
+    let argv: Vec<String> = (0..256).map(|i| format!("{i:05}-{}", "a".repeat(57))).collect();
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..EXECS / 4 {
+                    let status = Command::new(workload_bin())
+                        .arg("marker")
+                        .args(&argv)
+                        .uid(FLOODER_UID)
+                        .gid(FLOODER_UID)
+                        .stdout(Stdio::null())
+                        .status()
+                        .unwrap();
+                    assert!(status.success());
+                }
+            });
+        }
+    });
+    let flood = started.elapsed();
+    let stopped = ksense.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let peak_kib = stopped.counter("peak_rss_kib");
+    eprintln!(
+        "long-argv flood: {EXECS} execs of 16 KiB argv as uid {FLOODER_UID} in {flood:?}; ksense peak RSS {} MiB \
+         (idle after start {} MiB resident); {} events written, lost {} before the sinks, OTLP delivered {} dropped {} \
+         (memory budget {}), stdout delivered {}",
+        peak_kib / 1024,
+        idle_kib / 1024,
+        stopped.counter("events_written"),
+        stopped.counter("lost_total"),
+        stopped.counter("sink_otlp_delivered"),
+        stopped.counter("sink_otlp_queue_full"),
+        stopped.counter("sink_otlp_memory_budget"),
+        stopped.counter("sink_stdout_delivered"),
+    );
+    assert!(idle_kib <= 30 * 1024, "idle RSS {idle_kib} KiB is over 30 MiB");
+    assert!(peak_kib <= 64 * 1024, "peak RSS {peak_kib} KiB under the flood is over 64 MiB: {}", stopped.stderr);
+}
+
+/// A `Vm*` figure of `/proc/<pid>/status`, KiB.
+fn vm_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}

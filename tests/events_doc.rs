@@ -1,7 +1,7 @@
 //! docs/EVENTS.md is the users' contract: every attribute name defined in `shipper/src/schema.rs`
 //! (the one place ksense's code names attributes) is documented there with a type, every
-//! documented attribute exists in the schema, and the documented types are the ones real events
-//! carry on this kernel.
+//! documented attribute exists in the schema, the documented types are the ones real events
+//! carry on this kernel, and the journald `MESSAGE_ID`s are the ones ksense sends.
 use std::collections::{BTreeMap, BTreeSet};
 
 use ksense_e2e::{Ksense, attr, is, run_workload};
@@ -58,6 +58,37 @@ fn documented() -> BTreeMap<String, Type> {
     attributes
 }
 
+/// The first cell of every row of the tables headed `| event name | ...` (the event kinds, and
+/// ksense's own records).
+fn documented_events() -> BTreeSet<String> {
+    let mut events = BTreeSet::new();
+    let mut in_table = false;
+    for line in EVENTS_MD.lines() {
+        if line.starts_with("| event name |") {
+            in_table = true;
+        } else if !line.starts_with('|') {
+            in_table = false;
+        } else if in_table && let Some(name) = line.split('|').nth(1).and_then(|c| c.trim().strip_prefix('`')?.strip_suffix('`')) {
+            events.insert(name.to_owned());
+        }
+    }
+    events
+}
+
+/// `| `event name` | `message id` |` rows.
+fn documented_message_ids() -> BTreeMap<String, String> {
+    EVENTS_MD
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let [_, name, id, _] = cells.as_slice() else { return None };
+            let id = id.strip_prefix('`')?.strip_suffix('`')?;
+            (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| (name.trim_matches('`').to_owned(), id.to_owned()))
+        })
+        .collect()
+}
+
 /// Every `pub const NAME: &str = "attribute";` of schema.rs.
 fn schema() -> BTreeSet<String> {
     SCHEMA_RS
@@ -68,12 +99,25 @@ fn schema() -> BTreeSet<String> {
 
 #[test]
 fn every_schema_attribute_is_documented_and_every_documented_one_exists() {
-    let (documented, schema) = (documented(), schema());
+    let (documented, events, schema) = (documented(), documented_events(), schema());
     assert!(schema.len() > 30, "schema.rs was not read right: {schema:?}");
-    let undocumented: Vec<_> = schema.iter().filter(|n| !documented.contains_key(*n)).collect();
+    assert!(events.contains("process.exec"), "docs/EVENTS.md's event tables were not read right: {events:?}");
+    // schema.rs also names ksense's own records (their event names): those are in an event table.
+    let undocumented: Vec<_> = schema.iter().filter(|n| !documented.contains_key(*n) && !events.contains(*n)).collect();
     let unknown: Vec<_> = documented.keys().filter(|n| !schema.contains(*n)).collect();
     assert!(undocumented.is_empty(), "in schema.rs but not in docs/EVENTS.md's attribute tables: {undocumented:?}");
     assert!(unknown.is_empty(), "in docs/EVENTS.md but not in schema.rs: {unknown:?}");
+}
+
+#[test]
+fn documented_message_ids_are_the_ones_journald_entries_carry() {
+    use ksense::sinks::journald;
+    let mut sent: BTreeMap<String, String> =
+        ksense_abi::EventKind::ALL.iter().map(|&k| (k.name().to_owned(), journald::message_id(k).to_owned())).collect();
+    sent.insert("ksense.loss".into(), journald::KSENSE_LOSS_MESSAGE_ID.into());
+    sent.insert("ksense.status".into(), journald::KSENSE_STATUS_MESSAGE_ID.into());
+    assert_eq!(documented_message_ids(), sent);
+    assert_eq!(documented_events(), sent.keys().cloned().collect(), "every event, and only those, in the event tables");
 }
 
 /// Every attribute of every event ksense prints while a workload forks, execs, changes its own
@@ -89,7 +133,7 @@ fn real_events_carry_the_documented_types() {
     let stopped = ksense.stop();
     let mut kinds = BTreeSet::new();
     let mut checked = BTreeSet::new();
-    for event in &stopped.events {
+    for event in stopped.events.iter().chain(&stopped.own) {
         kinds.insert(event["event.name"].as_str().unwrap_or_default().to_owned());
         for (name, value) in event["attributes"].as_object().expect("attributes") {
             let ty = documented.get(name).unwrap_or_else(|| panic!("`{name}` is not in docs/EVENTS.md: {event}"));
@@ -97,10 +141,10 @@ fn real_events_carry_the_documented_types() {
             checked.insert(name.clone());
         }
     }
-    for kind in ["process.fork", "process.exec", "process.exit", "process.memory.protect"] {
+    for kind in ["process.fork", "process.exec", "process.exit", "process.memory.protect", "ksense.status"] {
         assert!(kinds.contains(kind), "no {kind} event seen, so its attributes went unchecked: {kinds:?}");
     }
-    for name in ["ksense.process.exit.signal", "ksense.memory.wx", "process.command_args", "ksense.clone.flags"] {
+    for name in ["ksense.process.exit.signal", "ksense.memory.wx", "process.command_args", "ksense.clone.flags", "ksense.status.probes"] {
         assert!(checked.contains(name), "`{name}` never seen: {checked:?}");
     }
 }

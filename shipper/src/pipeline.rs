@@ -89,13 +89,13 @@ fn feed(mut queue: mpsc::Receiver<Input>, mut enricher: Enricher, outputs: &mut 
 
 /// Enriches, filters and writes one event to every sink.
 fn ship(mut event: Event, enricher: &mut Enricher, outputs: &mut Outputs, counters: &Counters) -> Result<(), ReaderGone> {
-    if !outputs.limiter.admit(event.kind()) {
+    if !outputs.limiter.admit(&event) {
         Counters::bump(&counters.rate_limited);
         return Ok(());
     }
     // Enrich before filtering: path and container rules need what enrichment adds.
     enricher.enrich(&mut event);
-    if !outputs.filter.allows(&event.process) {
+    if !outputs.filter.allows(&event) {
         Counters::bump(&counters.filtered);
         return Ok(());
     }

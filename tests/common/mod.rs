@@ -210,6 +210,11 @@ impl Ksense {
         self.events.lock().unwrap().clone()
     }
 
+    /// ksense's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` (e.g. `libc::SIGHUP`) to ksense.
     pub fn signal(&self, signal: i32) {
         unsafe { libc::kill(self.child.id() as i32, signal) };

@@ -51,17 +51,10 @@ pub(super) fn is_task(proc_root: &Path, pid: u32, task: Task) -> bool {
     };
     // SAFETY: sysconf has no memory effects.
     let hz = u128::from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64);
-    let suspended = (clock_ns(libc::CLOCK_BOOTTIME) - crate::clock::monotonic_ns()).max(0) as u128;
+    let suspended = (crate::clock::now_ns(libc::CLOCK_BOOTTIME) - crate::clock::monotonic_ns()).max(0) as u128;
     let start = u128::from(task.start_ns);
     let (earliest, latest) = (start * hz / 1_000_000_000, (start + suspended) * hz / 1_000_000_000);
     (earliest..=latest).contains(&u128::from(ticks))
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer; the clocks used here always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
 /// `/proc/<pid>/cmdline`, at most [`ARGS_CAP`] bytes of it (a process chooses how long its

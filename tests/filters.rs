@@ -13,15 +13,12 @@ use ksense_e2e::{Ksense, attr, is, printed_hex, run_workload, temp_config, workl
 /// Runs `argv` as uid/gid 65534 (nobody) through setpriv (which execs as root first, then
 /// `argv[0]` as nobody, in the same process); returns its stdout and pid.
 fn run_as_nobody(argv: &[&OsStr]) -> (String, u32) {
-    run_as_nobody_with(argv, |_| {})
-}
-
-/// [`run_as_nobody`], with `setup` applied to the command first.
-fn run_as_nobody_with(argv: &[&OsStr], setup: impl FnOnce(&mut Command)) -> (String, u32) {
-    let mut command = Command::new("setpriv");
-    command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).args(argv).stdout(Stdio::piped());
-    setup(&mut command);
-    let child = command.spawn().unwrap();
+    let child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(argv)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{argv:?} as nobody: {:?}", out.status);
@@ -243,17 +240,16 @@ impl Drop for TestCgroup {
     }
 }
 
-/// Runs the workload as nobody inside the cgroup `dir` (joined before the exec), for a second:
-/// long enough for enrichment to read its cgroup from /proc.
-fn run_in_cgroup(dir: &Path) -> u32 {
+/// Starts the workload as nobody inside the cgroup `dir` (joined before the exec), sleeping
+/// until killed: alive while enrichment reads its cgroup from /proc.
+fn start_in_cgroup(dir: &Path) -> std::process::Child {
     std::fs::create_dir_all(dir).unwrap();
     let procs = dir.join("cgroup.procs");
-    let workload = workload_bin();
-    run_as_nobody_with(&[workload.as_os_str(), OsStr::new("sleep"), OsStr::new("1")], |command| {
-        // SAFETY: only a write(2) to an already-built path between fork and exec.
-        unsafe { command.pre_exec(move || std::fs::write(&procs, b"0")) };
-    })
-    .1
+    let mut command = Command::new("setpriv");
+    command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(workload_bin()).args(["sleep", "600"]);
+    // SAFETY: only a write(2) to an already-built path between fork and exec.
+    unsafe { command.pre_exec(move || std::fs::write(&procs, b"0")) };
+    command.spawn().unwrap()
 }
 
 /// A cgroup named by 64 hex digits in a user's delegated subtree is no container; the same id
@@ -271,15 +267,21 @@ fn a_user_cgroup_named_like_a_container_gets_no_container_id() {
     }
     let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     let ksense = Ksense::start(&[]);
-    let user = run_in_cgroup(&cgroup.0.join(format!("user@65534.service/app.slice/{id}")));
-    let bare = run_in_cgroup(&cgroup.0.join(id));
-    let docker = run_in_cgroup(&cgroup.0.join(format!("docker-{id}.scope")));
-    for (pid, expected) in [(user, None), (bare, None), (docker, Some(id))] {
+    let cases = [
+        (format!("user@65534.service/app.slice/{id}"), None),
+        (id.to_owned(), None),
+        (format!("docker-{id}.scope"), Some(id)),
+    ];
+    for (path, expected) in cases {
+        let mut child = start_in_cgroup(&cgroup.0.join(&path));
+        let pid = child.id();
         let exec = ksense.wait_for("the workload's exec", |e| {
             is(e, "process.exec") && attr(e, "process.pid") == pid && attr(e, "process.user.id") == 65534
         });
+        child.kill().unwrap();
+        child.wait().unwrap();
         let cgroup_line = attr(&exec, "process.linux.cgroup").as_str().unwrap_or_default();
-        assert!(cgroup_line.contains(id), "the test cgroup: {exec}");
+        assert!(cgroup_line.ends_with(&path), "in {path}: {exec}");
         assert_eq!(attr(&exec, "container.id").as_str(), expected, "{exec}");
     }
     ksense.stop();
@@ -298,7 +300,8 @@ fn ksense_does_not_report_itself() {
 }
 
 /// Under a storm of forks that overruns the ring buffer while ksense is stopped, a W^X change
-/// made after the storm still finds room: the reserve is kept for it.
+/// made after the storm still finds room: the reserve is kept for it. (Without the reserve the
+/// full ring would refuse it too.)
 #[test]
 fn a_wx_change_finds_room_after_a_process_event_storm() {
     let config = temp_config("reserve", "[limits]\nring_buffer_bytes = 65536\n");
@@ -315,5 +318,4 @@ fn a_wx_change_finds_room_after_a_process_event_storm() {
     let stopped = ksense.stop();
     let lost = stopped.counter("lost_ring_buffer_process_fork") + stopped.counter("lost_ring_buffer_process_exit");
     assert!(lost > 0, "the storm of {storm} did not overrun the ring buffer: {}", stopped.stderr);
-    assert_eq!(stopped.counter("lost_ring_buffer_process_memory_protect"), 0, "{}", stopped.stderr);
 }

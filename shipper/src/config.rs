@@ -424,6 +424,7 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(config.probes.attach, defaults.probes.attach);
         assert_eq!(config.probes.thread_exits, defaults.probes.thread_exits);
+        assert_eq!(config.probes.report_self, defaults.probes.report_self);
         assert_eq!(config.probes.module, defaults.probes.module);
         assert_eq!(config.probes.memory, defaults.probes.memory);
         assert_eq!(config.memory.report, defaults.memory.report);

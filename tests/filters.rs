@@ -187,6 +187,40 @@ fn path_rules_match_the_executed_file_not_the_execve_string() {
     assert!(leaked.is_empty(), "the program in the excluded directory was reported: {leaked:?}");
 }
 
+/// A program run by a relative path that at once execs a program in an excluded directory:
+/// by the time ksense looks, `/proc/<pid>/exe` shows the successor, which is not the file the
+/// first exec ran. The first exec is reported (without a path, which cannot be established),
+/// not dropped as if it were the excluded program.
+#[test]
+fn an_exec_replaced_at_once_is_not_described_by_its_successor() {
+    let scratch = Scratch::new("exec-again");
+    let root = scratch.0.display().to_string();
+    let real = scratch.program("excluded/real");
+    let script = scratch.0.join("evil");
+    std::fs::write(&script, format!("#!/bin/sh\nexec {} sleep 2\n", real.display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = temp_config("exec-again", &format!("[filters]\nexclude = {{ path = [\"{root}/excluded/*\"] }}\n"));
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+    let child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "./evil"])
+        .current_dir(&scratch.0)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let exec = exec_event(&ksense, pid, "./evil");
+    // What the kernel ran for the script is the shell; a relative path cannot be resolved later.
+    let (path, shell) = (attr(&exec, "process.executable.path"), std::fs::canonicalize("/bin/sh").unwrap());
+    assert!(path.is_null() || path == shell.to_str().unwrap(), "{exec}");
+    assert!(child.wait_with_output().unwrap().status.success());
+    let stopped = ksense.stop();
+    let successor: Vec<_> = stopped
+        .events
+        .iter()
+        .filter(|e| is(e, "process.exec") && attr(e, "process.pid") == pid && attr(e, "ksense.process.exec.path") == real.to_str().unwrap())
+        .collect();
+    assert!(successor.is_empty(), "the excluded successor was reported: {successor:?}");
+}
+
 /// `process.executable.path` is what `/proc/<pid>/exe` shows (`readlink -f` of the path), the
 /// execve string is `ksense.process.exec.path`.
 #[test]

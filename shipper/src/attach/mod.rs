@@ -196,9 +196,9 @@ impl Probes {
     /// Makes the probes drop events of the uids and exact comms `filters` excludes, of the kinds
     /// the rules apply to (replacing what was there: called at start and on SIGHUP).
     pub fn set_exclusions(&mut self, filters: &crate::filter::FiltersConfig) -> Result<(), AttachError> {
-        let (uids, comms) = crate::filter::kernel_exclusions(filters);
-        replace_set(&mut self.ebpf, EXCLUDE_UIDS_MAP, &uids)?;
-        replace_set(&mut self.ebpf, EXCLUDE_COMMS_MAP, &comms)
+        let exclusions = crate::filter::kernel_exclusions(filters);
+        replace_set(&mut self.ebpf, EXCLUDE_UIDS_MAP, &exclusions.uids)?;
+        replace_set(&mut self.ebpf, EXCLUDE_COMMS_MAP, &exclusions.comms)
     }
 
     /// Takes the coalesced memory-protection repeats of every (process, range, transition)

@@ -104,14 +104,23 @@ impl Filter {
 /// An exact comm as the probes hold it (NUL-padded).
 pub type KernelComm = [u8; ksense_abi::TASK_COMM_LEN];
 
-/// What the probes can drop themselves: excluded uids and exact (wildcard-free) comms, each with
-/// the [`EventKind::bit`]s of the kinds the rule applies to there.
-pub fn kernel_exclusions(config: &FiltersConfig) -> (Vec<(u32, u8)>, Vec<(KernelComm, u8)>) {
+/// What the probes can drop themselves, each entry with the [`EventKind::bit`]s of the kinds
+/// its rule applies to there.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KernelExclusions {
+    /// Excluded effective uids.
+    pub uids: Vec<(u32, u8)>,
+    /// Excluded exact (wildcard-free) comms.
+    pub comms: Vec<(KernelComm, u8)>,
+}
+
+/// The exclusions of `config` the probes can apply.
+pub fn kernel_exclusions(config: &FiltersConfig) -> KernelExclusions {
     let kinds = config.exclude.kernel_kinds();
-    (
-        config.exclude.uid.iter().map(|&uid| (uid, kinds)).collect(),
-        config.exclude.comm.iter().filter_map(|c| comm::exact(c)).map(|comm| (comm, kinds)).collect(),
-    )
+    KernelExclusions {
+        uids: config.exclude.uid.iter().map(|&uid| (uid, kinds)).collect(),
+        comms: config.exclude.comm.iter().filter_map(|c| comm::exact(c)).map(|comm| (comm, kinds)).collect(),
+    }
 }
 
 #[cfg(test)]
@@ -216,15 +225,15 @@ mod tests {
     fn the_kernel_drops_only_the_kinds_a_rule_set_applies_to() {
         let default: FiltersConfig = toml::from_str("exclude = { uid = [7] }").unwrap();
         let bits = EventKind::Fork.bit() | EventKind::Exec.bit() | EventKind::Exit.bit();
-        assert_eq!(kernel_exclusions(&default).0, [(7, bits)]);
+        assert_eq!(kernel_exclusions(&default).uids, [(7, bits)]);
         let named: FiltersConfig = toml::from_str("exclude = { uid = [7], events = [\"kernel.module.load\"] }").unwrap();
-        assert_eq!(kernel_exclusions(&named).0, [(7, EventKind::ModuleLoad.bit())]);
+        assert_eq!(kernel_exclusions(&named).uids, [(7, EventKind::ModuleLoad.bit())]);
     }
 
     #[test]
     fn only_plain_rules_go_to_the_kernel() {
         let config: FiltersConfig = toml::from_str("exclude = { comm = [\"cron\", \"kworker/*\"], uid = [7] }").unwrap();
-        let (uids, comms) = kernel_exclusions(&config);
+        let KernelExclusions { uids, comms } = kernel_exclusions(&config);
         assert_eq!(uids.iter().map(|(uid, _)| *uid).collect::<Vec<_>>(), [7]);
         assert_eq!(comms.len(), 1);
         assert_eq!(&comms[0].0[..5], b"cron\0");

@@ -179,7 +179,7 @@ mod tests {
             observed_time: std::time::SystemTime::now(),
             hook: Hook::TpBtfTaskNewtask,
             process: Process { pid: u32::MAX - 1, tid: u32::MAX - 1, parent_pid: u32::MAX - 2, ..Process::default() },
-            detail: Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0 }),
+            detail: Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0, parent_task: (0, 0) }),
         }
     }
 

@@ -104,7 +104,9 @@ impl Enricher {
                 self.procs.insert(pid, Arc::new(info));
             }
             Detail::Fork(fork) if !fork.thread() => {
-                if let Some(parent) = self.lookup(event.process.parent_pid, event.process.kernel_thread, 0, None) {
+                let (tid, start_ns) = fork.parent_task;
+                let parent = (start_ns != 0).then_some(procfs::Task { tid, start_ns });
+                if let Some(parent) = self.lookup(event.process.parent_pid, event.process.kernel_thread, 0, parent) {
                     self.procs.insert(pid, parent);
                 }
             }
@@ -146,7 +148,7 @@ impl Enricher {
     /// The entry for `pid`, read from `/proc` on a miss (nothing for kernel threads, which have
     /// neither executable nor argv). `cgroup_id`: as for [`Enricher::read_proc`]; `task`: the
     /// kernel's description of the process, which `/proc/<pid>` must match to be read (`None`
-    /// for a parent, of which the event says nothing: trusted as it is).
+    /// when the event says nothing of it, as of an exec's parent: trusted as it is).
     fn lookup(&mut self, pid: u32, kernel_thread: bool, cgroup_id: u64, task: Option<procfs::Task>) -> Option<Arc<ProcInfo>> {
         if let Some(info) = self.procs.get(&pid) {
             return Some(info.clone());
@@ -231,7 +233,7 @@ mod tests {
         std::fs::write(dir.join("passwd"), b"root:x:0:0:root:/root:/bin/sh\n").unwrap();
         let mut enricher = Enricher::new(proc_dir, dir.join("passwd"), None);
 
-        let fork = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0 };
+        let fork = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0, parent_task: (0, 0) };
         let mut child = event(11, 10, Detail::Fork(fork), Hook::TpBtfTaskNewtask);
         enricher.enrich(&mut child);
         let p = &child.process;

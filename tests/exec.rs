@@ -1,4 +1,5 @@
-//! `process.exec` end to end: argv and path exactly as the process passed them.
+//! `process.exec` end to end: argv and the execve path exactly as the process passed them, and
+//! the canonical path of the file the kernel executed.
 use std::{
     ffi::OsStr,
     os::unix::ffi::OsStrExt,
@@ -25,7 +26,9 @@ fn exec_reports_exact_argv_and_path() {
     expected.extend(["marker", "two words", "\"quoted\" 'single'", "line\nbreak", "", "bad\\xffbyte"].map(String::from));
     assert_eq!(attr(&exec, "process.command_args"), &serde_json::json!(expected), "{exec}");
     assert_eq!(attr(&exec, "process.command_line"), expected.join(" ").as_str(), "{exec}");
-    assert_eq!(attr(&exec, "process.executable.path"), bin.to_str().unwrap(), "{exec}");
+    let canonical = std::fs::canonicalize(&bin).unwrap();
+    assert_eq!(attr(&exec, "process.executable.path"), canonical.to_str().unwrap(), "{exec}");
+    assert_eq!(attr(&exec, "ksense.process.exec.path"), bin.to_str().unwrap(), "{exec}");
     assert_eq!(attr(&exec, "process.executable.name"), "ksense-workload", "{exec}");
     assert_eq!(attr(&exec, "process.parent_pid"), std::process::id(), "{exec}");
     assert_eq!(attr(&exec, "thread.id"), pid, "{exec}");
@@ -46,9 +49,11 @@ fn exec_through_a_shell_keeps_the_command_line() {
     let pid = child.id();
     child.wait_with_output().unwrap();
     let exec = ksense.wait_for("exec of /bin/true", |e| {
-        is(e, "process.exec") && attr(e, "process.pid") == pid && attr(e, "process.executable.path") == "/bin/true"
+        is(e, "process.exec") && attr(e, "process.pid") == pid && attr(e, "ksense.process.exec.path") == "/bin/true"
     });
     assert_eq!(attr(&exec, "process.command_args"), &serde_json::json!(["/bin/true", "a  b", "c"]), "{exec}");
+    let canonical = std::fs::canonicalize("/bin/true").unwrap();
+    assert_eq!(attr(&exec, "process.executable.path"), canonical.to_str().unwrap(), "{exec}");
     ksense.stop();
 }
 

@@ -266,7 +266,7 @@ fn ring_buffer_overrun_is_counted_exactly() {
             "[probes]\nfork = false\nexec = false\nexit = false\nmodule = false\n\
              [memory]\nreport = \"wx\"\ncoalesce_window_ms = 0\n\
              [limits]\nring_buffer_bytes = 65536\nqueue_events = 64\n\
-             [filters]\nexclude = {{ uid = [{}] }}\n{NO_JOURNALD}\
+             [filters]\nexclude = {{ uid = [{}], events = [\"process.memory.protect\"] }}\n{NO_JOURNALD}\
              [sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\n[telemetry]\nstatus_interval_s = 1\n",
             uids.join(", "),
             collector.grpc_port

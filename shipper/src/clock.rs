@@ -32,9 +32,14 @@ impl Clock {
 
 /// CLOCK_MONOTONIC now, in ns (the clock `bpf_ktime_get_ns` reads).
 pub fn monotonic_ns() -> i128 {
+    now_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// `clock` now, in ns (CLOCK_MONOTONIC, CLOCK_BOOTTIME: clocks that always exist on Linux).
+pub fn now_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: valid pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 

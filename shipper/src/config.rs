@@ -69,6 +69,9 @@ pub struct ProbesConfig {
     pub memory: bool,
     /// Report the exit of every thread, not only the last thread of a process.
     pub thread_exits: bool,
+    /// Report ksense's own events (its threads starting and ending). Off by default: they are
+    /// dropped in the probes, so ksense's own work cannot feed back into what it reports.
+    pub report_self: bool,
 }
 
 impl Default for ProbesConfig {
@@ -81,6 +84,7 @@ impl Default for ProbesConfig {
             module: true,
             memory: true,
             thread_exits: false,
+            report_self: false,
         }
     }
 }
@@ -281,8 +285,10 @@ pub struct LimitsConfig {
     /// The ring buffer is read at most once per this many milliseconds: under load, events are
     /// read in batches, one wakeup per batch instead of one per event. 0: read every event at once.
     pub read_interval_ms: u64,
-    /// Most events per second passed on per event kind, e.g. `{ "process.exec" = 5000 }`;
-    /// beyond it events are dropped and counted (`rate_limited`). Unlisted kinds are unlimited.
+    /// Most events per second passed on per event kind and effective uid, e.g.
+    /// `{ "process.exec" = 5000 }`; beyond it events are dropped and counted (`rate_limited`).
+    /// Unlisted kinds are unlimited; module loads and W^X changes always pass (naming
+    /// `kernel.module.load` is an error).
     pub rate_per_second: std::collections::BTreeMap<String, u32>,
 }
 
@@ -364,6 +370,10 @@ impl Config {
         let kinds: Vec<&str> = ksense_abi::EventKind::ALL.iter().map(|k| k.name()).collect();
         if let Some(unknown) = config.limits.rate_per_second.keys().find(|k| !kinds.contains(&k.as_str())) {
             return Err(error(None, format!("limits.rate_per_second: unknown event kind {unknown:?}, expected one of {kinds:?}")));
+        }
+        let module = ksense_abi::EventKind::ModuleLoad.name();
+        if config.limits.rate_per_second.contains_key(module) {
+            return Err(error(None, format!("limits.rate_per_second: {module:?} is never rate limited (a storm of other events must not hide a module load); remove it")));
         }
         let queue = &config.limits.queue_events;
         if *queue.get_ref() == 0 {
@@ -450,6 +460,7 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(config.probes.attach, defaults.probes.attach);
         assert_eq!(config.probes.thread_exits, defaults.probes.thread_exits);
+        assert_eq!(config.probes.report_self, defaults.probes.report_self);
         assert_eq!(config.probes.module, defaults.probes.module);
         assert_eq!(config.probes.memory, defaults.probes.memory);
         assert_eq!(config.memory.report, defaults.memory.report);
@@ -481,6 +492,23 @@ mod tests {
         let err = parse("[probes]\nattach = \"kprobe\"\n").unwrap_err().to_string();
         assert!(err.starts_with("/etc/ksense/ksense.toml:2:10: "), "{err}");
         assert!(err.contains("fentry") && err.contains("tracepoint"), "{err}");
+    }
+
+    #[test]
+    fn filter_events_name_known_kinds() {
+        let config = parse("[filters]\nexclude = { comm = [\"x\"], events = [\"kernel.module.load\"] }\n").unwrap();
+        let kinds: Vec<_> = config.filters.exclude.events.iter().flatten().map(|k| k.0).collect();
+        assert_eq!(kinds, [ksense_abi::EventKind::ModuleLoad]);
+        let err = parse("[filters]\n\nexclude = { comm = [\"x\"], events = [\"module.load\"] }\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/ksense/ksense.toml:3:"), "{err}");
+        assert!(err.contains("unknown event kind \"module.load\""), "{err}");
+    }
+
+    #[test]
+    fn module_loads_cannot_be_rate_limited() {
+        let err = parse("[limits]\nrate_per_second = { \"kernel.module.load\" = 10 }\n").unwrap_err().to_string();
+        assert!(err.contains("never rate limited"), "{err}");
+        assert!(parse("[limits]\nrate_per_second = { \"process.memory.protect\" = 10 }\n").is_ok());
     }
 
     #[test]

@@ -34,10 +34,15 @@ pub struct Process {
     pub kernel_thread: bool,
     /// When the process was created.
     pub start_time: Option<SystemTime>,
+    /// The task's `start_time` (CLOCK_MONOTONIC ns) as the kernel gave it; 0 when unknown.
+    /// What tells whether `/proc/<pid>` still is this process.
+    pub start_ns: u64,
     /// Executable path, raw bytes.
     pub exe: Option<Arc<[u8]>>,
     /// argv, raw bytes per argument.
     pub args: Option<Arc<[Vec<u8>]>>,
+    /// argv was longer than [`ksense_abi::exec::ARGS_CAP`] bytes and was cut.
+    pub args_truncated: bool,
     /// User name of the effective uid.
     pub owner: Option<Arc<str>>,
     /// Process group id: from the kernel when the probes could read it, else enrichment.
@@ -90,6 +95,17 @@ impl Event {
         self.hook.kind()
     }
 
+    /// Whether it is a module load or a W^X memory change: the events an attacker most wants
+    /// hidden. Filter rules drop them only when they name their kind (`events = [...]`), and no
+    /// rate limit applies to them.
+    pub fn is_critical(&self) -> bool {
+        match &self.detail {
+            Detail::ModuleLoad(_) => true,
+            Detail::MemoryProtect(memory) => memory.wx(),
+            _ => false,
+        }
+    }
+
     /// The `ksense.probe` value: family and target, e.g. `tracepoint/sched/sched_process_exec`.
     pub fn probe(&self) -> String {
         let (family, target) = (self.hook.family().name(), self.hook.target());
@@ -117,6 +133,9 @@ impl Event {
             let args: Vec<String> = args.iter().map(|a| lossless(a)).collect();
             attrs.push((schema::PROCESS_COMMAND_LINE, Value::Str(args.join(" "))));
             attrs.push((schema::PROCESS_COMMAND_ARGS, Value::StrArray(args)));
+            if p.args_truncated {
+                attrs.push((schema::KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED, Value::Bool(true)));
+            }
         }
         attrs.push((schema::PROCESS_USER_ID, int(p.euid)));
         attrs.push((schema::PROCESS_REAL_USER_ID, int(p.uid)));

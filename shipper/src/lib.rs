@@ -87,8 +87,18 @@ fn attach_options(config: &Config, attach: Option<AttachMode>) -> AttachOptions 
             thread_exits: p.thread_exits,
             memory_report_all: config.memory.report == config::MemoryReport::All,
             memory_coalesce_ns: config.memory.coalesce_window_ms * 1_000_000,
+            ignore_tgid: if p.report_self { 0 } else { std::process::id() },
+            process_data_max: process_data_max(*config.limits.ring_buffer_bytes.get_ref()),
         },
     }
+}
+
+/// The most unread bytes the ring buffer may hold for a fork, exec or exit record to be
+/// written: an eighth of it stays free for module loads and memory-protection changes, so a
+/// storm of process events cannot crowd them out (512 KiB of the default 4 MiB: some 2,500
+/// memory-protection records).
+pub fn process_data_max(ring_buffer_bytes: u32) -> u32 {
+    ring_buffer_bytes - ring_buffer_bytes / 8
 }
 
 /// `ksense run`: attach, read, ship; on SIGHUP re-read the configuration and switch sinks; on

@@ -23,6 +23,10 @@ pub struct Switches {
     pub memory_report_all: bool,
     /// Coalescing window for repeated memory-protection changes, ns (0: off).
     pub memory_coalesce_ns: u64,
+    /// The process whose events the probes drop (ksense's own); 0 for none.
+    pub ignore_tgid: u32,
+    /// Unread bytes in the ring buffer beyond which process events are not written (0: no limit).
+    pub process_data_max: u32,
 }
 
 /// The resolved configuration and why some hooks cannot be used.
@@ -49,6 +53,8 @@ pub fn resolve(btf: Result<&Btf, &BtfError>, tracefs: Option<&Path>, switches: &
         report_thread_exits: switches.thread_exits.into(),
         memory_report_all: switches.memory_report_all.into(),
         memory_coalesce_ns: switches.memory_coalesce_ns,
+        ignore_tgid: switches.ignore_tgid,
+        process_data_max: switches.process_data_max,
         ..Default::default()
     };
     let mut unusable = HashMap::new();
@@ -179,6 +185,10 @@ fn core_offsets(btf: &Btf) -> Result<(TaskOffsets, MmOffsets, MiscOffsets), BtfE
             pidtype_sid: pid_type("PIDTYPE_SID")?,
             pid_nr: btf.field_offset("pid", "numbers.0.nr")?,
             binprm_filename: btf.field_offset("linux_binprm", "filename")?,
+            file_inode: btf.field_offset("file", "f_inode")?,
+            inode_ino: btf.field_offset("inode", "i_ino")?,
+            inode_sb: btf.field_offset("inode", "i_sb")?,
+            sb_dev: btf.field_offset("super_block", "s_dev")?,
             ..MiscOffsets::default()
         },
     ))

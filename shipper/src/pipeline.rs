@@ -138,13 +138,13 @@ fn start(outputs: Outputs, context: &Context, reader_gone: &Arc<AtomicBool>) -> 
 /// Rate-limits, enriches, filters and offers one event to every sink.
 fn ship(mut event: Event, enricher: &mut Enricher, running: &mut Running, counters: &Counters) {
     let kind = event.kind();
-    if !running.limiter.admit(kind) {
+    if !running.limiter.admit(&event) {
         counters.rate_limited.add(kind, 1);
         return;
     }
     // Enrich before filtering: path and container rules need what enrichment adds.
     enricher.enrich(&mut event);
-    if !running.filter.allows(&event.process) {
+    if !running.filter.allows(&event) {
         Counters::bump(&counters.filtered);
         return;
     }
@@ -229,7 +229,7 @@ mod tests {
             observed_time: std::time::SystemTime::now(),
             hook: Hook::TpBtfTaskNewtask,
             process: Process { pid: u32::MAX - 1, tid: u32::MAX - 1, parent_pid: u32::MAX - 2, ..Process::default() },
-            detail: Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0 }),
+            detail: Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0, parent_task: (0, 0) }),
         };
         Input::Event(event, Charge::default())
     }

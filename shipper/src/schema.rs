@@ -10,8 +10,12 @@ pub const PROCESS_PARENT_PID: &str = "process.parent_pid";
 pub const THREAD_ID: &str = "thread.id";
 /// `comm`.
 pub const PROCESS_EXECUTABLE_NAME: &str = "process.executable.name";
-/// Absolute path of the executable.
+/// Canonical path of the file the kernel executed, as `/proc/<pid>/exe` shows it (symlinks
+/// and `..` resolved; a memfd as `/memfd:<name> (deleted)`); absent when it could not be
+/// established.
 pub const PROCESS_EXECUTABLE_PATH: &str = "process.executable.path";
+/// The path as given to execve (`process.exec` only): possibly relative, or through symlinks.
+pub const KSENSE_PROCESS_EXEC_PATH: &str = "ksense.process.exec.path";
 /// argv, as an array.
 pub const PROCESS_COMMAND_ARGS: &str = "process.command_args";
 /// argv joined with spaces.
@@ -53,7 +57,8 @@ pub const KSENSE_PROBE: &str = "ksense.probe";
 /// Per-agent sequence number, one more per event read from the kernel; on ksense's own records
 /// (`ksense.loss`, `ksense.status`), the number of the last event read before it.
 pub const KSENSE_EVENT_SEQ: &str = "ksense.event.seq";
-/// argv was longer than the probe copies and was cut.
+/// argv was longer than the cap ([`ksense_abi::exec::ARGS_CAP`] bytes, in the probe or when read
+/// from `/proc/<pid>/cmdline`) and was cut.
 pub const KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED: &str = "ksense.process.command_args.truncated";
 /// The module's name.
 pub const KSENSE_KERNEL_MODULE_NAME: &str = "ksense.kernel.module.name";

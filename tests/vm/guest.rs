@@ -274,7 +274,9 @@ fn check_exec(ksense: &Ksense) {
     let mut expected = vec![bin];
     expected.extend(args);
     assert_eq!(attr(&exec, "process.command_args"), &serde_json::json!(expected), "argv: {exec}");
-    assert_eq!(attr(&exec, "process.executable.path"), bin, "path: {exec}");
+    assert_eq!(attr(&exec, "ksense.process.exec.path"), bin, "path given to execve: {exec}");
+    let canonical = std::fs::canonicalize(bin).unwrap();
+    assert_eq!(attr(&exec, "process.executable.path"), canonical.to_str().unwrap(), "canonical path: {exec}");
 }
 
 fn check_exit(ksense: &Ksense) {

@@ -68,6 +68,15 @@ pub struct MiscOffsets {
     pub clone_args_flags: u32,
     /// `linux_binprm.filename`.
     pub binprm_filename: u32,
+    /// `file.f_inode` (with `mm_struct.exe_file`, from [`MemoryOffsets::mm_exe_file`], the
+    /// executed file's inode).
+    pub file_inode: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `inode.i_sb`.
+    pub inode_sb: u32,
+    /// `super_block.s_dev`.
+    pub sb_dev: u32,
     /// Position of `kernel_clone`'s `struct kernel_clone_args *` parameter.
     pub kernel_clone_args_arg: u32,
     /// Position of `do_exit`'s `code` parameter.
@@ -183,13 +192,19 @@ pub struct ProbeConfig {
     /// 1 to report every protection change, 0 for only those that matter (W^X, code made
     /// writable, exec added to anonymous, stack or heap memory).
     pub memory_report_all: u32,
+    /// Events of this process (ksense itself) are dropped; 0 reports them.
+    pub ignore_tgid: u32,
+    /// Fork, exec and exit records are written only while the ring buffer holds at most this
+    /// many unread bytes, so the rest stays free for module loads and memory-protection
+    /// changes; 0: no limit. A record refused here is counted as lost, like one that did not fit.
+    pub process_data_max: u32,
     /// Repeats of one (process, range, transition) within this many ns of its last record are
     /// counted into the next record instead of each writing one; 0 turns coalescing off.
     pub memory_coalesce_ns: u64,
 }
 
 // No padding: the daemon and the probes must agree byte for byte.
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 62 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 68 * 4 + 8);
 
 // SAFETY: plain old data of u32 fields, no padding.
 #[cfg(feature = "user")]

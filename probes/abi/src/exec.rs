@@ -37,6 +37,11 @@ pub struct Exec {
     pub code_start: u64,
     /// `mm->end_code` of the new image.
     pub code_end: u64,
+    /// Inode number of the file the kernel executed (`mm->exe_file`); 0 when unknown. With
+    /// [`Exec::exe_dev`], what tells whether `/proc/<pid>/exe` still names that file.
+    pub exe_ino: u64,
+    /// `s_dev` of the executed file's filesystem, in the kernel's encoding (major << 20 | minor).
+    pub exe_dev: u64,
     /// The path given to execve (may be relative), then argv.
     pub data: [u8; FILENAME_CAP + ARGS_CAP],
 }
@@ -48,4 +53,4 @@ impl Exec {
     }
 }
 
-assert_size!(Exec, 24 + 64 + 32 + FILENAME_CAP + ARGS_CAP);
+assert_size!(Exec, 24 + 64 + 48 + FILENAME_CAP + ARGS_CAP);

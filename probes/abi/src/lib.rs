@@ -26,8 +26,10 @@ pub const EVENTS_MAP: &str = "EVENTS";
 /// because the ring buffer was full.
 pub const LOST_MAP: &str = "LOST";
 /// Name of the hash map of effective uids whose events the probes drop (`[filters] exclude`).
+/// The value says of which kinds: bit `1 << kind` ([`EventKind`] value) for each.
 pub const EXCLUDE_UIDS_MAP: &str = "EXCLUDE_UIDS";
-/// Name of the hash map of exact comms (NUL-padded) whose events the probes drop.
+/// Name of the hash map of exact comms (NUL-padded) whose events the probes drop; values as for
+/// [`EXCLUDE_UIDS_MAP`].
 pub const EXCLUDE_COMMS_MAP: &str = "EXCLUDE_COMMS";
 /// Entries each exclusion map holds.
 pub const EXCLUDE_MAX: u32 = 1024;
@@ -70,6 +72,11 @@ impl EventKind {
             5 => Some(EventKind::MemoryProtect),
             _ => None,
         }
+    }
+
+    /// Its bit in the values of [`EXCLUDE_UIDS_MAP`] and [`EXCLUDE_COMMS_MAP`].
+    pub const fn bit(self) -> u8 {
+        1 << self as u16
     }
 
     /// The event name of the contract (`docs/EVENTS.md`), e.g. `process.fork`.

@@ -50,7 +50,7 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
     let ev = unsafe { &mut *ev };
     ev.task = Default::default();
     fill_current(&mut ev.task);
-    if excluded(&ev.task) {
+    if excluded(&ev.task, EventKind::Exec) {
         return;
     }
     ev.old_tid = old_tid;
@@ -67,9 +67,19 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
 
     let task = current();
     (ev.code_start, ev.code_end) = code_range(task);
+    (ev.exe_ino, ev.exe_dev) = (0, 0);
     let mut args_len = 0usize;
     if have_offsets() {
         let mm = read_ptr(task, config!(task.mm));
+        // The file the kernel executed (set by this exec), as user space can check it
+        // against /proc/<pid>/exe: the execve string may name it through `..` or a symlink.
+        // (The `mm_struct` offset is 0 only when the memory offsets were not resolved.)
+        let exe_file_at = config!(memory.mm_exe_file);
+        if exe_file_at != 0 {
+            let inode = read_ptr(read_ptr(mm, exe_file_at), config!(misc.file_inode));
+            ev.exe_ino = read(inode, config!(misc.inode_ino));
+            ev.exe_dev = u64::from(read::<u32>(read_ptr(inode, config!(misc.inode_sb)), config!(misc.sb_dev)));
+        }
         let start: u64 = read(mm, config!(mm.arg_start));
         let end: u64 = read(mm, config!(mm.arg_end));
         let len = end.saturating_sub(start) as usize;

@@ -78,7 +78,7 @@ fn emit(hook: Hook, exit_code: u32, live_after: i32) {
     }
     let mut ev = Exit::default();
     fill_current(&mut ev.task);
-    if excluded(&ev.task) {
+    if excluded(&ev.task, EventKind::Exit) {
         return;
     }
     ev.exit_code = exit_code;

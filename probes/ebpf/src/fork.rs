@@ -64,7 +64,7 @@ fn emit(hook: Hook, child_tid: u32, child_tgid: Option<u32>, flags: u64, child_s
     let mut ev = Fork::default();
     fill_current(&mut ev.parent);
     // The child has its parent's comm and credentials until it execs.
-    if excluded(&ev.parent) {
+    if excluded(&ev.parent, EventKind::Fork) {
         return;
     }
     ev.child_tid = child_tid;

@@ -1,5 +1,6 @@
 //! The maps and the configuration global shared by every hook.
 use aya_ebpf::{
+    bindings::BPF_RB_AVAIL_DATA,
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
@@ -17,18 +18,25 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0)
 #[map]
 pub static EXEC_SCRATCH: PerCpuArray<Exec> = PerCpuArray::with_max_entries(1, 0);
 
-/// Effective uids whose events are dropped here (filled by the daemon from `[filters]`).
+/// Effective uids whose events are dropped here (filled by the daemon from `[filters]`); the
+/// value holds the bits ([`EventKind::bit`]) of the kinds the rule drops.
 #[map]
 pub static EXCLUDE_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(EXCLUDE_MAX, 0);
 
-/// Exact comms whose events are dropped here.
+/// Exact comms whose events are dropped here; values as in [`EXCLUDE_UIDS`].
 #[map]
 pub static EXCLUDE_COMMS: HashMap<[u8; TASK_COMM_LEN], u8> = HashMap::with_max_entries(EXCLUDE_MAX, 0);
 
-/// Whether `task` is excluded by a kernel-side filter rule.
+/// Whether an event of `kind` by `task` is dropped here: ksense's own, or excluded by a
+/// kernel-side filter rule that applies to `kind`.
 #[inline(always)]
-pub fn excluded(task: &Task) -> bool {
-    unsafe { EXCLUDE_UIDS.get(&task.euid).is_some() || EXCLUDE_COMMS.get(&task.comm).is_some() }
+pub fn excluded(task: &Task, kind: EventKind) -> bool {
+    let own = config!(ignore_tgid);
+    if own != 0 && task.tgid == own {
+        return true;
+    }
+    let applies = |rule: Option<&u8>| rule.is_some_and(|kinds| kinds & kind.bit() != 0);
+    unsafe { applies(EXCLUDE_UIDS.get(&task.euid)) || applies(EXCLUDE_COMMS.get(&task.comm)) }
 }
 
 /// Set by the daemon before loading (read-only to the programs).
@@ -45,8 +53,16 @@ macro_rules! config {
 pub(crate) use config;
 
 /// Writes `bytes` as one record, counting it as lost for `kind` when the ring buffer is full.
+/// Process events (fork, exec, exit) also count as lost when writing them would leave less
+/// than the reserve free: a storm of them cannot crowd out module loads and memory changes.
 #[inline(always)]
 pub fn output(kind: EventKind, bytes: &[u8]) {
+    let max = config!(process_data_max) as u64;
+    let process = matches!(kind, EventKind::Fork | EventKind::Exec | EventKind::Exit);
+    if process && max != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) + bytes.len() as u64 > max {
+        count_lost(kind);
+        return;
+    }
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count_lost(kind);
     }

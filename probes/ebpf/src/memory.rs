@@ -199,7 +199,7 @@ fn scratch() -> Option<&'static mut CoalesceState> {
 fn begin(rec: &mut Memory, start: u64, len: u64, new_prot: u32) -> bool {
     rec.task = Default::default();
     fill_current(&mut rec.task);
-    if excluded(&rec.task) {
+    if excluded(&rec.task, EventKind::MemoryProtect) {
         return false;
     }
     rec.start = start;

@@ -94,7 +94,7 @@ fn read_name(ev: &mut ModuleLoad, name: *const u8) {
 #[inline(always)]
 fn submit(hook: Hook, ev: &mut ModuleLoad) {
     fill_current(&mut ev.task);
-    if excluded(&ev.task) {
+    if excluded(&ev.task, EventKind::ModuleLoad) {
         return;
     }
     ev.header = header(hook, size_of::<ModuleLoad>());

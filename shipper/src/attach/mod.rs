@@ -193,12 +193,12 @@ impl Probes {
         }
     }
 
-    /// Makes the probes drop events of the uids and exact comms `filters` excludes (replacing
-    /// what was there: called at start and on SIGHUP).
+    /// Makes the probes drop events of the uids and exact comms `filters` excludes, of the kinds
+    /// the rules apply to (replacing what was there: called at start and on SIGHUP).
     pub fn set_exclusions(&mut self, filters: &crate::filter::FiltersConfig) -> Result<(), AttachError> {
-        let (uids, comms) = crate::filter::kernel_exclusions(filters);
-        replace_set(&mut self.ebpf, EXCLUDE_UIDS_MAP, &uids)?;
-        replace_set(&mut self.ebpf, EXCLUDE_COMMS_MAP, &comms)
+        let exclusions = crate::filter::kernel_exclusions(filters);
+        replace_set(&mut self.ebpf, EXCLUDE_UIDS_MAP, &exclusions.uids)?;
+        replace_set(&mut self.ebpf, EXCLUDE_COMMS_MAP, &exclusions.comms)
     }
 
     /// Takes the coalesced memory-protection repeats of every (process, range, transition)
@@ -230,16 +230,16 @@ impl Probes {
 }
 
 /// Makes the hash map `name` hold exactly `keys` (value 1 each).
-fn replace_set<K: aya::Pod + PartialEq>(ebpf: &mut Ebpf, name: &'static str, keys: &[K]) -> Result<(), AttachError> {
+fn replace_set<K: aya::Pod + PartialEq>(ebpf: &mut Ebpf, name: &'static str, entries: &[(K, u8)]) -> Result<(), AttachError> {
     let error = |source| AttachError::Map { name, source };
     let map = ebpf.map_mut(name).ok_or(error(aya::maps::MapError::InvalidName { name: name.into() }))?;
     let mut set = aya::maps::HashMap::<_, K, u8>::try_from(map).map_err(error)?;
-    let stale: Vec<K> = set.keys().filter_map(Result::ok).filter(|k| !keys.contains(k)).collect();
+    let stale: Vec<K> = set.keys().filter_map(Result::ok).filter(|k| !entries.iter().any(|(key, _)| key == k)).collect();
     for key in stale {
         set.remove(&key).map_err(error)?;
     }
-    for key in keys {
-        set.insert(key, 1, 0).map_err(error)?;
+    for (key, kinds) in entries {
+        set.insert(key, kinds, 0).map_err(error)?;
     }
     Ok(())
 }

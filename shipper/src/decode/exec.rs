@@ -15,17 +15,46 @@ use crate::{
     text::{lossless, one_line},
 };
 
-/// A process exec'd. The event's [`Process`] carries the path and argv.
+/// A process exec'd. The event's [`Process`] carries argv, and, once enrichment established
+/// it, the canonical path of the file the kernel executed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessExec {
     /// Task id before the exec (a non-leader thread that execs takes over the leader's id).
     pub old_tid: u32,
-    /// argv was longer than the probe copies ([`ARGS_CAP`] bytes) and was cut.
-    pub args_truncated: bool,
     /// `mm->start_code` of the new image.
     pub code_start: u64,
     /// `mm->end_code`.
     pub code_end: u64,
+    /// The path as given to execve (relative, through `..` or symlinks: whatever the caller
+    /// chose), `ksense.process.exec.path`; `None` when the probe could not read it.
+    pub exec_path: Option<Vec<u8>>,
+    /// The file the kernel executed, when the probe could read it.
+    pub executed_file: Option<FileId>,
+}
+
+/// A file's identity: inode number and device, as the kernel holds them and as `stat` gives
+/// them, so that a path read later from `/proc` can be checked to still name the same file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// Inode number.
+    pub ino: u64,
+    /// Device major number.
+    pub major: u32,
+    /// Device minor number.
+    pub minor: u32,
+}
+
+impl FileId {
+    /// The identity from an inode number and the kernel's `s_dev` (major << 20 | minor).
+    pub fn from_kernel(ino: u64, s_dev: u64) -> FileId {
+        FileId { ino, major: (s_dev >> 20) as u32, minor: (s_dev & 0xf_ffff) as u32 }
+    }
+
+    /// The identity `stat` gives.
+    pub fn of(metadata: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId { ino: metadata.ino(), major: libc::major(metadata.dev()), minor: libc::minor(metadata.dev()) }
+    }
 }
 
 pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
@@ -48,15 +77,17 @@ pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), D
     let args = split_args(args);
 
     let mut process = process_from(&task, clock);
-    process.exe = Some(filename.into());
     // An empty argv area means the probe could not read it (no BTF offsets, or the page was
     // not resident): leave argv to enrichment rather than report an empty command line.
     process.args = (!args.is_empty()).then(|| args.into());
+    process.args_truncated = flags & (EXEC_ARGS_TRUNCATED | EXEC_FILENAME_TRUNCATED) != 0;
+    let exe_ino: u64 = read(bytes, offset_of!(Exec, exe_ino))?;
     let exec = ProcessExec {
         old_tid,
-        args_truncated: flags & (EXEC_ARGS_TRUNCATED | EXEC_FILENAME_TRUNCATED) != 0,
         code_start: read(bytes, offset_of!(Exec, code_start))?,
         code_end: read(bytes, offset_of!(Exec, code_end))?,
+        exec_path: (!filename.is_empty()).then(|| filename.to_vec()),
+        executed_file: (exe_ino != 0).then(|| FileId::from_kernel(exe_ino, read(bytes, offset_of!(Exec, exe_dev)).unwrap_or(0))),
     };
     const _: () = assert!(size_of::<Exec>() == Exec::fixed_size() + FILENAME_CAP + ARGS_CAP);
     Ok((process, Detail::Exec(exec)))
@@ -76,15 +107,15 @@ impl Render for ProcessExec {
     fn render(&self, event: &Event, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
         attrs.push((schema::KSENSE_PROCESS_CODE_START, hex(self.code_start)));
         attrs.push((schema::KSENSE_PROCESS_CODE_END, hex(self.code_end)));
-        if self.args_truncated {
-            attrs.push((schema::KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED, Value::Bool(true)));
+        if let Some(path) = &self.exec_path {
+            attrs.push((schema::KSENSE_PROCESS_EXEC_PATH, Value::Str(lossless(path))));
         }
         let p = &event.process;
         // The command line is among the attributes already (Event::to_record) when argv is known.
         let command_line = attrs.iter().find(|(name, _)| *name == schema::PROCESS_COMMAND_LINE);
         let command = match command_line {
             Some((_, Value::Str(line))) if p.args.as_ref().is_some_and(|args| !args.is_empty()) => one_line(line),
-            _ => one_line(&p.exe.as_deref().map(lossless).unwrap_or_default()),
+            _ => one_line(&p.exe.as_deref().or(self.exec_path.as_deref()).map(lossless).unwrap_or_default()),
         };
         (Severity::Info, format!("{} executed {command}", event.who()))
     }
@@ -118,10 +149,9 @@ mod tests {
                 "\\xff".into()
             ]))
         );
-        assert_eq!(
-            record.attribute(schema::PROCESS_EXECUTABLE_PATH),
-            Some(&Value::Str("/usr/bin/marker".into()))
-        );
+        // The string given to execve; the canonical path is enrichment's (from /proc/<pid>/exe).
+        assert_eq!(record.attribute(schema::KSENSE_PROCESS_EXEC_PATH), Some(&Value::Str("/usr/bin/marker".into())));
+        assert_eq!(record.attribute(schema::PROCESS_EXECUTABLE_PATH), None);
         assert!(!record.body.contains('\n'), "{}", record.body);
     }
 

@@ -18,6 +18,9 @@ pub struct ProcessFork {
     pub code_start: u64,
     /// `mm->end_code`.
     pub code_end: u64,
+    /// The forking task's id and start time (CLOCK_MONOTONIC ns, 0 when unknown): what tells
+    /// whether `/proc/<parent_pid>` still is the parent.
+    pub parent_task: (u32, u64),
 }
 
 impl ProcessFork {
@@ -35,11 +38,17 @@ pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), D
     process.tid = rec.child_tid;
     process.parent_pid = rec.parent.tgid;
     process.start_time = (rec.child_start_ns != 0).then(|| clock.wall(rec.child_start_ns));
+    process.start_ns = rec.child_start_ns;
     if rec.clone_flags & CLONE_INTO_CGROUP != 0 {
         // The parent's cgroup, which the record carries, is not the child's.
         process.cgroup_id = 0;
     }
-    let fork = ProcessFork { clone_flags: rec.clone_flags, code_start: rec.code_start, code_end: rec.code_end };
+    let fork = ProcessFork {
+        clone_flags: rec.clone_flags,
+        code_start: rec.code_start,
+        code_end: rec.code_end,
+        parent_task: (rec.parent.tid, rec.parent.start_ns),
+    };
     Ok((process, Detail::Fork(fork)))
 }
 
@@ -88,7 +97,7 @@ mod tests {
 
     #[test]
     fn thread_flag_follows_clone_thread() {
-        let fork = ProcessFork { clone_flags: CLONE_THREAD | 0x100, code_start: 0, code_end: 0 };
+        let fork = ProcessFork { clone_flags: CLONE_THREAD | 0x100, code_start: 0, code_end: 0, parent_task: (0, 0) };
         assert!(fork.thread());
     }
 }

@@ -27,6 +27,7 @@ const TABLE_CAP: usize = 65_536;
 struct ProcInfo {
     exe: Option<Arc<[u8]>>,
     args: Option<Arc<[Vec<u8>]>>,
+    args_truncated: bool,
     pgid: Option<u32>,
     sid: Option<u32>,
     cgroup: Option<Cgroup>,
@@ -61,26 +62,33 @@ impl Enricher {
         }
         let pid = event.process.pid;
         match &event.detail {
-            Detail::Exec(_) => {
+            Detail::Exec(exec) => {
                 let p = &mut event.process;
-                if p.exe.as_deref().is_some_and(|exe| !exe.starts_with(b"/")) {
-                    // execve took a relative path: the kernel's own view is /proc/<pid>/exe.
-                    if let Some(exe) = procfs::exe(&self.proc_root, pid) {
-                        p.exe = Some(exe.into());
-                    }
-                }
+                // The canonical path of the file the kernel executed. Never the execve string
+                // as it is, which the caller chose (`..`, symlinks, /dev/fd/N): path rules must
+                // not match what a process can pick.
+                let exec_path = exec.exec_path.as_deref();
+                p.exe = exec
+                    .executed_file
+                    .and_then(|file| procfs::executed_path(&self.proc_root, pid, exec_path, file))
+                    .map(Into::into);
                 // Only what neither the kernel (process group and session, on most kernels) nor
-                // the cgroup cache told is read from /proc: on the hot path, nothing.
-                let ids = p.pgid.zip(p.sid).or_else(|| procfs::ids(&self.proc_root, pid));
+                // the cgroup cache told is read from /proc: on the hot path, nothing. What is
+                // read counts only if /proc/<pid> still is this process (checked after).
+                let task = identity(p);
+                let still = |root: &std::path::Path| task.is_none_or(|task| procfs::is_task(root, pid, task));
+                let ids = p.pgid.zip(p.sid).or_else(|| procfs::ids(&self.proc_root, pid).filter(|_| still(&self.proc_root)));
                 let cgroup = match self.cgroups.get(p.cgroup_id) {
                     Some(known) => Some(known.clone()),
-                    None => procfs::cgroup(&self.proc_root, pid).inspect(|read| self.cgroups.learn(p.cgroup_id, read)),
+                    None => procfs::cgroup(&self.proc_root, pid)
+                        .filter(|_| still(&self.proc_root))
+                        .inspect(|read| self.cgroups.learn(p.cgroup_id, read)),
                 };
                 // An exec keeps process group, session and cgroup: if the process is already
                 // gone from /proc, what its fork (or its parent) told us still holds.
                 let inherited = if ids.is_none() || cgroup.is_none() {
                     let (parent, kthread) = (p.parent_pid, p.kernel_thread);
-                    self.procs.get(&pid).cloned().or_else(|| self.lookup(parent, kthread, 0))
+                    self.procs.get(&pid).cloned().or_else(|| self.lookup(parent, kthread, 0, None))
                 } else {
                     None
                 };
@@ -88,6 +96,7 @@ impl Enricher {
                 let info = ProcInfo {
                     exe: p.exe.clone(),
                     args: p.args.clone(),
+                    args_truncated: p.args_truncated,
                     pgid: ids.map(|(pgid, _)| pgid).or(inherited.and_then(|i| i.pgid)),
                     sid: ids.map(|(_, sid)| sid).or(inherited.and_then(|i| i.sid)),
                     cgroup: cgroup.or_else(|| inherited.and_then(|i| i.cgroup.clone())),
@@ -95,7 +104,9 @@ impl Enricher {
                 self.procs.insert(pid, Arc::new(info));
             }
             Detail::Fork(fork) if !fork.thread() => {
-                if let Some(parent) = self.lookup(event.process.parent_pid, event.process.kernel_thread, 0) {
+                let (tid, start_ns) = fork.parent_task;
+                let parent = (start_ns != 0).then_some(procfs::Task { tid, start_ns });
+                if let Some(parent) = self.lookup(event.process.parent_pid, event.process.kernel_thread, 0, parent) {
                     self.procs.insert(pid, parent);
                 }
             }
@@ -105,7 +116,8 @@ impl Enricher {
             // The event's own cgroup, even if the process moved since the table learned one.
             cgroup.fill(&mut event.process);
         }
-        if let Some(info) = self.lookup(pid, event.process.kernel_thread, event.process.cgroup_id) {
+        let task = identity(&event.process);
+        if let Some(info) = self.lookup(pid, event.process.kernel_thread, event.process.cgroup_id, task) {
             fill(&mut event.process, &info);
         }
         if let Detail::MemoryProtect(memory) = &mut event.detail
@@ -134,20 +146,22 @@ impl Enricher {
     }
 
     /// The entry for `pid`, read from `/proc` on a miss (nothing for kernel threads, which have
-    /// neither executable nor argv). `cgroup_id`: as for [`Enricher::read_proc`].
-    fn lookup(&mut self, pid: u32, kernel_thread: bool, cgroup_id: u64) -> Option<Arc<ProcInfo>> {
+    /// neither executable nor argv). `cgroup_id`: as for [`Enricher::read_proc`]; `task`: the
+    /// kernel's description of the process, which `/proc/<pid>` must match to be read (`None`
+    /// when the event says nothing of it, as of an exec's parent: trusted as it is).
+    fn lookup(&mut self, pid: u32, kernel_thread: bool, cgroup_id: u64, task: Option<procfs::Task>) -> Option<Arc<ProcInfo>> {
         if let Some(info) = self.procs.get(&pid) {
             return Some(info.clone());
         }
-        let info = Arc::new(self.read_proc(pid, !kernel_thread, cgroup_id)?);
+        let info = Arc::new(self.read_proc(pid, !kernel_thread, cgroup_id, task)?);
         self.procs.insert(pid, info.clone());
         Some(info)
     }
 
     /// What `/proc/<pid>` tells (see [`procfs::read`]); its cgroup is learned as `cgroup_id`,
     /// the id the kernel gave for the process in the event at hand (0 for any other process).
-    fn read_proc(&mut self, pid: u32, with_image: bool, cgroup_id: u64) -> Option<ProcInfo> {
-        let info = procfs::read(&self.proc_root, pid, with_image)?;
+    fn read_proc(&mut self, pid: u32, with_image: bool, cgroup_id: u64, task: Option<procfs::Task>) -> Option<ProcInfo> {
+        let info = procfs::read(&self.proc_root, pid, with_image, task)?;
         if let Some(cgroup) = &info.cgroup {
             self.cgroups.learn(cgroup_id, cgroup);
         }
@@ -165,6 +179,12 @@ impl Enricher {
     }
 }
 
+/// The kernel's description of `p`'s task, against which `/proc` is checked; `None` when the
+/// probes could not read its start time (then `/proc` is trusted as it is).
+fn identity(p: &Process) -> Option<procfs::Task> {
+    (p.start_ns != 0).then_some(procfs::Task { tid: p.tid, start_ns: p.start_ns })
+}
+
 /// Copies into `p` what it lacks from `info`.
 fn fill(p: &mut Process, info: &ProcInfo) {
     if p.exe.is_none() {
@@ -172,6 +192,7 @@ fn fill(p: &mut Process, info: &ProcInfo) {
     }
     if p.args.is_none() {
         p.args = info.args.clone();
+        p.args_truncated = info.args_truncated;
     }
     p.pgid = p.pgid.or(info.pgid);
     p.sid = p.sid.or(info.sid);
@@ -212,7 +233,7 @@ mod tests {
         std::fs::write(dir.join("passwd"), b"root:x:0:0:root:/root:/bin/sh\n").unwrap();
         let mut enricher = Enricher::new(proc_dir, dir.join("passwd"), None);
 
-        let fork = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0 };
+        let fork = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0, parent_task: (0, 0) };
         let mut child = event(11, 10, Detail::Fork(fork), Hook::TpBtfTaskNewtask);
         enricher.enrich(&mut child);
         let p = &child.process;
@@ -251,9 +272,8 @@ mod tests {
         std::fs::write(proc_dir.join("20/cgroup"), format!("0::/{scope}\n")).unwrap();
         let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Some(cgroup_root));
         let exec = |pid: u32| {
-            let detail = ProcessExec { old_tid: pid, args_truncated: false, code_start: 0, code_end: 0 };
+            let detail = ProcessExec { old_tid: pid, code_start: 0, code_end: 0, exec_path: Some(b"/bin/true".to_vec()), executed_file: None };
             let mut e = event(pid, 1, Detail::Exec(detail), Hook::TpBtfSchedProcessExec);
-            e.process.exe = Some(b"/bin/true"[..].into());
             (e.process.pgid, e.process.sid, e.process.cgroup_id) = (Some(pid), Some(7), cgroup_id);
             e
         };

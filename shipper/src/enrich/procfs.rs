@@ -4,28 +4,73 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{ProcInfo, cgroups::Cgroup};
-use crate::decode::exec::split_args;
+use ksense_abi::exec::ARGS_CAP;
 
-/// Reads what `/proc/<pid>` tells of a process; `None` when it is gone. `with_image` also
-/// reads the executable path and argv (pointless for kernel threads).
-pub(super) fn read(proc_root: &Path, pid: u32, with_image: bool) -> Option<ProcInfo> {
+use super::{ProcInfo, cgroups::Cgroup};
+use crate::decode::exec::{FileId, split_args};
+
+/// Reads what `/proc/<pid>` tells of a process; `None` when it is gone, or when it is not the
+/// process `task` (see [`is_task`]) describes. `with_image` also reads the executable path and
+/// argv (pointless for kernel threads); argv is read up to [`ARGS_CAP`] bytes, as the probe does.
+pub(super) fn read(proc_root: &Path, pid: u32, with_image: bool, task: Option<Task>) -> Option<ProcInfo> {
     let dir = proc_root.join(pid.to_string());
     let stat = std::fs::read(dir.join("stat")).ok()?;
-    let (pgid, sid) = parse_stat(&stat).unzip();
+    let (pgid, sid) = parse_stat(&stat).map(|s| (s.pgrp, s.session)).unzip();
     let cgroup = cgroup_at(&dir);
-    let (exe, args) = if with_image {
-        let args = std::fs::read(dir.join("cmdline")).ok().filter(|a| !a.is_empty());
-        (exe_at(&dir).map(Into::into), args.map(|a| split_args(&a).into()))
+    let (exe, args, args_truncated) = if with_image {
+        let (args, truncated) = cmdline(&dir).filter(|(a, _)| !a.is_empty()).unzip();
+        (exe_at(&dir).map(Into::into), args.map(|a| split_args(&a).into()), truncated.unwrap_or(false))
     } else {
-        (None, None)
+        (None, None, false)
     };
-    Some(ProcInfo { exe, args, pgid, sid, cgroup })
+    // Checked after the reads: if the process the event is about still has the pid now, it
+    // had it during them (a pid is not reused while its process lives).
+    if !task.is_none_or(|task| is_task(proc_root, pid, task)) {
+        return None;
+    }
+    Some(ProcInfo { exe, args, args_truncated, pgid, sid, cgroup })
+}
+
+/// A task as the kernel described it in an event: its id and start time (CLOCK_MONOTONIC ns).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Task {
+    /// Kernel task id.
+    pub tid: u32,
+    /// `task->start_time`.
+    pub start_ns: u64,
+}
+
+/// Whether `/proc/<pid>/task/<tid>` is `task`: its start time (field 22 of `stat`, clock ticks
+/// of CLOCK_BOOTTIME) agrees with the kernel's. CLOCK_BOOTTIME runs ahead of CLOCK_MONOTONIC by
+/// the time the host spent suspended, so a start up to that much later is accepted; on a host
+/// never suspended, only the same clock tick is.
+pub(super) fn is_task(proc_root: &Path, pid: u32, task: Task) -> bool {
+    let path = proc_root.join(pid.to_string()).join("task").join(task.tid.to_string()).join("stat");
+    let Some(ticks) = std::fs::read(path).ok().and_then(|stat| parse_stat(&stat)).map(|s| s.start_ticks) else {
+        return false;
+    };
+    // SAFETY: sysconf has no memory effects.
+    let hz = u128::from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64);
+    let suspended = (crate::clock::now_ns(libc::CLOCK_BOOTTIME) - crate::clock::monotonic_ns()).max(0) as u128;
+    let start = u128::from(task.start_ns);
+    let (earliest, latest) = (start * hz / 1_000_000_000, (start + suspended) * hz / 1_000_000_000);
+    (earliest..=latest).contains(&u128::from(ticks))
+}
+
+/// `/proc/<pid>/cmdline`, at most [`ARGS_CAP`] bytes of it (a process chooses how long its
+/// argv is), and whether it was longer.
+fn cmdline(dir: &Path) -> Option<(Vec<u8>, bool)> {
+    use std::io::Read;
+    let mut args = Vec::new();
+    std::fs::File::open(dir.join("cmdline")).ok()?.take(ARGS_CAP as u64 + 1).read_to_end(&mut args).ok()?;
+    let truncated = args.len() > ARGS_CAP;
+    args.truncate(ARGS_CAP);
+    Some((args, truncated))
 }
 
 /// (process group, session) of a process, from `/proc/<pid>/stat`; `None` when it is gone.
 pub(super) fn ids(proc_root: &Path, pid: u32) -> Option<(u32, u32)> {
-    parse_stat(&std::fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?)
+    parse_stat(&std::fs::read(proc_root.join(pid.to_string()).join("stat")).ok()?).map(|s| (s.pgrp, s.session))
 }
 
 /// The cgroup of a process, from `/proc/<pid>/cgroup`; `None` when it is gone.
@@ -37,9 +82,59 @@ fn cgroup_at(dir: &Path) -> Option<Cgroup> {
     pick_cgroup(&std::fs::read_to_string(dir.join("cgroup")).ok()?).map(Cgroup::from_line)
 }
 
-/// The target of `/proc/<pid>/exe`.
-pub(super) fn exe(proc_root: &Path, pid: u32) -> Option<Vec<u8>> {
-    exe_at(&proc_root.join(pid.to_string()))
+/// The canonical path of `file`, the file the kernel said process `pid` executed, as
+/// `/proc/<pid>/exe` shows it: from `/proc/<pid>/exe` while the process still runs it, else
+/// (the process is gone, or runs another file by now) from `exec_path`, the absolute path given
+/// to execve, resolved here (`..` and symlinks), or for a script the interpreter its `#!` line
+/// names, each accepted only if it leads to `file`. `None` when none establishes it (a relative
+/// path or a memfd of a process gone, a file since replaced, a path that only resolves in
+/// another mount namespace).
+pub(super) fn executed_path(proc_root: &Path, pid: u32, exec_path: Option<&[u8]>, file: FileId) -> Option<Vec<u8>> {
+    let exe = proc_root.join(pid.to_string()).join("exe");
+    let absolute = exec_path.filter(|path| path.starts_with(b"/")).map(|path| Path::new(std::ffi::OsStr::from_bytes(path)));
+    canonical_if(&exe, file).or_else(|| {
+        let given = absolute?;
+        canonical_if(given, file).or_else(|| canonical_if(&interpreter(given)?, file))
+    })
+}
+
+/// The absolute interpreter path of the `#!` line of `script`, if it is a regular file that
+/// has one (only the first 256 bytes count, as for the kernel). The file is opened for reading
+/// only once known to be a regular file (through the `O_PATH` descriptor that told so): a path
+/// swapped for a FIFO or a device cannot block ksense or open a device.
+fn interpreter(script: &Path) -> Option<PathBuf> {
+    use std::{io::Read, os::fd::AsRawFd};
+    let opened = open_path(script)?;
+    if !opened.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut head = Vec::new();
+    std::fs::File::open(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?.take(256).read_to_end(&mut head).ok()?;
+    let line = head.strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = &line[line.iter().position(|&b| b != b' ' && b != b'\t')?..];
+    let interpreter = &line[..line.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(line.len())];
+    interpreter.starts_with(b"/").then(|| PathBuf::from(std::ffi::OsStr::from_bytes(interpreter)))
+}
+
+/// `path` opened `O_PATH`: resolved, but neither read nor opened as a device.
+fn open_path(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_CLOEXEC).open(path).ok()
+}
+
+/// The canonical path of what `path` leads to, if that is `file`. The file is opened once
+/// (`O_PATH`: no I/O, no device opened) and both its identity and its path are taken from that
+/// one open file, so a rename or an exec in between cannot pair one file's path with another's
+/// identity.
+fn canonical_if(path: &Path, file: FileId) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let opened = open_path(path)?;
+    if FileId::of(&opened.metadata().ok()?) != file {
+        return None;
+    }
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?;
+    Some(path.as_os_str().as_bytes().to_vec())
 }
 
 fn exe_at(dir: &Path) -> Option<Vec<u8>> {
@@ -82,15 +177,27 @@ fn unescape_newlines(path: &[u8]) -> Vec<u8> {
     out
 }
 
-/// (pgrp, session) from `/proc/<pid>/stat`. comm (field 2) may hold spaces and parentheses,
-/// so fields are counted from the last `)`.
-fn parse_stat(stat: &[u8]) -> Option<(u32, u32)> {
+/// What ksense reads from `/proc/<pid>/stat`.
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    pgrp: u32,
+    session: u32,
+    /// Field 22, `starttime`: clock ticks after boot (CLOCK_BOOTTIME).
+    start_ticks: u64,
+}
+
+/// Fields of `/proc/<pid>/stat`. comm (field 2) may hold spaces and parentheses, so fields are
+/// counted from the last `)`.
+fn parse_stat(stat: &[u8]) -> Option<Stat> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    let mut fields = rest.split_ascii_whitespace(); // state ppid pgrp session ...
-    let pgrp = fields.nth(2)?.parse().ok()?;
-    let session = fields.next()?.parse().ok()?;
-    Some((pgrp, session))
+    let fields: Vec<&str> = rest.split_ascii_whitespace().take(20).collect(); // field 3 (state) on
+    Some(Stat {
+        pgrp: fields.get(2)?.parse().ok()?,
+        session: fields.get(3)?.parse().ok()?,
+        // Absent from short test fixtures: 0, which no event's start time matches.
+        start_ticks: fields.get(19).and_then(|f| f.parse().ok()).unwrap_or(0),
+    })
 }
 
 /// The `/proc/<pid>/cgroup` line that says most about where the process lives: the unified
@@ -111,17 +218,29 @@ pub fn pick_cgroup(text: &str) -> Option<String> {
         .map(|l| (*l).to_owned())
 }
 
-/// A container id in a cgroup path: the last run of exactly 64 hex digits, as docker, podman,
-/// containerd and CRI-O name their cgroups (`docker-<id>.scope`, `/docker/<id>`,
-/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`).
+/// The container id a cgroup line names, from the layouts container runtimes create:
+/// docker (`docker-<id>.scope`, `/docker/<id>`), containerd under CRI (`cri-containerd-<id>.scope`,
+/// or `<id>` in a kubepods pod cgroup), CRI-O (`crio-<id>.scope`, `crio-<id>`), podman
+/// (`libpod-<id>.scope`; its `libpod-conmon-<id>.scope` is the monitor, not a container).
+/// Nothing in a user's delegated subtree (below `user@<uid>.service`) counts: its owner names
+/// those cgroups as they like, so an id there could be any container's. The innermost match
+/// wins (a container in a container).
 pub fn container_id(cgroup: &str) -> Option<String> {
-    let mut found = None;
-    for run in cgroup.split(|c: char| !c.is_ascii_hexdigit()) {
-        if run.len() == 64 {
-            found = Some(run.to_ascii_lowercase());
-        }
+    let path = cgroup.splitn(3, ':').nth(2).unwrap_or(cgroup);
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.iter().any(|p| p.starts_with("user@") && p.ends_with(".service")) {
+        return None;
     }
-    found
+    let id = |text: &str| (text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())).then(|| text.to_ascii_lowercase());
+    let in_pod = |i: usize| i >= 2 && parts[i - 1].starts_with("pod") && parts[..i - 1].iter().any(|p| p.starts_with("kubepods"));
+    parts.iter().enumerate().rev().find_map(|(i, part)| {
+        let scoped = ["docker-", "cri-containerd-", "crio-", "libpod-"]
+            .iter()
+            .find_map(|prefix| part.strip_prefix(prefix))
+            .and_then(|rest| id(rest.strip_suffix(".scope").unwrap_or(rest)));
+        let bare = || id(part).filter(|_| (i >= 1 && parts[i - 1] == "docker") || in_pod(i));
+        scoped.or_else(bare)
+    })
 }
 
 #[cfg(test)]
@@ -130,7 +249,93 @@ mod tests {
 
     #[test]
     fn stat_with_hostile_comm() {
-        assert_eq!(parse_stat(b"42 (a) b (c) S 1 40 30 0 -1 4194560"), Some((40, 30)));
+        let stat = parse_stat(b"42 (a) b (c) S 1 40 30 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 98765 0").unwrap();
+        assert_eq!((stat.pgrp, stat.session, stat.start_ticks), (40, 30, 98765));
+    }
+
+    fn fake_proc(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ksense-procfs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A stat line for pid 40 whose start time is `ticks`.
+    fn stat_line(ticks: u64) -> String {
+        format!("40 (x) S 1 40 40 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {ticks} 0")
+    }
+
+    /// `/proc/<pid>` is only believed when its start time is the kernel's for the event's task:
+    /// a pid reused by another process is not described as the one the event is about.
+    #[test]
+    fn a_reused_pid_is_not_read() {
+        let root = fake_proc("reuse");
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        std::fs::create_dir_all(root.join("40/task/41")).unwrap();
+        std::fs::write(root.join("40/stat"), stat_line(500 * hz)).unwrap();
+        std::fs::write(root.join("40/task/41/stat"), stat_line(500 * hz)).unwrap();
+        std::fs::write(root.join("40/cmdline"), b"/bin/other\0").unwrap();
+        let at = |secs: u64| Task { tid: 41, start_ns: secs * 1_000_000_000 };
+        assert!(is_task(&root, 40, at(500)));
+        assert!(read(&root, 40, true, Some(at(500))).is_some());
+        assert!(!is_task(&root, 40, at(499)), "an earlier process that had the pid");
+        assert!(read(&root, 40, true, Some(at(499))).is_none());
+        assert!(!is_task(&root, 40, Task { tid: 42, start_ns: 500_000_000_000 }), "no such task");
+        assert!(read(&root, 40, true, None).is_some(), "no start time known: trusted");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// argv read from /proc is capped as the probe caps it, and flagged as cut.
+    #[test]
+    fn cmdline_is_capped_at_the_argv_cap() {
+        let root = fake_proc("cmdline");
+        std::fs::create_dir_all(root.join("40")).unwrap();
+        std::fs::write(root.join("40/stat"), stat_line(1)).unwrap();
+        std::fs::write(root.join("40/cmdline"), vec![b'a'; 3 * ARGS_CAP]).unwrap();
+        let info = read(&root, 40, true, None).unwrap();
+        assert!(info.args_truncated);
+        assert_eq!(info.args.unwrap()[0].len(), ARGS_CAP);
+        std::fs::write(root.join("40/cmdline"), b"short\0").unwrap();
+        assert!(!read(&root, 40, true, None).unwrap().args_truncated);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// The executed file's canonical path: `..` and symlinks resolved, and only for the file the
+    /// kernel named.
+    #[test]
+    fn executed_path_is_canonical_and_of_the_executed_file() {
+        let root = fake_proc("exe");
+        let real = root.join("bin/evil");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("excluded")).unwrap();
+        std::fs::write(&real, b"x").unwrap();
+        std::fs::write(root.join("bin/other"), b"y").unwrap();
+        std::os::unix::fs::symlink(&real, root.join("excluded/x")).unwrap();
+        let file = FileId::of(&std::fs::metadata(&real).unwrap());
+        let canonical = std::fs::canonicalize(&real).unwrap().into_os_string().into_vec();
+        use std::os::unix::ffi::OsStringExt;
+        let via = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        // The process is gone (no /proc/40): the execve path, resolved.
+        let dotdot = via(&root.join("excluded/../bin/evil"));
+        assert_eq!(executed_path(&root, 40, Some(&dotdot), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("excluded/x"))), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/other"))), file), None, "another file");
+        assert_eq!(executed_path(&root, 40, Some(b"bin/evil"), file), None, "relative: cwd unknown");
+        // A script: the kernel executed its interpreter (here `evil`), which may have moved on.
+        std::fs::write(root.join("bin/script"), format!("#! {} -x\nexit 0\n", root.join("excluded/x").display())).unwrap();
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/script"))), file), Some(canonical.clone()));
+        std::fs::write(root.join("bin/script"), b"#!bin/evil\n").unwrap();
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/script"))), file), None, "relative interpreter");
+        // A path swapped for a FIFO since: not read (which would block).
+        let fifo = root.join("bin/fifo");
+        let fifo_c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
+        assert_eq!(executed_path(&root, 40, Some(&via(&fifo)), file), None);
+        // Alive: /proc/<pid>/exe, when it is the file.
+        std::fs::create_dir_all(root.join("40")).unwrap();
+        std::os::unix::fs::symlink(&real, root.join("40/exe")).unwrap();
+        assert_eq!(executed_path(&root, 40, None, file), Some(canonical));
+        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
@@ -150,15 +355,42 @@ mod tests {
     }
 
     #[test]
-    fn container_ids() {
+    fn container_ids_from_runtime_layouts() {
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         for path in [
             format!("0::/system.slice/docker-{id}.scope"),
             format!("12:pids:/docker/{id}"),
             format!("0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
+            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod4f.slice/crio-{id}.scope"),
+            format!("0::/kubepods/burstable/pod4f0e/{id}"),
+            format!("0::/kubepods/besteffort/pod4f0e/crio-{id}"),
+            format!("0::/machine.slice/libpod-{id}.scope"),
+            format!("0::/machine.slice/libpod-{id}.scope/container"),
+            format!("0::/system.slice/docker-{}.scope/docker/{id}", "f".repeat(64)),
+            format!("0::/system.slice/docker-{}.scope", id.to_uppercase()),
         ] {
             assert_eq!(container_id(&path).as_deref(), Some(id), "{path}");
         }
-        assert_eq!(container_id("0::/user.slice/user-1000.slice"), None);
+    }
+
+    /// Any user can create cgroups named as they like in their delegated subtree, or hex runs
+    /// elsewhere: none of that is a container.
+    #[test]
+    fn no_container_id_from_other_hex_runs() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        for path in [
+            "0::/user.slice/user-1000.slice".to_owned(),
+            format!("0::/user.slice/user-1000.slice/user@1000.service/app.slice/{id}"),
+            format!("0::/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{id}.scope"),
+            format!("0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{id}.scope"),
+            format!("0::/machine.slice/libpod-conmon-{id}.scope"),
+            format!("0::/system.slice/{id}"),
+            format!("0::/system.slice/foo-{id}.scope"),
+            format!("0::/system.slice/docker-{id}0.scope"),
+            format!("0::/pod1/{id}"),
+            format!("0::/docker-{}.scope", &id[..63]),
+        ] {
+            assert_eq!(container_id(&path), None, "{path}");
+        }
     }
 }

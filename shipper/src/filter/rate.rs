@@ -1,39 +1,51 @@
-//! `[limits] rate_per_second`: a token bucket per event kind (burst = one second's worth).
+//! `[limits] rate_per_second`: a token bucket per event kind and effective uid (burst = one
+//! second's worth), so one user's storm of events uses up that user's budget, not everyone's.
+//! Module loads and W^X memory changes ([`Event::is_critical`]) are never limited.
 use std::{collections::HashMap, time::Instant};
 
 use ksense_abi::EventKind;
 
-/// Per-kind token buckets.
+use crate::event::Event;
+
+/// Buckets kept at most; when a new (kind, uid) would exceed it, every bucket starts over full.
+/// Only a host with that many users active at once notices: each then gets a fresh second's
+/// worth a little early.
+pub const BUCKETS_CAP: usize = 4096;
+
+/// Per-kind rates and per-(kind, uid) token buckets.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    buckets: HashMap<EventKind, Bucket>,
+    rates: HashMap<EventKind, f64>,
+    buckets: HashMap<(EventKind, u32), Bucket>,
 }
 
 #[derive(Debug)]
 struct Bucket {
-    rate: f64,
     tokens: f64,
     refilled: Instant,
 }
 
 impl RateLimiter {
-    /// Limits from `[limits] rate_per_second` (event name -> events/s; validated at load).
+    /// Limits from `[limits] rate_per_second` (event name -> events/s per uid; validated at load).
     pub fn new(rates: &std::collections::BTreeMap<String, u32>) -> RateLimiter {
-        let buckets = EventKind::ALL
-            .into_iter()
-            .filter_map(|kind| {
-                let rate = f64::from(*rates.get(kind.name())?);
-                Some((kind, Bucket { rate, tokens: rate, refilled: Instant::now() }))
-            })
-            .collect();
-        RateLimiter { buckets }
+        let rates = EventKind::ALL.into_iter().filter_map(|kind| Some((kind, f64::from(*rates.get(kind.name())?)))).collect();
+        RateLimiter { rates, buckets: HashMap::new() }
     }
 
-    /// Whether one more event of `kind` may pass now.
-    pub fn admit(&mut self, kind: EventKind) -> bool {
-        let Some(bucket) = self.buckets.get_mut(&kind) else { return true };
+    /// Whether `event` may pass now.
+    pub fn admit(&mut self, event: &Event) -> bool {
+        let kind = event.kind();
+        let Some(&rate) = self.rates.get(&kind) else { return true };
+        if event.is_critical() {
+            return true;
+        }
+        let key = (kind, event.process.euid);
+        if self.buckets.len() >= BUCKETS_CAP && !self.buckets.contains_key(&key) {
+            self.buckets.clear();
+        }
         let now = Instant::now();
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.refilled).as_secs_f64() * bucket.rate).min(bucket.rate);
+        let bucket = self.buckets.entry(key).or_insert(Bucket { tokens: rate, refilled: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.refilled).as_secs_f64() * rate).min(rate);
         bucket.refilled = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
@@ -47,12 +59,67 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        decode::{fork::ProcessFork, memory::ProcessMemoryProtect},
+        event::{Detail, Process},
+    };
+    use ksense_abi::Hook;
+
+    fn event(euid: u32, detail: Detail, hook: Hook) -> Event {
+        let now = std::time::SystemTime::now();
+        let process = Process { pid: 9, tid: 9, euid, ..Process::default() };
+        Event { seq: 1, time: now, observed_time: now, hook, process, detail }
+    }
+
+    fn fork_by(euid: u32) -> Event {
+        event(euid, Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0, parent_task: (0, 0) }), Hook::TpBtfTaskNewtask)
+    }
+
+    fn memory_change_by(euid: u32, new_prot: u32) -> Event {
+        let change = ProcessMemoryProtect {
+            start: 0x1000,
+            len: 4096,
+            count: 1,
+            old_prot: Some(3),
+            new_prot,
+            region: Some(ksense_abi::memory::Region::Anonymous),
+            result: Some(0),
+            file: None,
+        };
+        event(euid, Detail::MemoryProtect(change), Hook::TracepointMprotect)
+    }
 
     #[test]
     fn limits_only_listed_kinds() {
-        let mut limiter = RateLimiter::new(&[("process.exec".to_owned(), 10)].into());
-        let passed = (0..100).filter(|_| limiter.admit(EventKind::Exec)).count();
+        let mut limiter = RateLimiter::new(&[("process.fork".to_owned(), 10)].into());
+        let passed = (0..100).filter(|_| limiter.admit(&fork_by(0))).count();
         assert!((10..=11).contains(&passed), "{passed}");
-        assert!((0..100).all(|_| limiter.admit(EventKind::Fork)));
+        assert!((0..100).all(|_| limiter.admit(&memory_change_by(0, 1))));
+    }
+
+    /// One user's storm leaves another user's budget whole.
+    #[test]
+    fn each_uid_has_its_own_budget() {
+        let mut limiter = RateLimiter::new(&[("process.fork".to_owned(), 10)].into());
+        let storm = (0..1000).filter(|_| limiter.admit(&fork_by(65534))).count();
+        assert!(storm <= 11, "{storm}");
+        let other = (0..10).filter(|_| limiter.admit(&fork_by(1000))).count();
+        assert_eq!(other, 10);
+    }
+
+    #[test]
+    fn wx_changes_are_never_limited() {
+        let mut limiter = RateLimiter::new(&[("process.memory.protect".to_owned(), 1)].into());
+        assert!((0..100).all(|_| limiter.admit(&memory_change_by(65534, 5))), "RW -> RX");
+        assert_eq!((0..100).filter(|_| limiter.admit(&memory_change_by(65534, 1))).count(), 1, "RW -> R");
+    }
+
+    #[test]
+    fn the_bucket_table_is_bounded() {
+        let mut limiter = RateLimiter::new(&[("process.fork".to_owned(), 10)].into());
+        for uid in 0..10 * BUCKETS_CAP as u32 {
+            limiter.admit(&fork_by(uid));
+        }
+        assert!(limiter.buckets.len() <= BUCKETS_CAP);
     }
 }

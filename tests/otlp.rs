@@ -1,12 +1,21 @@
 //! The OTLP sink against a real collector (rotel): over gRPC and over HTTP/protobuf the
-//! collector receives the contract's records, typed, with the agent's resource; and a collector
-//! that goes away and comes back costs nothing but counted drops.
-use std::process::Command;
+//! collector receives the contract's records, typed, with the agent's resource; a collector
+//! that goes away and comes back costs nothing but counted drops; and against a receiver with
+//! gRPC's 4 MiB limit that refuses some requests for good, an unprivileged user's flood of long
+//! command lines neither wedges the export nor loses a record uncounted.
+use std::{
+    os::unix::process::CommandExt as _,
+    process::Command,
+    sync::atomic::Ordering::Relaxed,
+    time::{Duration, Instant},
+};
 
 use ksense_e2e::{
     Ksense, attr,
     collector::{Collector, Received, check_outage_accounting, free_port, small_queue_config},
-    is, run_workload, temp_config, workload_bin,
+    is, printed,
+    receiver::Receiver,
+    run_workload, temp_config, workload_bin,
 };
 
 fn check_records(collector: &Collector, ksense: Ksense) {
@@ -84,4 +93,72 @@ fn collector_outage_is_survived_and_accounted_for() {
     });
     let totals = check_outage_accounting(&ksense.stop(), &collector);
     assert!(totals.dropped > 0, "the queue of 200 must have overflowed during the outage");
+}
+
+/// The attack of the hostile-user tests: as uid 65534, 1500 execs with 16 KB of argv each
+/// within seconds (records of some 50 KB: argv, command line and message), exported over gRPC
+/// to a receiver that takes 4 MiB at most, as gRPC servers and the OpenTelemetry Collector do
+/// by default, and that refuses every 5th request with INVALID_ARGUMENT while the flood lasts.
+/// No request is over the limit (batches are cut by size), the refusals are dropped and
+/// counted rather than retried forever, a marker exec after the flood still arrives, the
+/// receiver got exactly what ksense counts as delivered, and every record offered to the sink
+/// is delivered, dropped or rejected, counted.
+#[test]
+fn long_argv_flood_is_exported_in_requests_under_4_mib_and_refusals_are_counted() {
+    const NOBODY: u32 = 65534;
+    let receiver = Receiver::start(5);
+    let config = temp_config(
+        "otlp-flood",
+        &format!("[sinks.otlp]\nendpoint = \"{}\"\n[sinks.journald]\nenabled = false\n", receiver.endpoint()),
+    );
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+
+    let started = Instant::now();
+    let flood = Command::new(workload_bin())
+        .args(["exec-flood", "1500", "16384"])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let flood_pid = flood.id();
+    let flood = flood.wait_with_output().unwrap();
+    assert!(flood.status.success(), "the flood failed: {flood:?}");
+    assert_eq!(printed(&String::from_utf8_lossy(&flood.stdout), "execs"), 1500);
+    eprintln!("flood: 1500 execs with 16 KiB of argv in {:.1} s", started.elapsed().as_secs_f64());
+
+    // Once the flood's last exec is through the pipeline, refusing stops; the marker must
+    // still get through: the export is not wedged.
+    ksense.wait_for("the flood's end", |e| is(e, "process.exit") && attr(e, "process.pid") == flood_pid);
+    receiver.stop_refusing();
+    let marker = Command::new(workload_bin()).args(["marker", "after the flood"]).uid(NOBODY).gid(NOBODY).spawn().unwrap();
+    let marker_pid = i64::from(marker.id());
+    assert!(marker.wait_with_output().unwrap().status.success());
+    receiver.wait_for("the marker's exec after the flood", Duration::from_secs(30), |r| {
+        r.event_name == "process.exec" && r.pid == Some(marker_pid)
+    });
+
+    let stopped = ksense.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let counts = receiver.counts();
+    let counter = |name: &str| stopped.counter(&format!("sink_otlp_{name}"));
+    let (written, delivered, queue_full, failed, rejected) =
+        (stopped.counter("events_written"), counter("delivered"), counter("queue_full"), counter("failed"), counter("rejected"));
+    eprintln!(
+        "events_written={written} delivered={delivered} queue_full={queue_full} failed={failed} rejected={rejected}; \
+         receiver: {counts:?}"
+    );
+    assert_eq!(counts.oversized_requests.load(Relaxed), 0, "a request over 4 MiB was sent: {counts:?}");
+    assert!(counts.largest_request.load(Relaxed) <= 3 << 20, "max_request_bytes is 3 MiB by default: {counts:?}");
+    assert!(counts.largest_request.load(Relaxed) > 1 << 20, "the flood's batches must have been large: {counts:?}");
+    assert!(counts.refused_requests.load(Relaxed) > 0, "the receiver refused nothing: {counts:?}");
+    assert_eq!(counts.accepted_records.load(Relaxed), delivered, "the receiver got exactly what ksense counts as delivered");
+    assert_eq!(counts.refused_records.load(Relaxed), rejected, "every refused record is counted as rejected, once");
+    assert!(rejected > 0);
+    assert_eq!(failed, 0, "the receiver was there all along: {}", stopped.stderr);
+    assert_eq!(delivered + queue_full + failed + rejected, written, "every record offered is delivered or counted");
+    // Refusals are logged once per cause, not once per batch.
+    let logged = stopped.stderr.matches("INVALID_ARGUMENT").count();
+    assert_eq!(logged, 1, "{}", stopped.stderr);
+    assert!(started.elapsed() < Duration::from_secs(50), "the test took {:?}", started.elapsed());
 }

@@ -16,6 +16,7 @@ use serde_json::Value;
 pub mod collector;
 pub mod journald;
 pub mod load;
+pub mod receiver;
 pub mod stats;
 
 /// How long to wait for ksense to start, or for an event, before failing, unless

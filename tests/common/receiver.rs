@@ -1,0 +1,253 @@
+//! An OTLP/gRPC logs receiver that refuses on demand, for the tests a real collector cannot
+//! serve (rotel, [`crate::collector`], takes everything). Built on tonic's server on a loopback
+//! port; like a gRPC server or the OpenTelemetry Collector by default, it refuses a request
+//! larger than 4 MiB with `RESOURCE_EXHAUSTED` (and no `RetryInfo`), and while refusing is on,
+//! every n-th request with `INVALID_ARGUMENT`. It counts what it accepted and refused.
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    task::{Context, Poll},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, BufMut, Bytes};
+use opentelemetry_proto::tonic::{
+    collector::logs::v1::ExportLogsServiceRequest,
+    common::v1::{AnyValue, any_value},
+};
+use prost::Message as _;
+use tonic::{
+    Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+};
+
+/// gRPC's default limit on a received message, which the OpenTelemetry Collector keeps.
+pub const GRPC_DEFAULT_MAX_RECEIVE: usize = 4 << 20;
+
+/// What the receiver counted.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Export requests answered OK.
+    pub accepted_requests: AtomicU64,
+    /// Log records in them.
+    pub accepted_records: AtomicU64,
+    /// Requests refused with `INVALID_ARGUMENT`.
+    pub refused_requests: AtomicU64,
+    /// Log records in them.
+    pub refused_records: AtomicU64,
+    /// Requests over [`GRPC_DEFAULT_MAX_RECEIVE`], refused with `RESOURCE_EXHAUSTED`.
+    pub oversized_requests: AtomicU64,
+    /// The largest request received, in bytes.
+    pub largest_request: AtomicUsize,
+}
+
+/// One accepted log record, as far as the tests look at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// `event_name`.
+    pub event_name: String,
+    /// The `process.pid` attribute, if any.
+    pub pid: Option<i64>,
+}
+
+struct State {
+    counts: Counts,
+    /// Refuse every n-th request (0: never).
+    refuse_every: AtomicU64,
+    /// Requests seen while refusing was on.
+    seen: AtomicU64,
+    accepted: Mutex<Vec<Accepted>>,
+}
+
+/// A running receiver; stops when dropped.
+pub struct Receiver {
+    /// Its loopback port.
+    pub port: u16,
+    state: Arc<State>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// Starts a receiver refusing every `refuse_every`-th request (0: none).
+    pub fn start(refuse_every: u64) -> Receiver {
+        let state = Arc::new(State {
+            counts: Counts::default(),
+            refuse_every: AtomicU64::new(refuse_every),
+            seen: AtomicU64::new(0),
+            accepted: Mutex::new(Vec::new()),
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let service = LogsService(state.clone());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                tonic::transport::Server::builder()
+                    .serve_with_incoming_shutdown(service, incoming, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        Receiver { port, state, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// Its URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Refuses no request from now on.
+    pub fn stop_refusing(&self) {
+        self.state.refuse_every.store(0, Relaxed);
+    }
+
+    /// What it counted.
+    pub fn counts(&self) -> &Counts {
+        &self.state.counts
+    }
+
+    /// Waits (at most `timeout`) for an accepted record matching `predicate`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, predicate: impl Fn(&Accepted) -> bool) -> Accepted {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.state.accepted.lock().unwrap().iter().find(|r| predicate(r)) {
+                return found.clone();
+            }
+            assert!(Instant::now() < deadline, "the receiver accepted no {what} within {timeout:?}: {:?}", self.counts());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl State {
+    /// Answers one `LogsService/Export` request.
+    fn export(&self, request: Bytes) -> Result<Bytes, Status> {
+        let counts = &self.counts;
+        counts.largest_request.fetch_max(request.len(), Relaxed);
+        if request.len() > GRPC_DEFAULT_MAX_RECEIVE {
+            counts.oversized_requests.fetch_add(1, Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({} vs. {GRPC_DEFAULT_MAX_RECEIVE})",
+                request.len()
+            )));
+        }
+        let request = ExportLogsServiceRequest::decode(request).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let records = request.resource_logs.iter().flat_map(|r| &r.scope_logs).flat_map(|s| &s.log_records);
+        let every = self.refuse_every.load(Relaxed);
+        if every > 0 && (self.seen.fetch_add(1, Relaxed) + 1).is_multiple_of(every) {
+            counts.refused_requests.fetch_add(1, Relaxed);
+            counts.refused_records.fetch_add(records.count() as u64, Relaxed);
+            return Err(Status::invalid_argument("refused by the test receiver"));
+        }
+        let mut accepted = self.accepted.lock().unwrap();
+        let before = accepted.len();
+        accepted.extend(records.map(|record| {
+            let pid = record.attributes.iter().find(|kv| kv.key == "process.pid").and_then(|kv| match kv.value {
+                Some(AnyValue { value: Some(any_value::Value::IntValue(pid)) }) => Some(pid),
+                _ => None,
+            });
+            Accepted { event_name: record.event_name.clone(), pid }
+        }));
+        counts.accepted_records.fetch_add((accepted.len() - before) as u64, Relaxed);
+        counts.accepted_requests.fetch_add(1, Relaxed);
+        // An empty ExportLogsServiceResponse: no partial success.
+        Ok(Bytes::new())
+    }
+}
+
+/// The gRPC service: every path is taken as `LogsService/Export`.
+#[derive(Clone)]
+struct LogsService(Arc<State>);
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for LogsService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            // The size limit is the receiver's own (above), so that it can count what it refuses.
+            let mut grpc = tonic::server::Grpc::new(RawCodec).max_decoding_message_size(usize::MAX);
+            Ok(grpc.unary(Export(state), request).await)
+        })
+    }
+}
+
+struct Export(Arc<State>);
+
+impl tonic::server::UnaryService<Bytes> for Export {
+    type Response = Bytes;
+    type Future = std::future::Ready<Result<tonic::Response<Bytes>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        std::future::ready(self.0.export(request.into_inner()).map(tonic::Response::new))
+    }
+}
+
+/// Messages as bytes, decoded by the handler.
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}

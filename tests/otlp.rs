@@ -134,7 +134,7 @@ fn long_argv_flood_is_exported_in_requests_under_4_mib_and_refusals_are_counted(
     let marker = Command::new(workload_bin()).args(["marker", "after the flood"]).uid(NOBODY).gid(NOBODY).spawn().unwrap();
     let marker_pid = i64::from(marker.id());
     assert!(marker.wait_with_output().unwrap().status.success());
-    receiver.wait_for("the marker's exec after the flood", Duration::from_secs(30), |r| {
+    receiver.wait_for("exec of the marker after the flood", Duration::from_secs(30), |r| {
         r.event_name == "process.exec" && r.pid == Some(marker_pid)
     });
 
@@ -161,4 +161,38 @@ fn long_argv_flood_is_exported_in_requests_under_4_mib_and_refusals_are_counted(
     let logged = stopped.stderr.matches("INVALID_ARGUMENT").count();
     assert_eq!(logged, 1, "{}", stopped.stderr);
     assert!(started.elapsed() < Duration::from_secs(50), "the test took {:?}", started.elapsed());
+}
+
+/// Credentials in the endpoint URL (user information, a query's values) never reach ksense's
+/// log, over either transport, while export to it fails and is logged; and a `headers_file`
+/// any user can read is warned about, naming the file and the fix.
+#[test]
+fn credentials_in_the_endpoint_are_never_logged() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let port = free_port();
+    let headers = temp_config("otlp-headers", "authorization=Bearer s3cret-header\n");
+    std::fs::set_permissions(&headers, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for protocol in ["grpc", "http/protobuf"] {
+        let config = temp_config(
+            &format!("otlp-secrets-{}", protocol.replace('/', "-")),
+            &format!(
+                "[sinks.otlp]\nendpoint = \"http://user:s3cret-pass@127.0.0.1:{port}/?api_key=s3cret-key\"\n\
+                 protocol = \"{protocol}\"\nheaders_file = \"{}\"\n[sinks.journald]\nenabled = false\n",
+                headers.display()
+            ),
+        );
+        let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+        run_workload(&["marker"]);
+        ksense.wait_for_log("OTLP export failed");
+        let stopped = ksense.stop();
+        assert!(!stopped.stderr.contains("s3cret"), "{protocol}: a secret was logged:\n{}", stopped.stderr);
+        assert!(stopped.stderr.contains(&format!("***@127.0.0.1:{port}")), "{protocol}:\n{}", stopped.stderr);
+        assert!(stopped.stderr.contains("api_key=***"), "{protocol}:\n{}", stopped.stderr);
+        let warning = stopped.stderr.lines().find(|l| l.contains("readable by every user")).unwrap_or_else(|| {
+            panic!("{protocol}: no warning about the headers file:\n{}", stopped.stderr)
+        });
+        assert!(warning.contains(&headers.display().to_string()) && warning.contains("chmod 600"), "{warning}");
+        assert!(stopped.counter("sink_otlp_failed") > 0, "{}", stopped.stderr);
+    }
+    std::fs::remove_file(headers).unwrap();
 }

@@ -298,12 +298,15 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// `base` with the logs path (HTTP), before its query if it has one.
 fn with_logs_path(base: &str, protocol: Protocol) -> String {
-    match protocol {
-        Protocol::Grpc => base.to_owned(),
-        Protocol::HttpProtobuf if base.ends_with("/v1/logs") => base.to_owned(),
-        Protocol::HttpProtobuf => format!("{}/v1/logs", base.trim_end_matches('/')),
-    }
+    let (path, query) = base.split_once('?').map_or((base, None), |(path, query)| (path, Some(query)));
+    let path = match protocol {
+        Protocol::Grpc => return base.to_owned(),
+        Protocol::HttpProtobuf if path.ends_with("/v1/logs") => path.to_owned(),
+        Protocol::HttpProtobuf => format!("{}/v1/logs", path.trim_end_matches('/')),
+    };
+    query.map_or_else(|| path.clone(), |query| format!("{path}?{query}"))
 }
 
 /// `name=value` pairs separated by `sep` (W3C baggage style, values percent-decoded).
@@ -359,6 +362,8 @@ mod tests {
         assert_eq!(s.endpoint, "http://c:4318/v1/logs");
         let vars = [("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4318/custom"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
         assert_eq!(OtlpConfig::default().resolve(env(&vars)).unwrap().unwrap().endpoint, "http://c:4318/custom");
+        let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/?api_key=k"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
+        assert_eq!(OtlpConfig::default().resolve(env(&vars)).unwrap().unwrap().endpoint, "http://c:4318/v1/logs?api_key=k");
     }
 
     #[test]

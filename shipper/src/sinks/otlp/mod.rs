@@ -263,6 +263,57 @@ mod tests {
         }
     }
 
+    /// A collector that accepts connections and never answers (over gRPC and over HTTP): no
+    /// attempt lasts longer than `timeout_ms`, so retries go on rather than one attempt holding
+    /// its slot for ever; at close, within the shutdown grace, what was not delivered counts as
+    /// failed, and every record offered is counted once.
+    #[test]
+    fn a_collector_that_never_answers_holds_no_attempt_beyond_the_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accept, then neither read nor write: the connections stay open until the test ends.
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().collect();
+            drop(held);
+        });
+        let exporters: Vec<_> = [config::Protocol::Grpc, config::Protocol::HttpProtobuf]
+            .into_iter()
+            .map(|protocol| {
+                std::thread::spawn(move || {
+                    let config = config::OtlpConfig {
+                        endpoint: Some(format!("http://127.0.0.1:{port}")),
+                        protocol: Some(protocol),
+                        timeout_ms: Some(200),
+                        ..Default::default()
+                    };
+                    let settings = config.resolve(|_| None).unwrap().unwrap();
+                    let stats = Arc::new(SinkStats::default());
+                    let mut sink = OtlpSink::start(settings, stats.clone()).unwrap();
+                    let records = log_records(10);
+                    for record in &records {
+                        sink.write(record).unwrap();
+                    }
+                    sink.flush().unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while stats.retries.load(Relaxed) < 3 {
+                        assert!(Instant::now() < deadline, "{protocol:?}: an attempt did not end within its timeout");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    let closing = Instant::now();
+                    sink.close();
+                    assert!(closing.elapsed() < SHUTDOWN_GRACE + Duration::from_secs(2), "{protocol:?}: {:?}", closing.elapsed());
+                    let counted = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+                    assert_eq!(counted(&stats.failed), records.len() as u64, "{protocol:?}");
+                    let all = counted(&stats.delivered) + counted(&stats.queue_full) + counted(&stats.failed) + counted(&stats.rejected);
+                    assert_eq!(all, records.len() as u64, "{protocol:?}");
+                })
+            })
+            .collect();
+        for exporter in exporters {
+            exporter.join().unwrap();
+        }
+    }
+
     /// Logs/s the sink delivers to a real collector, and the CPU this process spent per log
     /// (sink, encoder, exporter, transport; the records are rendered beforehand):
     /// `KSENSE_BENCH_OTLP=http://127.0.0.1:4317 cargo test --release -p ksense --lib otlp_throughput

@@ -242,8 +242,9 @@ impl Exports {
                     if self.first_time(&cause) {
                         tracing::error!(
                             endpoint = %self.endpoint,
-                            "the OTLP collector refused a request of {count} records for good ({cause}: {detail:?}): \
-                             not retried, its records are counted in sink_otlp_rejected; this cause is logged once"
+                            "the OTLP collector refused a request of {count} records for good ({cause}: {:?}): \
+                             not retried, its records are counted in sink_otlp_rejected; this cause is logged once",
+                            self.scrub(&detail)
                         );
                     }
                     return;

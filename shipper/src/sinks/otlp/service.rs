@@ -453,9 +453,10 @@ fn gzip_bytes(data: &[u8]) -> Result<Vec<u8>, String> {
     gz.write_all(data).and_then(|()| gz.finish()).map_err(|e| format!("gzip: {e}"))
 }
 
-/// A gRPC codec for bytes that are already an encoded request; the answer
-/// (`ExportLogsServiceResponse`) is kept as bytes, for [`response::grpc`] to read.
-struct RawCodec;
+/// A gRPC codec for messages as bytes, encoded and decoded elsewhere: the exporter's requests
+/// are encoded already, and its answers (`ExportLogsServiceResponse`) are read by
+/// [`response::grpc`].
+pub struct RawCodec;
 
 impl Codec for RawCodec {
     type Encode = Bytes;

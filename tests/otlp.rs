@@ -148,6 +148,8 @@ fn long_argv_flood_is_exported_in_requests_under_4_mib_and_refusals_are_counted(
         "events_written={written} delivered={delivered} queue_full={queue_full} failed={failed} rejected={rejected}; \
          receiver: {counts:?}"
     );
+    let agents = receiver.user_agents();
+    assert!(agents.iter().all(|a| a.starts_with("ksense/")) && !agents.is_empty(), "User-Agent: {agents:?}");
     assert_eq!(counts.oversized_requests.load(Relaxed), 0, "a request over 4 MiB was sent: {counts:?}");
     assert!(counts.largest_request.load(Relaxed) <= 3 << 20, "max_request_bytes is 3 MiB by default: {counts:?}");
     assert!(counts.largest_request.load(Relaxed) > 1 << 20, "the flood's batches must have been large: {counts:?}");

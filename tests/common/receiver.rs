@@ -4,6 +4,7 @@
 //! larger than 4 MiB with `RESOURCE_EXHAUSTED` (and no `RetryInfo`), and while refusing is on,
 //! every n-th request with `INVALID_ARGUMENT`. It counts what it accepted and refused.
 use std::{
+    collections::BTreeSet,
     convert::Infallible,
     future::Future,
     pin::Pin,
@@ -61,6 +62,8 @@ struct State {
     /// Requests seen while refusing was on.
     seen: AtomicU64,
     accepted: Mutex<Vec<Accepted>>,
+    /// Every `User-Agent` the requests carried.
+    user_agents: Mutex<BTreeSet<String>>,
 }
 
 /// A running receiver; stops when dropped.
@@ -80,6 +83,7 @@ impl Receiver {
             refuse_every: AtomicU64::new(refuse_every),
             seen: AtomicU64::new(0),
             accepted: Mutex::new(Vec::new()),
+            user_agents: Mutex::default(),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -115,6 +119,11 @@ impl Receiver {
     /// What it counted.
     pub fn counts(&self) -> &Counts {
         &self.state.counts
+    }
+
+    /// The `User-Agent` headers the requests carried.
+    pub fn user_agents(&self) -> BTreeSet<String> {
+        self.state.user_agents.lock().unwrap().clone()
     }
 
     /// Waits (at most `timeout`) for an accepted record matching `predicate`.
@@ -194,6 +203,9 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for LogsService {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let state = self.0.clone();
+        if let Some(agent) = request.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+            state.user_agents.lock().unwrap().insert(agent.to_owned());
+        }
         Box::pin(async move {
             // The size limit is the receiver's own (above), so that it can count what it refuses.
             let mut grpc = tonic::server::Grpc::new(RawCodec).max_decoding_message_size(usize::MAX);

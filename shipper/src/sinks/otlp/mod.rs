@@ -263,6 +263,92 @@ mod tests {
         }
     }
 
+    /// An OTLP/HTTP collector scripted to answer 503 with `Retry-After`, then a partial
+    /// success, then 400: the first is retried after the delay it asked for, the rejected
+    /// records and the refused batch are counted as rejected (not retried), the rest as
+    /// delivered, and every request says `User-Agent: ksense/<version>`.
+    #[test]
+    fn http_answers_are_followed_as_the_specification_says() {
+        use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
+        use prost::Message as _;
+        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+        let partial = ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess { rejected_log_records: 2, error_message: "too old".into() }),
+        }
+        .encode_to_vec();
+        let answers = std::sync::Mutex::new(std::collections::VecDeque::from([
+            (503, "Retry-After: 1\r\n", Vec::new()),
+            (200, "", partial),
+            (400, "", b"bad request".to_vec()),
+        ]));
+        let agents = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = agents.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut reader = BufReader::new(stream.unwrap());
+                loop {
+                    let mut length = 0;
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(value) = lower.strip_prefix("content-length:") {
+                            length = value.trim().parse().unwrap();
+                        }
+                        if let Some(value) = lower.strip_prefix("user-agent:") {
+                            seen.lock().unwrap().push(value.trim().to_owned());
+                        }
+                        line.clear();
+                    }
+                    if line.is_empty() {
+                        break;
+                    }
+                    reader.read_exact(&mut vec![0; length]).unwrap();
+                    let (status, headers, body) = answers.lock().unwrap().pop_front().expect("more requests than answers");
+                    let answer = format!("HTTP/1.1 {status} X\r\n{headers}content-length: {}\r\n\r\n", body.len());
+                    let stream = reader.get_mut();
+                    stream.write_all(answer.as_bytes()).and_then(|()| stream.write_all(&body)).unwrap();
+                }
+            }
+        });
+        let config = config::OtlpConfig {
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            protocol: Some(config::Protocol::HttpProtobuf),
+            batch_size: 5,
+            ..Default::default()
+        };
+        let stats = Arc::new(SinkStats::default());
+        let mut sink = OtlpSink::start(config.resolve(|_| None).unwrap().unwrap(), stats.clone()).unwrap();
+        let records = log_records(10);
+        let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(Instant::now() < deadline, "{what}: {stats:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let started = Instant::now();
+        for record in &records[..5] {
+            sink.write(record).unwrap();
+        }
+        wait_for("the first batch", &|| stats.delivered.load(Relaxed) + stats.rejected.load(Relaxed) == 5);
+        assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After: 1 was not waited for");
+        for record in &records[5..] {
+            sink.write(record).unwrap();
+        }
+        wait_for("the second batch", &|| stats.rejected.load(Relaxed) == 7);
+        sink.close();
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+        assert_eq!(
+            (count(&stats.delivered), count(&stats.rejected), count(&stats.failed), count(&stats.queue_full), count(&stats.retries)),
+            (3, 7, 0, 0, 1)
+        );
+        let agents = agents.lock().unwrap();
+        assert_eq!(agents.len(), 3);
+        assert!(agents.iter().all(|a| *a == format!("ksense/{}", env!("CARGO_PKG_VERSION"))), "{agents:?}");
+    }
+
     /// A collector that accepts connections and never answers (over gRPC and over HTTP): no
     /// attempt lasts longer than `timeout_ms`, so retries go on rather than one attempt holding
     /// its slot for ever; at close, within the shutdown grace, what was not delivered counts as

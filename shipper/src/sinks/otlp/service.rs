@@ -43,6 +43,9 @@ const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Ex
 /// the connection counts as dead: a collector gone without a FIN is noticed within a minute.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of an HTTP answer read: an `ExportLogsServiceResponse` or an error message is far
+/// smaller.
+const MAX_ANSWER_BYTES: usize = 64 << 10;
 /// Distinct causes of failure logged; beyond this many, new causes are only counted.
 const MAX_LOGGED_CAUSES: usize = 64;
 
@@ -217,9 +220,18 @@ impl Exports {
     async fn export(self: Arc<Self>, request: Bytes, count: u64) {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let outcome = match tokio::time::timeout(self.timeout, self.transport.send(request.clone(), self.timeout)).await {
+            // Once ksense is stopping, no attempt outlasts the grace period, and none starts
+            // after it.
+            let mut timeout = self.timeout;
+            if let Some(deadline) = self.closing.deadline() {
+                timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+                if timeout.is_zero() {
+                    return self.give_up(count);
+                }
+            }
+            let outcome = match tokio::time::timeout(timeout, self.transport.send(request.clone(), timeout)).await {
                 Ok(outcome) => outcome,
-                Err(_) => Outcome::Retry { cause: format!("no answer within {} ms", self.timeout.as_millis()), after: None },
+                Err(_) => Outcome::Retry { cause: format!("no answer within {} ms", timeout.as_millis()), after: None },
             };
             match outcome {
                 Outcome::Accepted { rejected, message } => {
@@ -257,9 +269,7 @@ impl Exports {
                     if let Some(deadline) = self.closing.deadline() {
                         let left = deadline.saturating_duration_since(Instant::now());
                         if left.is_zero() {
-                            tracing::warn!("ksense is stopping: {count} records not delivered to the OTLP collector");
-                            self.stats.failed.fetch_add(count, Relaxed);
-                            return;
+                            return self.give_up(count);
                         }
                         wait = wait.min(left);
                     }
@@ -269,6 +279,12 @@ impl Exports {
                 }
             }
         }
+    }
+
+    /// ksense is stopping and its grace period is over: `count` records count as failed.
+    fn give_up(&self, count: u64) {
+        tracing::warn!("ksense is stopping: {count} records not delivered to the OTLP collector");
+        self.stats.failed.fetch_add(count, Relaxed);
     }
 
     /// The collector answered: an outage, if there was one, is over.
@@ -363,8 +379,9 @@ impl Transport {
                 Ok(Transport::Grpc { client, metadata, secrets })
             }
             Protocol::HttpProtobuf => {
-                // The connect timeout covers the TLS handshake; TCP keepalive stands in for
-                // HTTP/2 PINGs, as this client speaks HTTP/1.1.
+                // TCP keepalive stands in for HTTP/2 PINGs, as this client speaks HTTP/1.1. The
+                // connect timeout covers TCP and TLS; every attempt as a whole is bounded by
+                // `timeout` in Exports::export too.
                 let mut client = reqwest::Client::builder()
                     .timeout(s.timeout)
                     .connect_timeout(s.timeout)
@@ -431,17 +448,23 @@ impl Transport {
                 } else {
                     post.body(request)
                 };
-                let response = match post.send().await {
+                let mut response = match post.send().await {
                     Ok(response) => response,
                     Err(e) => return transport_error(e.without_url().to_string()),
                 };
                 let status = response.status();
                 let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                // Read the answer to the end, so the connection can carry the next request.
-                match response.bytes().await {
-                    Ok(body) => response::http(status, retry_after.as_deref(), &body, SystemTime::now()),
-                    Err(e) => transport_error(e.without_url().to_string()),
+                // Read the answer to the end, so the connection can carry the next request; but
+                // no more of it than an answer needs, whatever the collector sends.
+                let mut body = Vec::new();
+                while body.len() < MAX_ANSWER_BYTES {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                        Ok(None) => break,
+                        Err(e) => return transport_error(e.without_url().to_string()),
+                    }
                 }
+                response::http(status, retry_after.as_deref(), &body, SystemTime::now())
             }
         }
     }

@@ -339,6 +339,21 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The parts of `url` that may be secrets: its user information and its query.
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        secrets.push(userinfo.to_owned());
+    }
+    if let Some((_, query)) = url.split_once('?') {
+        secrets.push(query.split('#').next().unwrap_or_default().to_owned());
+    }
+    secrets.retain(|s| !s.is_empty());
+    secrets
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +415,8 @@ mod tests {
         for (url, shown) in cases {
             assert_eq!(redact_url(url), shown);
         }
+        assert_eq!(url_secrets("https://user:pw@c:4317/v1/logs?k=v&x=y#f"), ["user:pw", "k=v&x=y"]);
+        assert!(url_secrets("http://c:4317/v1/logs").is_empty());
         let config = OtlpConfig { endpoint: Some("https://user:s3cret@c:4317/?token=s3cret".into()), ..OtlpConfig::default() };
         let settings = config.resolve(env(&[])).unwrap().unwrap();
         let shown = format!("{settings:?}");

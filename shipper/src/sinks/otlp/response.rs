@@ -53,6 +53,11 @@ pub fn grpc(answer: Result<&[u8], &tonic::Status>) -> Outcome {
     let code = status.code();
     let cause = format!("gRPC {}", code_name(code));
     let detail = bounded_line(status.message());
+    // A status with an error behind it is tonic's account of a failed connection or stream
+    // (reset, broken, timed out), not the collector's answer: a transport error, retryable.
+    if std::error::Error::source(status).is_some() {
+        return Outcome::Retry { cause: format!("{cause} (transport): {detail}"), after: None };
+    }
     match code {
         // The specification's retryable codes; RESOURCE_EXHAUSTED only when the server says
         // it can recover (RetryInfo), since a request over its size limit never will.
@@ -322,6 +327,13 @@ mod tests {
         }
         let Outcome::Refused { cause, .. } = grpc_status(InvalidArgument, Vec::new()) else { unreachable!() };
         assert_eq!(cause, "gRPC INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn transport_errors_are_retried_whatever_code_tonic_gives_them() {
+        let reset = tonic::Status::from_error(Box::new(std::io::Error::other("connection reset mid-stream")));
+        assert_eq!(reset.code(), tonic::Code::Unknown);
+        assert!(matches!(grpc(Err(&reset)), Outcome::Retry { after: None, .. }));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tonic::{
 };
 
 use super::{
-    config::{Compression, OtlpSettings, Protocol, redact_url},
+    config::{Compression, OtlpSettings, Protocol, redact_url, url_secrets},
     encoder::Envelope,
     response::{self, Outcome},
 };
@@ -317,21 +317,6 @@ enum Transport {
 /// `User-Agent` of both transports.
 fn user_agent() -> String {
     format!("ksense/{}", env!("CARGO_PKG_VERSION"))
-}
-
-/// The parts of `url` that may be secrets: its user information and its query.
-fn url_secrets(url: &str) -> Vec<String> {
-    let mut secrets = Vec::new();
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if let Some((userinfo, _)) = authority.rsplit_once('@') {
-        secrets.push(userinfo.to_owned());
-    }
-    if let Some((_, query)) = url.split_once('?') {
-        secrets.push(query.split('#').next().unwrap_or_default().to_owned());
-    }
-    secrets.retain(|s| !s.is_empty());
-    secrets
 }
 
 impl Transport {

@@ -14,7 +14,7 @@ use ksense_e2e::{
     Ksense, attr,
     collector::{Collector, Received, check_outage_accounting, free_port, small_queue_config},
     is, printed,
-    receiver::Receiver,
+    receiver::{Behaviour, Receiver},
     run_workload, temp_config, workload_bin,
 };
 
@@ -98,15 +98,16 @@ fn collector_outage_is_survived_and_accounted_for() {
 /// The attack of the hostile-user tests: as uid 65534, 1500 execs with 16 KB of argv each
 /// within seconds (records of some 50 KB: argv, command line and message), exported over gRPC
 /// to a receiver that takes 4 MiB at most, as gRPC servers and the OpenTelemetry Collector do
-/// by default, and that refuses every 5th request with INVALID_ARGUMENT while the flood lasts.
-/// No request is over the limit (batches are cut by size), the refusals are dropped and
-/// counted rather than retried forever, a marker exec after the flood still arrives, the
-/// receiver got exactly what ksense counts as delivered, and every record offered to the sink
-/// is delivered, dropped or rejected, counted.
+/// by default, and that, while the flood lasts, throttles its first 2 requests (RetryInfo),
+/// refuses every 5th with INVALID_ARGUMENT and rejects a record of every 3rd it accepts
+/// (partial success). No request is over the limit (batches are cut by size), the throttled
+/// ones are retried, the refusals are dropped and counted rather than retried forever, a marker
+/// exec after the flood still arrives, the receiver got exactly what ksense counts as
+/// delivered, and every record offered to the sink is delivered, dropped or rejected, counted.
 #[test]
 fn long_argv_flood_is_exported_in_requests_under_4_mib_and_refusals_are_counted() {
     const NOBODY: u32 = 65534;
-    let receiver = Receiver::start(5);
+    let receiver = Receiver::start(Behaviour { throttle_first: 2, refuse_every: 5, partial_every: 3 });
     let config = temp_config(
         "otlp-flood",
         &format!("[sinks.otlp]\nendpoint = \"{}\"\n[sinks.journald]\nenabled = false\n", receiver.endpoint()),
@@ -130,7 +131,7 @@ fn long_argv_flood_is_exported_in_requests_under_4_mib_and_refusals_are_counted(
     // Once the flood's last exec is through the pipeline, refusing stops; the marker must
     // still get through: the export is not wedged.
     ksense.wait_for("the flood's end", |e| is(e, "process.exit") && attr(e, "process.pid") == flood_pid);
-    receiver.stop_refusing();
+    receiver.accept_everything();
     let marker = Command::new(workload_bin()).args(["marker", "after the flood"]).uid(NOBODY).gid(NOBODY).spawn().unwrap();
     let marker_pid = i64::from(marker.id());
     assert!(marker.wait_with_output().unwrap().status.success());
@@ -155,13 +156,17 @@ fn long_argv_flood_is_exported_in_requests_under_4_mib_and_refusals_are_counted(
     assert!(counts.largest_request.load(Relaxed) > 1 << 20, "the flood's batches must have been large: {counts:?}");
     assert!(counts.refused_requests.load(Relaxed) > 0, "the receiver refused nothing: {counts:?}");
     assert_eq!(counts.accepted_records.load(Relaxed), delivered, "the receiver got exactly what ksense counts as delivered");
-    assert_eq!(counts.refused_records.load(Relaxed), rejected, "every refused record is counted as rejected, once");
-    assert!(rejected > 0);
+    let partial = counts.partially_rejected_records.load(Relaxed);
+    assert!(partial > 0, "no partial success: {counts:?}");
+    assert_eq!(counts.refused_records.load(Relaxed) + partial, rejected, "every refused or rejected record counts as rejected, once");
+    assert_eq!(counts.throttled_requests.load(Relaxed), 2, "{counts:?}");
+    assert!(counter("retries") >= 2, "the throttled requests were not retried: {}", stopped.stderr);
     assert_eq!(failed, 0, "the receiver was there all along: {}", stopped.stderr);
     assert_eq!(delivered + queue_full + failed + rejected, written, "every record offered is delivered or counted");
-    // Refusals are logged once per cause, not once per batch.
-    let logged = stopped.stderr.matches("INVALID_ARGUMENT").count();
-    assert_eq!(logged, 1, "{}", stopped.stderr);
+    // Refusals and partial successes are logged once per cause, not once per batch.
+    for cause in ["INVALID_ARGUMENT", "partial success"] {
+        assert_eq!(stopped.stderr.matches(cause).count(), 1, "{cause}: {}", stopped.stderr);
+    }
     assert!(started.elapsed() < Duration::from_secs(50), "the test took {:?}", started.elapsed());
 }
 

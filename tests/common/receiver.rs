@@ -1,8 +1,10 @@
 //! An OTLP/gRPC logs receiver that refuses on demand, for the tests a real collector cannot
 //! serve (rotel, [`crate::collector`], takes everything). Built on tonic's server on a loopback
 //! port; like a gRPC server or the OpenTelemetry Collector by default, it refuses a request
-//! larger than 4 MiB with `RESOURCE_EXHAUSTED` (and no `RetryInfo`), and while refusing is on,
-//! every n-th request with `INVALID_ARGUMENT`. It counts what it accepted and refused.
+//! larger than 4 MiB with `RESOURCE_EXHAUSTED` (and no `RetryInfo`); as its [`Behaviour`] says,
+//! it throttles the first requests (`RESOURCE_EXHAUSTED` with `RetryInfo`), refuses every n-th
+//! with `INVALID_ARGUMENT` and rejects one record of every m-th it accepts (`partial_success`).
+//! It counts what it accepted, refused and rejected.
 use std::{
     collections::BTreeSet,
     convert::Infallible,
@@ -20,7 +22,7 @@ use std::{
 use bytes::Bytes;
 use ksense::sinks::otlp::service::RawCodec;
 use opentelemetry_proto::tonic::{
-    collector::logs::v1::ExportLogsServiceRequest,
+    collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse},
     common::v1::{AnyValue, any_value},
 };
 use prost::Message as _;
@@ -40,6 +42,10 @@ pub struct Counts {
     pub refused_requests: AtomicU64,
     /// Log records in them.
     pub refused_records: AtomicU64,
+    /// Records accepted requests said were rejected (`partial_success`), one per such request.
+    pub partially_rejected_records: AtomicU64,
+    /// Requests answered `RESOURCE_EXHAUSTED` with `RetryInfo`.
+    pub throttled_requests: AtomicU64,
     /// Requests over [`GRPC_DEFAULT_MAX_RECEIVE`], refused with `RESOURCE_EXHAUSTED`.
     pub oversized_requests: AtomicU64,
     /// The largest request received, in bytes.
@@ -55,11 +61,25 @@ pub struct Accepted {
     pub pid: Option<i64>,
 }
 
+/// What the receiver does besides accepting.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Behaviour {
+    /// The first this many requests are answered `RESOURCE_EXHAUSTED` with a `RetryInfo` of
+    /// 1 s: throttled, to be retried.
+    pub throttle_first: u64,
+    /// Every n-th request after those is refused with `INVALID_ARGUMENT` (0: none).
+    pub refuse_every: u64,
+    /// Every m-th request accepted has one record rejected in a `partial_success` (0: none).
+    pub partial_every: u64,
+}
+
 struct State {
     counts: Counts,
-    /// Refuse every n-th request (0: never).
+    throttle_first: u64,
+    /// See [`Behaviour`]; both 0 once [`Receiver::accept_everything`] is called.
     refuse_every: AtomicU64,
-    /// Requests seen while refusing was on.
+    partial_every: AtomicU64,
+    /// Requests not throttled, not over the limit.
     seen: AtomicU64,
     accepted: Mutex<Vec<Accepted>>,
     /// Every `User-Agent` the requests carried.
@@ -76,11 +96,13 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Starts a receiver refusing every `refuse_every`-th request (0: none).
-    pub fn start(refuse_every: u64) -> Receiver {
+    /// Starts a receiver that behaves as `behaviour` says.
+    pub fn start(behaviour: Behaviour) -> Receiver {
         let state = Arc::new(State {
             counts: Counts::default(),
-            refuse_every: AtomicU64::new(refuse_every),
+            throttle_first: behaviour.throttle_first,
+            refuse_every: AtomicU64::new(behaviour.refuse_every),
+            partial_every: AtomicU64::new(behaviour.partial_every),
             seen: AtomicU64::new(0),
             accepted: Mutex::new(Vec::new()),
             user_agents: Mutex::default(),
@@ -111,9 +133,10 @@ impl Receiver {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Refuses no request from now on.
-    pub fn stop_refusing(&self) {
+    /// Refuses and rejects nothing from now on.
+    pub fn accept_everything(&self) {
         self.state.refuse_every.store(0, Relaxed);
+        self.state.partial_every.store(0, Relaxed);
     }
 
     /// What it counted.
@@ -162,28 +185,85 @@ impl State {
                 request.len()
             )));
         }
+        let throttle = |n: u64| (n < self.throttle_first).then_some(n + 1);
+        if counts.throttled_requests.fetch_update(Relaxed, Relaxed, throttle).is_ok() {
+            return Err(throttled());
+        }
         let request = ExportLogsServiceRequest::decode(request).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let records = request.resource_logs.iter().flat_map(|r| &r.scope_logs).flat_map(|s| &s.log_records);
+        let mut records: Vec<_> = request.resource_logs.iter().flat_map(|r| &r.scope_logs).flat_map(|s| &s.log_records).collect();
         let every = self.refuse_every.load(Relaxed);
         if every > 0 && (self.seen.fetch_add(1, Relaxed) + 1).is_multiple_of(every) {
             counts.refused_requests.fetch_add(1, Relaxed);
-            counts.refused_records.fetch_add(records.count() as u64, Relaxed);
+            counts.refused_records.fetch_add(records.len() as u64, Relaxed);
             return Err(Status::invalid_argument("refused by the test receiver"));
         }
+        let accepted_requests = counts.accepted_requests.fetch_add(1, Relaxed) + 1;
+        let every = self.partial_every.load(Relaxed);
+        let mut response = ExportLogsServiceResponse::default();
+        if every > 0 && accepted_requests.is_multiple_of(every) && records.pop().is_some() {
+            counts.partially_rejected_records.fetch_add(1, Relaxed);
+            response.partial_success =
+                Some(ExportLogsPartialSuccess { rejected_log_records: 1, error_message: "one record rejected by the test receiver".into() });
+        }
         let mut accepted = self.accepted.lock().unwrap();
-        let before = accepted.len();
-        accepted.extend(records.map(|record| {
+        accepted.extend(records.iter().map(|record| {
             let pid = record.attributes.iter().find(|kv| kv.key == "process.pid").and_then(|kv| match kv.value {
                 Some(AnyValue { value: Some(any_value::Value::IntValue(pid)) }) => Some(pid),
                 _ => None,
             });
             Accepted { event_name: record.event_name.clone(), pid }
         }));
-        counts.accepted_records.fetch_add((accepted.len() - before) as u64, Relaxed);
-        counts.accepted_requests.fetch_add(1, Relaxed);
-        // An empty ExportLogsServiceResponse: no partial success.
-        Ok(Bytes::new())
+        counts.accepted_records.fetch_add(records.len() as u64, Relaxed);
+        Ok(response.encode_to_vec().into())
     }
+}
+
+/// `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` of 1 s in its details, as a collector
+/// that is overloaded but will recover answers.
+fn throttled() -> Status {
+    let retry_info = RetryInfo { retry_delay: Some(ProtoDuration { seconds: 1, nanos: 0 }) };
+    let details = RpcStatus {
+        code: tonic::Code::ResourceExhausted as i32,
+        message: "throttled by the test receiver".into(),
+        details: vec![ProtoAny { type_url: "type.googleapis.com/google.rpc.RetryInfo".into(), value: retry_info.encode_to_vec() }],
+    };
+    Status::with_details(tonic::Code::ResourceExhausted, "throttled by the test receiver", details.encode_to_vec().into())
+}
+
+/// `google.rpc.Status`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<ProtoAny>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// `google.rpc.RetryInfo`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<ProtoDuration>,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
 }
 
 /// The gRPC service: every path is taken as `LogsService/Export`.

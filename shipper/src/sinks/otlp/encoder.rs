@@ -227,7 +227,7 @@ fn command_lengths(record: &LogRecord) -> impl Iterator<Item = usize> + '_ {
 }
 
 /// `record` with at most `keep` bytes of body, of command line and of argv (whole arguments
-/// first, then as much of the next as fits), flagged as cut.
+/// first, then as much of the next as fits), flagged as cut when it has a command line.
 fn cut_command(record: &LogRecord, keep: usize) -> LogRecord {
     let cut = |s: &str| s[..s.floor_char_boundary(keep)].to_owned();
     let mut record = LogRecord { body: cut(&record.body), ..record.clone() };
@@ -246,10 +246,12 @@ fn cut_command(record: &LogRecord, keep: usize) -> LogRecord {
             _ => {}
         }
     }
+    let has_command = record.attributes.iter().any(|(name, _)| [schema::PROCESS_COMMAND_ARGS, schema::PROCESS_COMMAND_LINE].contains(name));
     let flag = schema::KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED;
     match record.attributes.iter_mut().find(|(name, _)| *name == flag) {
         Some((_, value)) => *value = Value::Bool(true),
-        None => record.attributes.push((flag, Value::Bool(true))),
+        None if has_command => record.attributes.push((flag, Value::Bool(true))),
+        None => {}
     }
     record
 }

@@ -116,9 +116,20 @@ impl Ksense {
 
     /// [`Ksense::start`] with extra environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Ksense {
+        Ksense::spawn("json", extra, env)
+    }
+
+    /// `ksense run --output none` with `extra` arguments: for a test that looks only at other
+    /// sinks, where JSON lines on stdout would cost more than what is tested (no events are
+    /// collected).
+    pub fn start_without_stdout(extra: &[&str]) -> Ksense {
+        Ksense::spawn("none", extra, &[])
+    }
+
+    fn spawn(output: &str, extra: &[&str], env: &[(&str, &str)]) -> Ksense {
         require_root();
         let mut child = Command::new(ksense_bin())
-            .args(["run", "--output", "json"])
+            .args(["run", "--output", output])
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

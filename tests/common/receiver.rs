@@ -23,7 +23,7 @@ use bytes::Bytes;
 use ksense::sinks::otlp::service::RawCodec;
 use opentelemetry_proto::tonic::{
     collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse},
-    common::v1::{AnyValue, any_value},
+    common::v1::any_value,
 };
 use prost::Message as _;
 use tonic::Status;
@@ -59,6 +59,8 @@ pub struct Accepted {
     pub event_name: String,
     /// The `process.pid` attribute, if any.
     pub pid: Option<i64>,
+    /// Whether `ksense.process.command_args.truncated` is true.
+    pub args_truncated: bool,
 }
 
 /// What the receiver does besides accepting.
@@ -207,11 +209,13 @@ impl State {
         }
         let mut accepted = self.accepted.lock().unwrap();
         accepted.extend(records.iter().map(|record| {
-            let pid = record.attributes.iter().find(|kv| kv.key == "process.pid").and_then(|kv| match kv.value {
-                Some(AnyValue { value: Some(any_value::Value::IntValue(pid)) }) => Some(pid),
+            let value = |key: &str| record.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.clone()?.value);
+            let pid = match value("process.pid") {
+                Some(any_value::Value::IntValue(pid)) => Some(pid),
                 _ => None,
-            });
-            Accepted { event_name: record.event_name.clone(), pid }
+            };
+            let args_truncated = value("ksense.process.command_args.truncated") == Some(any_value::Value::BoolValue(true));
+            Accepted { event_name: record.event_name.clone(), pid, args_truncated }
         }));
         counts.accepted_records.fetch_add(records.len() as u64, Relaxed);
         Ok(response.encode_to_vec().into())

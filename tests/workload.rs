@@ -9,6 +9,8 @@
 //! ksense-workload chain N             run `chain N-1` as a child and wait for it, down to
 //!                                     `chain 0`: N+1 nested processes, alive until the leaf exits
 //! ksense-workload sleep SECONDS       sleep (a target for kill -9)
+//! ksense-workload exec-flood N BYTES  exec `marker` with BYTES bytes of argv (16 arguments) N
+//!                                     times, 4 at a time, waiting for each; prints "execs=N"
 //! ksense-workload mprotect-text-rwx [hold]
 //!                                     make the page of its own code RWX, then r-x again; with
 //!                                     `hold`, then wait for stdin to close before exiting
@@ -72,6 +74,7 @@ fn main() {
             println!("ns_per_call={ns}");
         }
         Some("chain") => chain(args[1].parse().expect("chain N")),
+        Some("exec-flood") => exec_flood(args[1].parse().expect("exec-flood N"), args[2].parse().expect("exec-flood N BYTES")),
         Some("sleep") => std::thread::sleep(Duration::from_secs(args[1].parse().expect("sleep SECONDS"))),
         other => {
             eprintln!("ksense-workload: unknown command {other:?}");
@@ -90,6 +93,28 @@ fn chain(depth: u32) {
     let next = (depth - 1).to_string();
     let status = std::process::Command::new(exe).args(["chain", &next]).status().expect("chain: spawn");
     assert!(status.success(), "chain {next}: {status}");
+}
+
+/// `n` execs of this binary as `marker` with `bytes` bytes of argument, from 4 threads.
+fn exec_flood(n: usize, bytes: usize) {
+    const THREADS: usize = 4;
+    let exe = std::env::current_exe().expect("current_exe");
+    let args: Vec<String> = (0..16).map(|i| char::from(b'a' + i as u8).to_string().repeat(bytes / 16)).collect();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (exe, args) = (exe.clone(), args.clone());
+            std::thread::spawn(move || {
+                for _ in (t..n).step_by(THREADS) {
+                    let status = std::process::Command::new(&exe).arg("marker").args(&args).status().expect("exec-flood: spawn");
+                    assert!(status.success(), "exec-flood: {status}");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("an exec-flood thread panicked");
+    }
+    println!("execs={n}");
 }
 
 const PAGE: usize = 4096;

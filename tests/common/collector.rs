@@ -144,13 +144,15 @@ pub struct OutageTotals {
     pub dropped: u64,
     /// `sink_otlp_failed`.
     pub failed: u64,
+    /// `sink_otlp_rejected`: refused by the collector for good (none here: rotel takes all).
+    pub rejected: u64,
     /// `sink_otlp_retries`.
     pub retries: u64,
 }
 
 /// Checks what a user checks after a collector outage, from the counters of the stopped ksense
 /// and what `collector` printed: every event written is delivered or counted (queue full,
-/// failed), the collector got exactly the delivered ones, export was retried, and the stdout
+/// failed, rejected), the collector got exactly the delivered ones, export was retried, and the stdout
 /// sink, which never went away, delivered every event.
 pub fn check_outage_accounting(stopped: &crate::Stopped, collector: &Collector) -> OutageTotals {
     assert!(stopped.status.success(), "{}", stopped.stderr);
@@ -159,10 +161,16 @@ pub fn check_outage_accounting(stopped: &crate::Stopped, collector: &Collector) 
         delivered: stopped.counter("sink_otlp_delivered"),
         dropped: stopped.counter("sink_otlp_queue_full") + stopped.counter("sink_otlp_memory_budget"),
         failed: stopped.counter("sink_otlp_failed"),
+        rejected: stopped.counter("sink_otlp_rejected"),
         retries: stopped.counter("sink_otlp_retries"),
     };
     eprintln!("outage: {totals:?}");
-    assert_eq!(totals.delivered + totals.dropped + totals.failed, totals.written, "every event is delivered or counted");
+    assert_eq!(
+        totals.delivered + totals.dropped + totals.failed + totals.rejected,
+        totals.written,
+        "every event is delivered or counted"
+    );
+    assert_eq!(totals.rejected, 0, "rotel refuses nothing: {}", stopped.stderr);
     assert!(totals.retries > 0, "{}", stopped.stderr);
     // rotel prints a batch after it has answered the export: give it until it has printed them.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -16,6 +16,7 @@ use serde_json::Value;
 pub mod collector;
 pub mod journald;
 pub mod load;
+pub mod receiver;
 pub mod stats;
 
 /// How long to wait for ksense to start, or for an event, before failing, unless
@@ -121,14 +122,21 @@ impl Ksense {
 
     /// [`Ksense::start`] with extra environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Ksense {
-        Ksense::spawn(extra, env, true)
+        Ksense::spawn("json", extra, env, true)
+    }
+
+    /// `ksense run --output none` with `extra` arguments: for a test that looks only at other
+    /// sinks, where JSON lines on stdout would cost more than what is tested (no events are
+    /// collected).
+    pub fn start_without_stdout(extra: &[&str]) -> Ksense {
+        Ksense::spawn("none", extra, &[], true)
     }
 
     /// [`Ksense::start`], but nobody reads ksense's stdout: the pipe fills up and ksense's
     /// writes to it block, as when the reader of `ksense run | reader` stops reading.
     /// [`Ksense::stdout_is_blocked`] says when it has.
     pub fn start_with_stdout_unread(extra: &[&str]) -> Ksense {
-        Ksense::spawn(extra, &[], false)
+        Ksense::spawn("json", extra, &[], false)
     }
 
     /// Whether ksense's writes to its unread stdout pipe block: the pipe holds data, and a
@@ -146,10 +154,10 @@ impl Ksense {
         queued > size / 2 && waiting
     }
 
-    fn spawn(extra: &[&str], env: &[(&str, &str)], read_stdout: bool) -> Ksense {
+    fn spawn(output: &str, extra: &[&str], env: &[(&str, &str)], read_stdout: bool) -> Ksense {
         require_root();
         let mut child = Command::new(ksense_bin())
-            .args(["run", "--output", "json"])
+            .args(["run", "--output", output])
             .args(extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

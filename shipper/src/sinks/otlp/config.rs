@@ -40,6 +40,10 @@ pub struct OtlpConfig {
     /// Records held while the collector is slow or down; beyond this, new records are dropped
     /// and counted.
     pub queue_events: usize,
+    /// Largest export request, in bytes of encoded protobuf (before compression): batches are
+    /// cut so no request is larger, under the 4 MiB a gRPC server or the OpenTelemetry
+    /// Collector receives by default.
+    pub max_request_bytes: usize,
     /// Only these event kinds are exported (see [`crate::config::Selection`]); all when absent.
     pub events: Option<Vec<crate::config::EventName>>,
     /// Only records of this severity or above are exported.
@@ -62,11 +66,19 @@ impl Default for OtlpConfig {
             batch_size: 512,
             batch_interval_ms: 1000,
             queue_events: 65536,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             events: None,
             min_severity: None,
         }
     }
 }
+
+/// `max_request_bytes` by default: 3 MiB, a margin under the 4 MiB gRPC's and the Collector's
+/// receivers take by default.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 3 << 20;
+/// The range `max_request_bytes` may take: a request must hold at least one record with a
+/// fully captured argv, and a request of more than 64 MiB no collector takes by default.
+pub const MAX_REQUEST_BYTES_RANGE: std::ops::RangeInclusive<usize> = (64 << 10)..=(64 << 20);
 
 /// OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -98,6 +110,8 @@ pub struct OtlpSettings {
     pub protocol: Protocol,
     /// Headers, secrets included.
     pub headers: BTreeMap<String, String>,
+    /// The file some of them came from.
+    pub headers_file: Option<PathBuf>,
     /// TLS CA.
     pub ca_file: Option<PathBuf>,
     /// TLS client certificate and key.
@@ -112,15 +126,18 @@ pub struct OtlpSettings {
     pub batch_interval: Duration,
     /// Queue capacity.
     pub queue_events: usize,
+    /// Largest request, encoded.
+    pub max_request_bytes: usize,
 }
 
 impl fmt::Debug for OtlpSettings {
-    /// Header names only: values may be secrets.
+    /// Header names only, and the endpoint without credentials: values may be secrets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OtlpSettings")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &redact_url(&self.endpoint))
             .field("protocol", &self.protocol)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("headers_file", &self.headers_file)
             .field("ca_file", &self.ca_file)
             .field("client_identity", &self.client_identity)
             .field("compression", &self.compression)
@@ -128,6 +145,7 @@ impl fmt::Debug for OtlpSettings {
             .field("batch_size", &self.batch_size)
             .field("batch_interval", &self.batch_interval)
             .field("queue_events", &self.queue_events)
+            .field("max_request_bytes", &self.max_request_bytes)
             .finish()
     }
 }
@@ -204,10 +222,20 @@ impl OtlpConfig {
         if self.batch_size == 0 || self.queue_events == 0 {
             return Err(SettingsError("batch_size and queue_events must be at least 1".to_owned()));
         }
+        if !MAX_REQUEST_BYTES_RANGE.contains(&self.max_request_bytes) {
+            return Err(SettingsError(format!(
+                "max_request_bytes = {}: must be from {} to {} (the default, {}, suits a gRPC receiver's 4 MiB limit)",
+                self.max_request_bytes,
+                MAX_REQUEST_BYTES_RANGE.start(),
+                MAX_REQUEST_BYTES_RANGE.end(),
+                DEFAULT_MAX_REQUEST_BYTES
+            )));
+        }
         Ok(Some(OtlpSettings {
             endpoint,
             protocol,
             headers,
+            headers_file: self.headers_file.clone(),
             ca_file,
             client_identity,
             compression,
@@ -215,16 +243,70 @@ impl OtlpConfig {
             batch_size: self.batch_size,
             batch_interval: Duration::from_millis(self.batch_interval_ms),
             queue_events: self.queue_events,
+            max_request_bytes: self.max_request_bytes,
         }))
     }
 }
 
-fn with_logs_path(base: &str, protocol: Protocol) -> String {
-    match protocol {
-        Protocol::Grpc => base.to_owned(),
-        Protocol::HttpProtobuf if base.ends_with("/v1/logs") => base.to_owned(),
-        Protocol::HttpProtobuf => format!("{}/v1/logs", base.trim_end_matches('/')),
+impl OtlpSettings {
+    /// Warnings about secrets other users can read: a `headers_file` or client key that is
+    /// readable by others (mode `o+r`), each naming the file and the fix.
+    pub fn exposed_secrets(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let files = [("headers_file", self.headers_file.as_ref()), ("client_key_file", self.client_identity.as_ref().map(|(_, key)| key))];
+        files
+            .into_iter()
+            .filter_map(|(key, path)| {
+                let path = path?;
+                let mode = std::fs::metadata(path).ok()?.permissions().mode();
+                (mode & 0o004 != 0).then(|| {
+                    let path = path.display();
+                    format!(
+                        "[sinks.otlp] {key} {path} is readable by every user on this host (mode {:o}) and holds secrets: \
+                         `chmod 600 {path}` (or 640, with a group ksense runs in)",
+                        mode & 0o7777
+                    )
+                })
+            })
+            .collect()
     }
+}
+
+/// `url` without the secrets a URL can carry: a `user:password@` becomes `***@`, the value of
+/// every query parameter (`?api_key=...`) becomes `***`, a fragment is left out.
+pub fn redact_url(url: &str) -> String {
+    let url = url.split('#').next().unwrap_or_default();
+    let (before_query, query) = match url.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (url, None),
+    };
+    let (mut out, rest) = match before_query.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), before_query),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => out.push_str(&format!("***@{host}")),
+        None => out.push_str(authority),
+    }
+    out.push_str(path);
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query.split('&').map(|pair| format!("{}=***", pair.split('=').next().unwrap_or_default())).collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+/// `base` with the logs path (HTTP), before its query if it has one.
+fn with_logs_path(base: &str, protocol: Protocol) -> String {
+    let (path, query) = base.split_once('?').map_or((base, None), |(path, query)| (path, Some(query)));
+    let path = match protocol {
+        Protocol::Grpc => return base.to_owned(),
+        Protocol::HttpProtobuf if path.ends_with("/v1/logs") => path.to_owned(),
+        Protocol::HttpProtobuf => format!("{}/v1/logs", path.trim_end_matches('/')),
+    };
+    query.map_or_else(|| path.clone(), |query| format!("{path}?{query}"))
 }
 
 /// `name=value` pairs separated by `sep` (W3C baggage style, values percent-decoded).
@@ -257,6 +339,21 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The parts of `url` that may be secrets: its user information and its query.
+pub fn url_secrets(url: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        secrets.push(userinfo.to_owned());
+    }
+    if let Some((_, query)) = url.split_once('?') {
+        secrets.push(query.split('#').next().unwrap_or_default().to_owned());
+    }
+    secrets.retain(|s| !s.is_empty());
+    secrets
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +377,8 @@ mod tests {
         assert_eq!(s.endpoint, "http://c:4318/v1/logs");
         let vars = [("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4318/custom"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
         assert_eq!(OtlpConfig::default().resolve(env(&vars)).unwrap().unwrap().endpoint, "http://c:4318/custom");
+        let vars = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/?api_key=k"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
+        assert_eq!(OtlpConfig::default().resolve(env(&vars)).unwrap().unwrap().endpoint, "http://c:4318/v1/logs?api_key=k");
     }
 
     #[test]
@@ -302,6 +401,70 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.contains("s3cret"), "secret printed: {shown}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn credentials_in_the_endpoint_are_never_shown() {
+        let cases = [
+            ("https://user:s3cret@collector:4317", "https://***@collector:4317"),
+            ("http://c:4318/v1/logs?api_key=s3cret&x", "http://c:4318/v1/logs?api_key=***&x=***"),
+            ("https://tok3n@c/v1/logs?k=s3cret#s3cret", "https://***@c/v1/logs?k=***"),
+            ("http://127.0.0.1:4317", "http://127.0.0.1:4317"),
+            ("c:4317", "c:4317"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown);
+        }
+        assert_eq!(url_secrets("https://user:pw@c:4317/v1/logs?k=v&x=y#f"), ["user:pw", "k=v&x=y"]);
+        assert!(url_secrets("http://c:4317/v1/logs").is_empty());
+        let config = OtlpConfig { endpoint: Some("https://user:s3cret@c:4317/?token=s3cret".into()), ..OtlpConfig::default() };
+        let settings = config.resolve(env(&[])).unwrap().unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("s3cret") && shown.contains("***@c:4317"), "{shown}");
+    }
+
+    #[test]
+    fn secrets_readable_by_others_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("ksense-otlp-modes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (headers, cert, key) = (dir.join("headers"), dir.join("cert.pem"), dir.join("key.pem"));
+        for path in [&headers, &cert, &key] {
+            std::fs::write(path, "authorization=x\n").unwrap();
+        }
+        let config = OtlpConfig {
+            endpoint: Some("http://c:4317".into()),
+            headers_file: Some(headers.clone()),
+            client_cert_file: Some(cert.clone()),
+            client_key_file: Some(key.clone()),
+            ..OtlpConfig::default()
+        };
+        let chmod = |path: &std::path::Path, mode| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        // A certificate is public: its mode never matters.
+        chmod(&cert, 0o644);
+        for (headers_mode, key_mode, warned) in [(0o600, 0o640, 0), (0o644, 0o600, 1), (0o604, 0o644, 2)] {
+            chmod(&headers, headers_mode);
+            chmod(&key, key_mode);
+            let warnings = config.resolve(env(&[])).unwrap().unwrap().exposed_secrets();
+            assert_eq!(warnings.len(), warned, "{headers_mode:o} {key_mode:o}: {warnings:?}");
+            if headers_mode & 0o004 != 0 {
+                let warning = &warnings[0];
+                assert!(warning.contains("headers_file") && warning.contains(&headers.display().to_string()), "{warning}");
+                assert!(warning.contains("chmod 600"), "{warning}");
+            }
+        }
+        assert!(config.resolve(env(&[])).unwrap().unwrap().exposed_secrets()[1].contains("client_key_file"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn max_request_bytes_is_checked() {
+        assert_eq!(OtlpConfig::default().max_request_bytes, 3 << 20);
+        for bad in [0, 1000, (64 << 20) + 1] {
+            let config = OtlpConfig { endpoint: Some("http://c:4317".into()), max_request_bytes: bad, ..OtlpConfig::default() };
+            let err = config.resolve(env(&[])).unwrap_err().to_string();
+            assert!(err.contains("max_request_bytes") && err.contains(&bad.to_string()), "{err}");
+        }
     }
 
     #[test]

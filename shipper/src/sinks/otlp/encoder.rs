@@ -13,7 +13,10 @@ use opentelemetry_sdk::{
     resource::{EnvResourceDetector, TelemetryResourceDetector},
 };
 
-use crate::record::{LogRecord, Value};
+use crate::{
+    record::{LogRecord, Value},
+    schema,
+};
 
 /// Protobuf wire types.
 const VARINT: u32 = 0;
@@ -97,7 +100,7 @@ impl Envelope {
     pub fn request(&self, batch: &[u8]) -> Vec<u8> {
         let scope_logs_len = self.scope.len() + batch.len();
         let resource_logs_len = self.resource.len() + field_len(RESOURCE_LOGS_SCOPE_LOGS, scope_logs_len);
-        let mut out = Vec::with_capacity(field_len(REQUEST_RESOURCE_LOGS, resource_logs_len));
+        let mut out = Vec::with_capacity(self.request_len(batch.len()));
         put_key(&mut out, REQUEST_RESOURCE_LOGS, LEN);
         put_varint(&mut out, resource_logs_len as u64);
         out.extend_from_slice(&self.resource);
@@ -107,6 +110,31 @@ impl Envelope {
         out.extend_from_slice(batch);
         out
     }
+
+    /// Bytes of the request [`Envelope::request`] makes of `batch_len` bytes of records.
+    pub fn request_len(&self, batch_len: usize) -> usize {
+        let scope_logs_len = self.scope.len() + batch_len;
+        let resource_logs_len = self.resource.len() + field_len(RESOURCE_LOGS_SCOPE_LOGS, scope_logs_len);
+        field_len(REQUEST_RESOURCE_LOGS, resource_logs_len)
+    }
+
+    /// The most bytes of records a request of at most `max_request` bytes can carry.
+    pub fn batch_limit(&self, max_request: usize) -> usize {
+        // The envelope's share grows with the batch (its length prefixes), so what it takes
+        // around `max_request` bytes is the most it takes around fewer.
+        max_request.saturating_sub(self.request_len(max_request) - max_request)
+    }
+}
+
+/// How [`Encoder::encode_within`] fitted a record into its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// As it is.
+    Whole,
+    /// With its command line shortened (and flagged as cut).
+    Cut,
+    /// Not at all, even without a command line: nothing was written.
+    TooLarge,
 }
 
 impl Encoder {
@@ -114,6 +142,42 @@ impl Encoder {
     /// `event.name` attribute, already among the attributes), severity, both timestamps, body,
     /// typed attributes.
     pub fn encode(&mut self, record: &LogRecord, batch: &mut Vec<u8>) {
+        self.encode_fields(record);
+        put_message(batch, SCOPE_LOGS_LOG_RECORDS, &self.scratch);
+    }
+
+    /// [`Encoder::encode`], appending at most `limit` bytes: a record too large for that gets
+    /// its argv, command line and body shortened (and `ksense.process.command_args.truncated`),
+    /// as little as needed; one still too large without them is left out.
+    pub fn encode_within(&mut self, record: &LogRecord, limit: usize, batch: &mut Vec<u8>) -> Fit {
+        self.encode_fields(record);
+        let len = field_len(SCOPE_LOGS_LOG_RECORDS, self.scratch.len());
+        if len <= limit {
+            put_message(batch, SCOPE_LOGS_LOG_RECORDS, &self.scratch);
+            return Fit::Whole;
+        }
+        // Cut as many bytes as the record is over (and a little for the flag), then more if
+        // the encoding still is.
+        let lengths: Vec<usize> = command_lengths(record).collect();
+        let mut cut = len - limit;
+        loop {
+            cut += CUT_MARGIN;
+            let keep = keep_for(&lengths, cut);
+            self.encode_fields(&cut_command(record, keep));
+            let len = field_len(SCOPE_LOGS_LOG_RECORDS, self.scratch.len());
+            if len <= limit {
+                put_message(batch, SCOPE_LOGS_LOG_RECORDS, &self.scratch);
+                return Fit::Cut;
+            }
+            if keep == 0 {
+                return Fit::TooLarge;
+            }
+            cut += len - limit;
+        }
+    }
+
+    /// Fills `scratch` with `record`'s `LogRecord` fields.
+    fn encode_fields(&mut self, record: &LogRecord) {
         let out = &mut self.scratch;
         out.clear();
         put_fixed64(out, LOG_TIME_UNIX_NANO, unix_nanos(record.time));
@@ -134,8 +198,62 @@ impl Encoder {
         }
         put_fixed64(out, LOG_OBSERVED_TIME_UNIX_NANO, unix_nanos(record.observed_time));
         put_str(out, LOG_EVENT_NAME, record.event_name);
-        put_message(batch, SCOPE_LOGS_LOG_RECORDS, out);
     }
+}
+
+/// Bytes cut beyond a record's excess: the flag attribute the cut adds, and length prefixes.
+const CUT_MARGIN: usize = 64;
+
+/// The most bytes each of `lengths` may keep so that at least `cut` bytes go in all.
+fn keep_for(lengths: &[usize], cut: usize) -> usize {
+    let removed = |keep: usize| lengths.iter().map(|&len| len.saturating_sub(keep)).sum::<usize>();
+    // `removed` falls as `keep` grows: the largest keep that still removes enough.
+    let (mut low, mut high) = (0, lengths.iter().copied().max().unwrap_or(0));
+    while low < high {
+        let mid = (low + high).div_ceil(2);
+        if removed(mid) >= cut { low = mid } else { high = mid - 1 }
+    }
+    low
+}
+
+/// Bytes of what [`cut_command`] shortens: the body, the command line, all of argv.
+fn command_lengths(record: &LogRecord) -> impl Iterator<Item = usize> + '_ {
+    let attributes = record.attributes.iter().map(|(name, value)| match (*name, value) {
+        (schema::PROCESS_COMMAND_LINE, Value::Str(line)) => line.len(),
+        (schema::PROCESS_COMMAND_ARGS, Value::StrArray(args)) => args.iter().map(String::len).sum(),
+        _ => 0,
+    });
+    std::iter::once(record.body.len()).chain(attributes)
+}
+
+/// `record` with at most `keep` bytes of body, of command line and of argv (whole arguments
+/// first, then as much of the next as fits), flagged as cut when it has a command line.
+fn cut_command(record: &LogRecord, keep: usize) -> LogRecord {
+    let cut = |s: &str| s[..s.floor_char_boundary(keep)].to_owned();
+    let mut record = LogRecord { body: cut(&record.body), ..record.clone() };
+    for (name, value) in &mut record.attributes {
+        match (*name, value) {
+            (schema::PROCESS_COMMAND_LINE, Value::Str(line)) => *line = cut(line),
+            (schema::PROCESS_COMMAND_ARGS, Value::StrArray(args)) => {
+                let mut left = keep;
+                args.retain_mut(|arg| {
+                    let kept = left > 0;
+                    arg.truncate(arg.floor_char_boundary(left));
+                    left -= arg.len();
+                    kept
+                });
+            }
+            _ => {}
+        }
+    }
+    let has_command = record.attributes.iter().any(|(name, _)| [schema::PROCESS_COMMAND_ARGS, schema::PROCESS_COMMAND_LINE].contains(name));
+    let flag = schema::KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED;
+    match record.attributes.iter_mut().find(|(name, _)| *name == flag) {
+        Some((_, value)) => *value = Value::Bool(true),
+        None if has_command => record.attributes.push((flag, Value::Bool(true))),
+        None => {}
+    }
+    record
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
@@ -279,7 +397,7 @@ fn instance_id() -> Cow<'static, str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::record::Severity;
     use opentelemetry_proto::tonic::{
@@ -342,6 +460,58 @@ mod tests {
         assert_eq!(args, [string("sh"), string("-c"), string(""), string("é\n")]);
         assert_eq!(got.attributes.len(), exit.attributes.len());
         assert_eq!((got_fork.event_name.as_str(), got_fork.severity_number, got_fork.attributes.len()), ("process.fork", 9, 0));
+    }
+
+    /// An exec record with `n` arguments of `len` bytes, its command line and a body quoting it.
+    pub(crate) fn long_exec(n: usize, len: usize) -> LogRecord {
+        let args: Vec<String> = (0..n).map(|i| format!("{i:x}").repeat(len)[..len].to_owned()).collect();
+        let line = args.join(" ");
+        LogRecord {
+            event_name: "process.exec",
+            severity: Severity::Info,
+            time: SystemTime::UNIX_EPOCH,
+            observed_time: SystemTime::UNIX_EPOCH,
+            body: format!("user 65534 executed {line}"),
+            attributes: vec![
+                ("process.pid", Value::Int(7)),
+                (schema::PROCESS_COMMAND_ARGS, Value::StrArray(args)),
+                (schema::PROCESS_COMMAND_LINE, Value::Str(line)),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_record_too_large_is_cut_flagged_or_left_out() {
+        use opentelemetry_proto::tonic::logs::v1::LogRecord as Proto;
+        let record = long_exec(16, 1000);
+        let mut encoder = Encoder::default();
+        let (mut whole, mut within) = (Vec::new(), Vec::new());
+        encoder.encode(&record, &mut whole);
+        assert_eq!(encoder.encode_within(&record, whole.len(), &mut within), Fit::Whole);
+        assert_eq!(within, whole);
+
+        for limit in [whole.len() - 1, 20_000, 5_000, 600] {
+            let mut out = b"before".to_vec();
+            assert_eq!(encoder.encode_within(&record, limit, &mut out), Fit::Cut, "{limit}");
+            let written = &out[6..];
+            assert!(written.len() <= limit, "{} > {limit}", written.len());
+            // Cut as little as needed: within 2 KiB of the limit when there is room to spare.
+            if limit > 5_000 {
+                assert!(written.len() + 2048 > limit, "{} bytes for a limit of {limit}", written.len());
+            }
+            // One `ScopeLogs.log_records` field: its key, then the record, length-delimited.
+            let got = Proto::decode_length_delimited(&written[1..]).unwrap();
+            let attribute = |name: &str| got.attributes.iter().find(|kv| kv.key == name).and_then(|kv| kv.value.clone()?.value);
+            assert_eq!(attribute(schema::KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED), Some(any_value::Value::BoolValue(true)));
+            let Some(any_value::Value::StringValue(line)) = attribute(schema::PROCESS_COMMAND_LINE) else { panic!() };
+            let Some(Value::Str(original)) = record.attribute(schema::PROCESS_COMMAND_LINE) else { unreachable!() };
+            assert!(original.starts_with(&line) && line.len() < original.len(), "{limit}");
+            assert_eq!(attribute("process.pid"), Some(any_value::Value::IntValue(7)), "the rest is kept");
+        }
+        // Not even the record without its command line fits: nothing is written.
+        let mut out = Vec::new();
+        assert_eq!(encoder.encode_within(&record, 100, &mut out), Fit::TooLarge);
+        assert!(out.is_empty());
     }
 
     #[test]

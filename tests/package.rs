@@ -158,6 +158,7 @@ fn deb_installs_runs_under_the_units_limits_and_purges() {
     assert!(child.wait_with_output().unwrap().status.success());
     let matches = [
         "SYSLOG_IDENTIFIER=ksense".to_owned(),
+        "_UID=0".to_owned(),
         "KSENSE_EVENT=process.exec".to_owned(),
         format!("PROCESS_PID={child_pid}"),
         format!("_PID={pid}"),

@@ -220,11 +220,11 @@ pub fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
         current = open(current.as_raw_fd(), &name).map_err(|e| {
             let link = std::fs::symlink_metadata(&walked).is_ok_and(|m| m.file_type().is_symlink());
             if link {
+                let which = if walked == dir { String::new() } else { format!(" (at {})", walked.display()) };
                 refuse(format!(
-                    "{} is a symbolic link, which the file sink does not follow (another user could \
-                     change where it points): give the real path (`realpath {}`)",
-                    walked.display(),
-                    walked.display()
+                    "a symbolic link{which}, which the file sink does not follow (another user \
+                     could change where it points): give the real path (`realpath {}`)",
+                    dir.display()
                 ))
             } else {
                 refuse(format!("cannot open {}: {e}", walked.display()))
@@ -256,7 +256,7 @@ pub fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
 /// Opens `name` in `dir` for appending, creating it with [`FILE_MODE`]; `path` is for errors.
 fn open_append(dir: &OwnedFd, name: &CStr, path: &Path) -> io::Result<File> {
     // O_NONBLOCK: a FIFO at the name fails (ENXIO) or is refused below instead of blocking
-    // the open; it changes nothing for a regular file.
+    // the open.
     let flags = libc::O_WRONLY | libc::O_APPEND | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
     let open = |flags: libc::c_int| {
         // SAFETY: a NUL-terminated name and a directory descriptor we own.
@@ -286,6 +286,9 @@ fn open_append(dir: &OwnedFd, name: &CStr, path: &Path) -> io::Result<File> {
             format!("{}: not a regular file: remove it or choose another [sinks.file] path", path.display()),
         ));
     }
+    // A regular file: writes block as they should (O_NONBLOCK off again, O_APPEND kept).
+    // SAFETY: fcntl on a valid descriptor.
+    check(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, libc::O_APPEND) }, path)?;
     if created {
         // The umask took bits off the mode given to openat.
         // SAFETY: fchmod on a valid descriptor.
@@ -380,6 +383,9 @@ mod tests {
         let dir = TempDir::new("rotate");
         let path = dir.0.join("events.json");
         let mut sink = FileSink::open(config(&path, 1000, 2), Arc::default()).unwrap();
+        // SAFETY: fcntl on the sink's open file.
+        let flags = unsafe { libc::fcntl(sink.out.get_ref().as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & (libc::O_APPEND | libc::O_NONBLOCK), libc::O_APPEND, "appending, blocking writes");
         for seq in 0..40 {
             sink.write(&record(seq)).unwrap();
         }
@@ -511,7 +517,8 @@ mod tests {
 
         // A link further up the path as well.
         std::fs::create_dir(real.join("sub")).unwrap();
-        assert!(FileSink::open(config(&link.join("sub/events.json"), 1000, 1), Arc::default()).is_err());
+        let e = FileSink::open(config(&link.join("sub/events.json"), 1000, 1), Arc::default()).err().expect("refused");
+        assert!(e.to_string().contains(&format!("symbolic link (at {})", link.display())), "{e}");
         // The real path works.
         FileSink::open(config(&real.join("events.json"), 1000, 1), Arc::default()).unwrap();
     }

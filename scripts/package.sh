@@ -29,6 +29,8 @@ export SOURCE_DATE_EPOCH
 
 log "building ksense (release)"
 cargo build --release -p ksense
+# Where cargo put it (CARGO_TARGET_DIR moves it; cargo-deb and cargo-generate-rpm follow).
+target=${CARGO_TARGET_DIR:-target}
 
 # The metadata names these files under target/package (relative to shipper/: ../target/package).
 out=target/package
@@ -42,10 +44,10 @@ log "building the .deb"
 deb=$(cargo deb -p ksense --no-build)
 log "building the .rpm"
 # cargo-deb strips the binary it packs; cargo-generate-rpm does not, so it packs this copy.
-strip --strip-unneeded -o "$out/ksense" target/release/ksense
+strip --strip-unneeded -o "$out/ksense" "$target/release/ksense"
 cargo generate-rpm -p shipper
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
-rpm=$(ls -t target/generate-rpm/ksense-"$version"-*.rpm | head -n 1)
+rpm=$(ls -t "$target"/generate-rpm/ksense-"$version"-*.rpm | head -n 1)
 
 for f in "$deb" "$rpm"; do
     [ -f "$f" ] || { log "missing package: $f"; exit 1; }

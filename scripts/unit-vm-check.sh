@@ -40,12 +40,16 @@ copy() {
     done
 }
 copy /usr/lib/systemd/systemd /usr/lib/systemd/systemd-journald /usr/lib/systemd/systemd-shutdown \
-     /usr/bin/systemctl /usr/bin/journalctl /usr/bin/kill /usr/bin/setpriv /bin/busybox
-for applet in sh sleep cat grep head tail tr cut sed awk readlink insmod wc; do
+     /usr/bin/systemctl /usr/bin/journalctl /usr/bin/systemd-cat /usr/bin/kill /usr/bin/setpriv /bin/busybox
+for applet in sh sleep cat grep head tail tr cut sed awk readlink insmod wc stat; do
     ln -sf busybox "$R/usr/bin/$applet"
 done
 dpkg-deb -x "$deb" "$R"
 libs "$R/usr/bin/ksense"
+# The file sink on, at its default path: LogsDirectory= must make it work under
+# ProtectSystem=strict.
+sed -i '/^\[sinks.file\]/,/^\[/ s/^enabled = false/enabled = true/' "$R/etc/ksense/ksense.toml"
+grep -q '^enabled = true' "$R/etc/ksense/ksense.toml"
 cp "$kernel_dir/dummy.ko" "$R/root/dummy.ko"
 for unit in systemd-journald.service systemd-journald.socket systemd-journald-dev-log.socket \
             sysinit.target basic.target sockets.target paths.target timers.target slices.target \
@@ -118,14 +122,42 @@ systemctl reload ksense
 check reload "$(show ActiveState)/$(show SubState) pid-kept=$([ "$(show MainPID)" = "$pid" ] && echo yes || echo no)"
 sleep 3
 check exec_marker "$(entries KSENSE_EVENT=process.exec PROCESS_COMMAND_ARGS=ksense-vm-marker)"
+check exec_marker_by_unit "$(entries _SYSTEMD_UNIT=ksense.service KSENSE_EVENT=process.exec PROCESS_COMMAND_ARGS=ksense-vm-marker)"
+# The file sink under the unit: /var/log/ksense made by LogsDirectory=, the file 0640.
+check logs_dir "$(stat -c '%U %a' /var/log/ksense)"
+check file_mode "$(stat -c %a /var/log/ksense/events.json)"
+check file_marker "$(grep -c ksense-vm-marker /var/log/ksense/events.json)"
+# Memory limits as the kernel enforces them.
+check memory_high "$(cat /sys/fs/cgroup/system.slice/ksense.service/memory.high)"
+check memory_max "$(cat /sys/fs/cgroup/system.slice/ksense.service/memory.max)"
+# A user forges a ksense entry: the identifier alone matches it, the unit or _UID=0 do not.
+/usr/bin/setpriv --reuid=1234 --regid=1234 --clear-groups /usr/bin/systemd-cat -t ksense /usr/bin/busybox echo ksense-vm-forged
+check forged "$(entries MESSAGE=ksense-vm-forged)"
+check forged_by_unit "$(entries _SYSTEMD_UNIT=ksense.service MESSAGE=ksense-vm-forged)"
+check forged_by_uid "$(entries _UID=0 MESSAGE=ksense-vm-forged)"
 check module_events "$(entries KSENSE_EVENT=kernel.module.load KSENSE_KERNEL_MODULE_NAME=dummy)"
 kill "$other"
 sleep 2
 check other_user_exe "$(journalctl -o json SYSLOG_IDENTIFIER=ksense KSENSE_EVENT=process.exit PROCESS_PID=$other --no-pager \
     | grep -o '"PROCESS_EXECUTABLE_PATH":"[^"]*"' | cut -d'"' -f4 | head -1)"
 check reloaded_logged "$(journalctl -u ksense --no-pager | grep -c 'configuration reloaded')"
+# Without OBJECT_PID, ksense's entries about a service's processes are not filed under it.
+check other_unit_ksense_entries "$(journalctl -u other-user -o json --no-pager | grep -c '"SYSLOG_IDENTIFIER":"ksense"')"
+# Restart=always: ksense is restarted even after a clean exit nobody asked systemd for.
+pid=$(show MainPID)
+kill -TERM "$pid"
+i=0
+while [ $i -lt 60 ] && { [ "$(show MainPID)" = "$pid" ] || [ "$(show MainPID)" = 0 ] || [ "$(show ActiveState)" != active ]; }; do
+    sleep 1; i=$((i + 1))
+done
+check restarted "$(show NRestarts) $(show ActiveState)"
 systemctl stop ksense
 check stop "$(show Result) exit=$(show ExecMainStatus)"
+# A start that fails: the error is in the unit's journal at priority err.
+printf '[probes]\nforkk = true\n' > /etc/ksense/ksense.toml
+systemctl start ksense
+sleep 1
+check start_error "$(journalctl -p err -u ksense -o cat --no-pager | grep -c forkk)"
 check done yes
 systemctl poweroff -ff
 EOF

@@ -99,7 +99,7 @@ fn deb_installs_runs_under_the_units_limits_and_purges() {
         assert!(Path::new(file).is_file(), "{file} is not installed");
     }
     assert_eq!(mode("/usr/bin/ksense"), 0o755);
-    assert_eq!(mode(CONFIG), 0o644);
+    assert_eq!(mode(CONFIG), 0o640, "the configuration may hold credentials: not readable by others");
     assert_eq!(
         std::fs::read(CONFIG).unwrap(),
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/ksense.toml")).unwrap(),
@@ -158,6 +158,7 @@ fn deb_installs_runs_under_the_units_limits_and_purges() {
     assert!(child.wait_with_output().unwrap().status.success());
     let matches = [
         "SYSLOG_IDENTIFIER=ksense".to_owned(),
+        "_UID=0".to_owned(),
         "KSENSE_EVENT=process.exec".to_owned(),
         format!("PROCESS_PID={child_pid}"),
         format!("_PID={pid}"),
@@ -209,7 +210,7 @@ fn rpm_holds_the_same_files_and_the_systemd_scripts() {
     // Flags and modes: the configuration is %config(noreplace), the binary executable.
     let flags = run("rpm", &["-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags} %{FILEMODES:perms}\n]", rpm]);
     let line = |file: &str| flags.lines().find(|l| l.starts_with(&format!("{file} "))).unwrap_or_default().to_owned();
-    assert_eq!(line(CONFIG), format!("{CONFIG} cn -rw-r--r--"), "config(noreplace):\n{flags}");
+    assert_eq!(line(CONFIG), format!("{CONFIG} cn -rw-r-----"), "config(noreplace), not readable by others:\n{flags}");
     assert!(line("/usr/bin/ksense").ends_with("-rwxr-xr-x"), "{flags}");
 
     // The scripts: the systemd macros' expansions and the catalog update.
@@ -261,6 +262,7 @@ fn rpm_holds_the_same_files_and_the_systemd_scripts() {
 fn unit_runs_hardened_under_systemd_in_a_vm() {
     let deb = &packages().deb;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let unit = Unit::read(repo.join("packaging/ksense.service").to_str().unwrap());
     for variant in ["", "no-ptrace"] {
         let work = std::env::temp_dir().join(format!("ksense-unit-vm-{}{variant}", std::process::id()));
         let out = Command::new("bash")
@@ -307,6 +309,20 @@ fn unit_runs_hardened_under_systemd_in_a_vm() {
         assert_eq!(check("reload"), "active/running pid-kept=yes", "ExecReload= (SIGHUP): {context}");
         assert_ne!(check("reloaded_logged"), "0", "ksense logged the reload: {context}");
         assert_eq!(check("stop"), "success exit=0", "{context}");
+        assert_eq!(check("exec_marker_by_unit"), "1", "ksense's entries are the unit's: {context}");
+        // The file sink at its default path, under ProtectSystem=strict.
+        assert_eq!(check("logs_dir"), "root 755", "LogsDirectory=ksense: {context}");
+        assert_eq!(check("file_mode"), "640", "{context}");
+        assert_ne!(check("file_marker"), "0", "the exec is in /var/log/ksense/events.json: {context}");
+        assert_eq!(check("memory_high"), unit.memory_high.to_string(), "{context}");
+        assert_eq!(check("memory_max"), unit.memory_max.to_string(), "{context}");
+        // A forged entry: found by its identifier, not by the unit or _UID=0.
+        assert_eq!(check("forged"), "1", "{context}");
+        assert_eq!(check("forged_by_unit"), "0", "{context}");
+        assert_eq!(check("forged_by_uid"), "0", "{context}");
+        assert_eq!(check("other_unit_ksense_entries"), "0", "journalctl -u of another service: {context}");
+        assert_eq!(check("restarted"), "1 active", "Restart=always after a clean exit: {context}");
+        assert_ne!(check("start_error"), "0", "journalctl -p err -u ksense shows a failed start: {context}");
         // The kernel's rule on 6.1, and what the capability gives ksense.
         assert_eq!(check("exe_without_ptrace"), "denied", "{context}");
         assert_eq!(check("maps_without_ptrace"), "denied", "{context}");
@@ -337,6 +353,9 @@ struct Unit {
     capabilities: Vec<String>,
     ambient: Vec<String>,
     no_new_privileges: bool,
+    /// `MemoryHigh=` and `MemoryMax=`, in bytes.
+    memory_high: u64,
+    memory_max: u64,
 }
 
 impl Unit {
@@ -348,14 +367,37 @@ impl Unit {
                 .flat_map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
                 .collect()
         };
+        let bytes = |key: &str| -> u64 {
+            let value = values(key).concat();
+            let (number, unit) = value.split_at(value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len()));
+            let shift = match unit {
+                "" => 0,
+                "K" => 10,
+                "M" => 20,
+                "G" => 30,
+                other => panic!("{key}={value} in {path}: unit {other:?}"),
+            };
+            number.parse::<u64>().unwrap_or_else(|_| panic!("{key}={value} in {path}")) << shift
+        };
         let unit = Unit {
             exec_start: values("ExecStart"),
             capabilities: values("CapabilityBoundingSet"),
             ambient: values("AmbientCapabilities"),
             no_new_privileges: values("NoNewPrivileges") == ["yes"],
+            memory_high: bytes("MemoryHigh"),
+            memory_max: bytes("MemoryMax"),
         };
         assert_eq!(unit.exec_start.first().map(String::as_str), Some("/usr/bin/ksense"), "ExecStart= in {path}");
         assert!(!unit.capabilities.is_empty(), "no CapabilityBoundingSet= in {path}");
+        // A sensor that stopped is blind: restarted whatever ended it.
+        assert_eq!(values("Restart"), ["always"], "Restart= in {path}");
+        // The file sink's default directory, created by systemd and writable under
+        // ProtectSystem=strict.
+        assert_eq!(values("LogsDirectory"), ["ksense"], "LogsDirectory= in {path}");
+        // Room for the flood peak (64 MiB, docs/BENCHMARKS.md) before throttling, and a hard
+        // stop above that.
+        assert!(unit.memory_high > 64 << 20, "MemoryHigh= in {path}: {}", unit.memory_high);
+        assert!(unit.memory_max > unit.memory_high, "MemoryMax= in {path}: {}", unit.memory_max);
         unit
     }
 

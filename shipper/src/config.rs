@@ -256,6 +256,10 @@ pub struct JournaldConfig {
     pub events: Option<Vec<EventName>>,
     /// Only records of this severity or above go to journald.
     pub min_severity: Option<Severity>,
+    /// Entries carry `OBJECT_PID`, the process they are about. journald then files each entry
+    /// under that process's unit too, so `journalctl -u <service>` of any service shows
+    /// ksense's entries about it: off by default.
+    pub object_pid: bool,
 }
 
 impl Default for JournaldConfig {
@@ -265,6 +269,7 @@ impl Default for JournaldConfig {
             socket: "/run/systemd/journal/socket".into(),
             events: None,
             min_severity: None,
+            object_pid: false,
         }
     }
 }

@@ -2,7 +2,14 @@
 //! `tests/package.rs`). PID 1 is not systemd on these machines, so one is started when none runs.
 use std::{
     fs::File,
-    os::{fd::AsRawFd, unix::net::UnixDatagram},
+    io::Write as _,
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::{
+            fs::MetadataExt,
+            net::{UnixDatagram, UnixStream},
+        },
+    },
     process::{Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -13,6 +20,8 @@ use crate::{Ksense, event_timeout, temp_config};
 
 /// journald's native-protocol socket.
 pub const SOCKET: &str = "/run/systemd/journal/socket";
+/// journald's stream socket: systemd connects a service's stdout and stderr to it.
+pub const STDOUT_SOCKET: &str = "/run/systemd/journal/stdout";
 /// The daemon (package systemd).
 pub const JOURNALD: &str = "/usr/lib/systemd/systemd-journald";
 
@@ -61,6 +70,20 @@ pub fn start_if_absent(_lock: &Lock) {
         assert!(Instant::now() < deadline, "systemd-journald did not open {SOCKET}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A stream to journald as systemd opens one for a service's stderr (systemd-journald.service(8),
+/// "stream" protocol): each line written to it becomes an entry with `SYSLOG_IDENTIFIER`
+/// `identifier`, at priority 6 unless the line starts with a `<N>` level prefix. Returns the
+/// stream and the `JOURNAL_STREAM` value (`device:inode`) systemd gives the service with it.
+/// journald must run ([`ensure`]).
+pub fn service_stream(identifier: &str) -> (OwnedFd, String) {
+    let mut stream = UnixStream::connect(STDOUT_SOCKET).unwrap_or_else(|e| panic!("{STDOUT_SOCKET}: {e}"));
+    // Identifier, unit (none), priority, level prefix on, no forwarding to syslog, kmsg, console.
+    stream.write_all(format!("{identifier}\n\n6\n1\n0\n0\n0\n").as_bytes()).unwrap();
+    let stream = OwnedFd::from(stream);
+    let meta = File::from(stream.try_clone().unwrap()).metadata().unwrap();
+    (stream, format!("{}:{}", meta.dev(), meta.ino()))
 }
 
 /// Kills (SIGKILL, as in a crash) every running journald and waits until its socket refuses

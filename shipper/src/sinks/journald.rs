@@ -2,8 +2,13 @@
 //! datagram to journald's socket (`/run/systemd/journal/socket`), with the fields of
 //! `docs/EVENTS.md` ("The three renderings"): `MESSAGE`, `PRIORITY`,
 //! `SYSLOG_IDENTIFIER=ksense`, a `MESSAGE_ID` per event kind (explained by
-//! `packaging/ksense.catalog`), `KSENSE_EVENT`, `KSENSE_TIME`, `OBJECT_PID`, and every attribute
-//! under [`field_name`], an array as the same field repeated once per element.
+//! `packaging/ksense.catalog`), `KSENSE_EVENT`, `KSENSE_TIME`, and every attribute under
+//! [`field_name`], an array as the same field repeated once per element.
+//!
+//! `OBJECT_PID` (the process an event is about) only with `[sinks.journald] object_pid = true`:
+//! journald then adds that process's `OBJECT_SYSTEMD_UNIT` and files the entry under its unit as
+//! well, so `journalctl -u <service>` and `systemctl status <service>` of every service would
+//! list ksense's entries about it.
 //!
 //! Why a client written here rather than `systemd-journal-logger` (or `tracing-journald`): those
 //! are logging backends, installed once per process, that turn a log call into an entry. The
@@ -91,8 +96,8 @@ const IDENTIFIER: &str = "ksense";
 /// journald ignores an entry with more fields than this (`ENTRY_FIELD_COUNT_MAX`).
 const MAX_FIELDS: usize = 1024;
 
-/// Fields every entry has besides its attributes: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER,
-/// MESSAGE_ID, KSENSE_EVENT, KSENSE_TIME, OBJECT_PID.
+/// Fields an entry has at most besides its attributes: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER,
+/// MESSAGE_ID, KSENSE_EVENT, KSENSE_TIME, and OBJECT_PID when asked for.
 const FIXED_FIELDS: usize = 7;
 
 /// How long one send may wait for journald to take an entry.
@@ -117,8 +122,9 @@ fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.push(b'\n');
 }
 
-/// Serializes `record` as one native-protocol entry into `out` (cleared first).
-pub fn encode(record: &LogRecord, out: &mut Vec<u8>) {
+/// Serializes `record` as one native-protocol entry into `out` (cleared first), with
+/// `OBJECT_PID` when `object_pid` is set.
+pub fn encode(record: &LogRecord, object_pid: bool, out: &mut Vec<u8>) {
     out.clear();
     put(out, "MESSAGE", record.body.as_bytes());
     put(out, "PRIORITY", record.severity.syslog_priority().to_string().as_bytes());
@@ -132,7 +138,7 @@ pub fn encode(record: &LogRecord, out: &mut Vec<u8>) {
     }
     put(out, "KSENSE_EVENT", record.event_name.as_bytes());
     put(out, "KSENSE_TIME", rfc3339(record.time).as_bytes());
-    if let Some(Value::Int(pid)) = record.attribute(schema::PROCESS_PID) {
+    if object_pid && let Some(Value::Int(pid)) = record.attribute(schema::PROCESS_PID) {
         put(out, "OBJECT_PID", pid.to_string().as_bytes());
     }
 
@@ -261,6 +267,8 @@ fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> 
 /// Writes each record as a journal entry.
 pub struct JournaldSink {
     socket: PathBuf,
+    /// Entries carry `OBJECT_PID`.
+    object_pid: bool,
     stats: Arc<SinkStats>,
     /// Connected to `socket`; dropped when a send fails, so the next one connects again and
     /// finds a restarted journald.
@@ -274,9 +282,11 @@ pub struct JournaldSink {
 }
 
 impl JournaldSink {
-    /// A sink writing to journald's socket at `socket`, counting into `stats`.
-    pub fn new(socket: PathBuf, stats: Arc<SinkStats>) -> JournaldSink {
-        JournaldSink { socket, stats, conn: None, entry: Vec::with_capacity(4096), down: false, nonblocking: false }
+    /// A sink writing to journald's socket at `socket` (entries with `OBJECT_PID` when
+    /// `object_pid` is set), counting into `stats`.
+    pub fn new(socket: PathBuf, object_pid: bool, stats: Arc<SinkStats>) -> JournaldSink {
+        let entry = Vec::with_capacity(4096);
+        JournaldSink { socket, object_pid, stats, conn: None, entry, down: false, nonblocking: false }
     }
 
     fn try_send(&mut self) -> io::Result<()> {
@@ -318,7 +328,7 @@ impl Sink for JournaldSink {
     }
 
     fn write(&mut self, record: &LogRecord) -> io::Result<()> {
-        encode(record, &mut self.entry);
+        encode(record, self.object_pid, &mut self.entry);
         match self.try_send() {
             Ok(()) => {
                 Counters::bump(&self.stats.delivered);
@@ -418,7 +428,7 @@ mod tests {
 
     fn encoded(record: &LogRecord) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
-        encode(record, &mut out);
+        encode(record, false, &mut out);
         parse(&out)
     }
 
@@ -440,7 +450,7 @@ mod tests {
         assert_eq!(one(&fields, "MESSAGE_ID"), PROCESS_EXEC_MESSAGE_ID);
         assert_eq!(one(&fields, "KSENSE_EVENT"), "process.exec");
         assert_eq!(one(&fields, "KSENSE_TIME"), "1970-01-01T00:00:01.500000001Z");
-        assert_eq!(one(&fields, "OBJECT_PID"), "42");
+        assert!(values(&fields, "OBJECT_PID").is_empty(), "no OBJECT_PID unless asked for");
         assert_eq!(one(&fields, &field_name(schema::PROCESS_PID)), "42");
         assert_eq!(one(&fields, &field_name(schema::KSENSE_CLONE_THREAD)), "false");
         assert_eq!(one(&fields, &field_name(schema::KSENSE_PROCESS_EXIT_CORE_DUMPED)), "true");
@@ -452,6 +462,17 @@ mod tests {
         let fields = encoded(&warn);
         assert_eq!(one(&fields, "PRIORITY"), "4");
         assert_eq!(one(&fields, "MESSAGE_ID"), PROCESS_MEMORY_PROTECT_MESSAGE_ID);
+    }
+
+    /// `object_pid = true`: the entry names the process it is about, as before the option.
+    #[test]
+    fn object_pid_is_added_when_asked_for() {
+        let mut out = Vec::new();
+        encode(&exec_record(vec!["marker".into()]), true, &mut out);
+        let with = parse(&out);
+        assert_eq!(one(&with, "OBJECT_PID"), "42");
+        let without = encoded(&exec_record(vec!["marker".into()]));
+        assert_eq!(with.len(), without.len() + 1, "OBJECT_PID is the only difference");
     }
 
     #[test]
@@ -490,7 +511,7 @@ mod tests {
     fn argv_cannot_inject_fields() {
         let argv = vec!["marker".to_string(), EVIL.to_string(), "y\n\nMESSAGE=fake".to_string()];
         let mut bytes = Vec::new();
-        encode(&exec_record(argv.clone()), &mut bytes);
+        encode(&exec_record(argv.clone()), false, &mut bytes);
         let fields = parse(&bytes);
         assert_eq!(one(&fields, "SYSLOG_IDENTIFIER"), "ksense");
         assert_eq!(one(&fields, "PRIORITY"), "6");
@@ -631,14 +652,14 @@ mod tests {
         let mut journald = FakeJournald::new("send");
         journald.bind();
         let stats = Arc::new(SinkStats::default());
-        let mut sink = JournaldSink::new(journald.path.clone(), stats.clone());
+        let mut sink = JournaldSink::new(journald.path.clone(), false, stats.clone());
         let record = exec_record(vec!["marker".into(), EVIL.into()]);
         sink.write(&record).unwrap();
         sink.flush().unwrap();
         let (data, fds) = journald.receive();
         assert!(fds.is_empty());
         let mut expected = Vec::new();
-        encode(&record, &mut expected);
+        encode(&record, false, &mut expected);
         assert_eq!(data, expected);
         assert_eq!(one(&parse(&data), "SYSLOG_IDENTIFIER"), "ksense");
         assert_eq!(stats.delivered.load(Relaxed), 1);
@@ -648,7 +669,7 @@ mod tests {
     fn sink_fails_while_the_socket_is_absent_and_resumes_when_it_appears() {
         let mut journald = FakeJournald::new("resume");
         let stats = Arc::new(SinkStats::default());
-        let mut sink = JournaldSink::new(journald.path.clone(), stats.clone());
+        let mut sink = JournaldSink::new(journald.path.clone(), false, stats.clone());
         let record = exec_record(vec!["marker".into()]);
         let e = sink.write(&record).unwrap_err();
         assert_eq!(e.raw_os_error(), None, "wrapped with the socket path: {e}");
@@ -673,7 +694,7 @@ mod tests {
         let mut journald = FakeJournald::new("restart");
         journald.bind();
         let stats = Arc::new(SinkStats::default());
-        let mut sink = JournaldSink::new(journald.path.clone(), stats.clone());
+        let mut sink = JournaldSink::new(journald.path.clone(), false, stats.clone());
         let record = exec_record(vec!["marker".into()]);
         sink.write(&record).unwrap();
         assert!(!journald.receive().0.is_empty());
@@ -706,7 +727,7 @@ mod tests {
         let mut journald = FakeJournald::new("memfd");
         journald.bind();
         let mut entry = Vec::new();
-        encode(&exec_record(vec!["marker".into(), EVIL.into()]), &mut entry);
+        encode(&exec_record(vec!["marker".into(), EVIL.into()]), false, &mut entry);
         send_memfd(&UnixDatagram::unbound().unwrap(), &journald.path, &entry).unwrap();
         let (data, fds) = journald.receive();
         assert!(data.is_empty(), "payload of {} bytes", data.len());
@@ -733,7 +754,7 @@ mod tests {
         };
         assert_eq!(r, 0);
         let mut entry = Vec::new();
-        encode(&exec_record(vec!["marker".into(), "y".repeat(64 * 1024)]), &mut entry);
+        encode(&exec_record(vec!["marker".into(), "y".repeat(64 * 1024)]), false, &mut entry);
         socket.connect(&journald.path).unwrap();
         let direct = socket.send(&entry).unwrap_err();
         assert_eq!(direct.raw_os_error(), Some(libc::EMSGSIZE), "{direct}");
@@ -770,13 +791,13 @@ mod tests {
     #[ignore = "needs a running journald"]
     fn real_journald_takes_a_large_entry() {
         let stats = Arc::new(SinkStats::default());
-        let mut sink = JournaldSink::new(real_journald(), stats.clone());
+        let mut sink = JournaldSink::new(real_journald(), false, stats.clone());
         let tag =
             format!("{}-{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos());
         let mut record = exec_record(vec!["marker".into(), "z".repeat(300 * 1024), tag.clone()]);
         record.attributes.push((schema::PROCESS_EXECUTABLE_NAME, Value::Str(tag.clone())));
         let mut entry = Vec::new();
-        encode(&record, &mut entry);
+        encode(&record, false, &mut entry);
         let direct = UnixDatagram::unbound().unwrap().send_to(&entry, real_journald()).unwrap_err();
         assert!(matches!(direct.raw_os_error(), Some(libc::EMSGSIZE | libc::ENOBUFS)), "{direct}");
         sink.write(&record).unwrap();
@@ -801,7 +822,7 @@ mod tests {
     fn real_journald_throughput() {
         let n: usize = std::env::var("KSENSE_BENCH_N").ok().and_then(|n| n.parse().ok()).unwrap_or(20_000);
         let stats = Arc::new(SinkStats::default());
-        let mut sink = JournaldSink::new(real_journald(), stats.clone());
+        let mut sink = JournaldSink::new(real_journald(), false, stats.clone());
         let tag = format!(
             "bench-{}-{}",
             std::process::id(),
@@ -821,7 +842,7 @@ mod tests {
             (schema::KSENSE_EVENT_SEQ, Value::Int(0)),
         ]);
         let mut entry = Vec::new();
-        encode(&record, &mut entry);
+        encode(&record, false, &mut entry);
         let mut failed = 0;
         let start = Instant::now();
         for seq in 0..n {

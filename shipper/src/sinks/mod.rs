@@ -59,7 +59,7 @@ pub fn build(
     let journald = &config.sinks.journald;
     if journald.enabled.resolve(journald.socket.exists()) {
         let stats = counters.register_sink("journald");
-        let sink = journald::JournaldSink::new(journald.socket.clone(), stats.clone());
+        let sink = journald::JournaldSink::new(journald.socket.clone(), journald.object_pid, stats.clone());
         sinks.push((selected(sink, &journald.events, journald.min_severity), stats));
     }
     let file = &config.sinks.file;

@@ -21,11 +21,10 @@ const FLOODER_UID: u32 = 65534;
 fn peak_rss_under_a_long_argv_exec_flood() {
     const EXECS: usize = 1500;
     let collector = Collector::start_discarding();
-    // Batches of 64 records of 33 KiB (argv, and the command line) stay under the receiver's
-    // 4 MiB request limit.
+    // Default limits, batch size and request size: requests are cut under max_request_bytes.
     let config = temp_config(
         "flood",
-        &format!("[sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\nbatch_size = 64\n[sinks.journald]\nenabled = false\n", collector.grpc_port),
+        &format!("[sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\n[sinks.journald]\nenabled = false\n", collector.grpc_port),
     );
     let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
     // Idle: what it holds once running (its peak so far is loading the probes, which parses

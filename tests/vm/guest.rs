@@ -32,7 +32,7 @@ use serde_json::Value;
 
 mod guest_bench;
 mod shared;
-use shared::{BENCH_ENV, CHECKS, MODES};
+use shared::{BENCH_ENV, CHECKS, MODES, PROBES_JSON};
 /// The module the `module` check loads (from the kernel's own package).
 const MODULE: &str = "/lib/modules/dummy.ko";
 /// After a process's own exit event has arrived, how long to wait for an event it caused
@@ -91,6 +91,7 @@ fn main() {
         // `probes` first: the fork check needs the hook it reports.
         let probes = catch(|| probes_report(mode));
         if let Ok(report) = &probes {
+            println!("{PROBES_JSON} mode={mode} {report}");
             for kind in report["kinds"].as_array().into_iter().flatten() {
                 println!(
                     "vm-probe kernel={kernel} mode={mode} event={} probe={}",

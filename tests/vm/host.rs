@@ -13,7 +13,7 @@
 //! there, and `ksense probes --json` of each attach mode to `probes-<mode>.json` there (the
 //! input of `scripts/kernels-doc.sh`, which writes docs/KERNELS.md).
 //!
-//! Knobs: `$KSENSE_VM_TIMEOUT_SECS` (qemu's hard limit, default 300), `$KSENSE_VM_GUEST_TIMEOUT_SECS`
+//! Knobs: `$KSENSE_VM_TIMEOUT_SECS` (qemu's hard limit, default 600), `$KSENSE_VM_GUEST_TIMEOUT_SECS`
 //! (the guest's wait for ksense to start or for one event, default 60).
 //!
 //! Run only these tests: `cargo test -p ksense-e2e --test vm -- --nocapture` (after
@@ -99,7 +99,7 @@ fn run_checks(kernel: &Kernel) {
     let vm = Vm::prepare(&vm_dir, None, kernel);
     let (release, vmlinuz, fetched, packed) = (&vm.release, &vm.vmlinuz, vm.fetched, vm.packed);
 
-    let timeout = Duration::from_secs(env_number("KSENSE_VM_TIMEOUT_SECS", 300));
+    let timeout = Duration::from_secs(env_number("KSENSE_VM_TIMEOUT_SECS", 600));
     let console = vm.boot(timeout, &vm_dir.join("console.log"));
     let booted = started.elapsed();
 

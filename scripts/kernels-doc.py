@@ -79,6 +79,9 @@ def main():
         reports = {mode: load(vm_dir / directory / f"probes-{mode}.json") for mode in MODES}
         release = reports[MODES[0]]["kernel"]
         text.append(f"\n## {title}: `{release}`\n\n")
+        missing = reports[MODES[0]].get("missing_helpers")
+        if missing:
+            text.append("BPF helpers it lacks: " + ", ".join(f"`{h}`" for h in missing) + ".\n\n")
         text.append("| event | " + " | ".join(f"{m} mode" for m in MODES) + " |\n")
         text.append("| --- |" + " --- |" * len(MODES) + "\n")
         events = [k["event"] for k in reports[MODES[0]]["kinds"]]

@@ -67,14 +67,18 @@ pub fn missing_helpers(btf: Option<&Btf>) -> Option<Vec<&'static str>> {
     )
 }
 
+/// `bpf_<name> (Linux <release>+)` for a helper of [`HELPERS`].
+pub fn describe_helper(name: &str) -> String {
+    match HELPERS.iter().find(|h| h.name == name) {
+        Some(h) => format!("bpf_{} (Linux {}+)", h.name, h.since),
+        None => format!("bpf_{name}"),
+    }
+}
+
 /// Why `hook` is not tried on a kernel lacking the helpers `missing`, if it needs one of them.
 pub fn unusable_for_helpers(hook: Hook, missing: &[&str]) -> Option<String> {
-    let lacking: Vec<String> = helpers_needed(hook)
-        .iter()
-        .filter(|name| missing.contains(name))
-        .filter_map(|name| HELPERS.iter().find(|h| h.name == *name))
-        .map(|h| format!("bpf_{} (Linux {}+)", h.name, h.since))
-        .collect();
+    let lacking: Vec<String> =
+        helpers_needed(hook).iter().filter(|name| missing.contains(name)).map(|name| describe_helper(name)).collect();
     (!lacking.is_empty()).then(|| format!("this kernel lacks the BPF helper {}", lacking.join(" and ")))
 }
 
@@ -92,7 +96,7 @@ pub fn log_tail(log: &str) -> String {
 pub fn explain_load_error(errno: Option<i32>, raw: &str, verifier_log: &str) -> String {
     let words = if let Some(id) = unknown_helper(verifier_log) {
         match HELPERS.iter().find(|h| h.id == id) {
-            Some(h) => format!("this kernel lacks the BPF helper bpf_{} (Linux {}+)", h.name, h.since),
+            Some(h) => format!("this kernel lacks the BPF helper {}", describe_helper(h.name)),
             None => format!("this kernel lacks BPF helper number {id} (a newer kernel has it)"),
         }
     } else if verifier_log.contains("program is too large") {

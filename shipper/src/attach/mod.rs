@@ -94,6 +94,9 @@ pub struct Probes {
     loaded: Vec<(HookFamily, &'static str)>,
     /// Per kind, the hook chosen and why the others were not.
     pub report: Vec<KindReport>,
+    /// The BPF helpers ksense knows of that this kernel lacks, each as `bpf_<name> (Linux
+    /// <release>+)`; `None` when its BTF does not say.
+    pub missing_helpers: Option<Vec<String>>,
 }
 
 impl Probes {
@@ -180,7 +183,8 @@ impl Probes {
         if loaded.is_empty() && !options.kinds.is_empty() {
             return Err(AttachError::NothingAttached);
         }
-        Ok(Probes { ebpf, loaded, report })
+        let missing_helpers = missing_helpers.map(|names| names.iter().map(|n| kernel::describe_helper(n)).collect());
+        Ok(Probes { ebpf, loaded, report, missing_helpers })
     }
 
     /// Takes the ring buffer the probes write to (once).

@@ -117,10 +117,10 @@ impl Probes {
         // Before 5.17 the mprotect hook finds VMAs by walking their tree, where there is one.
         let vma_tree = missing.contains(&"find_vma") && config.memory.mm_rb != 0;
         for hook in Hook::ALL {
-            if let Some(why) = kernel::unusable_for_helpers(hook, missing) {
-                if !(hook == Hook::TracepointMprotect && vma_tree) {
-                    unusable.entry(hook).or_insert(why);
-                }
+            if let Some(why) = kernel::unusable_for_helpers(hook, missing)
+                && !(hook == Hook::TracepointMprotect && vma_tree)
+            {
+                unusable.entry(hook).or_insert(why);
             }
         }
         let mut loader = EbpfLoader::new();

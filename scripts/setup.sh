@@ -17,12 +17,13 @@ export DEBIAN_FRONTEND=noninteractive
 export PATH="$HOME/.cargo/bin:$PATH"
 
 # Debian packages: LLVM 22 for bpf-linker (rustc nightly uses LLVM 22), journald, a
-# shell toolkit for the tests, and for the VM test (tests/vm) qemu (TCG), cpio and a static
-# busybox to build and boot an initramfs on Debian's 6.1 kernel; for the packages
+# shell toolkit for the tests, and for the VM tests (tests/vm) qemu (TCG), cpio and a static
+# busybox to build and boot an initramfs on Debian's 5.10, 6.1 and 6.12 kernels, the archive
+# keyring their private apt configuration checks against and xz for 6.12's modules; for the packages
 # (scripts/package.sh, tests/package.rs) dpkg-dev (cargo-deb's dependency resolution and strip)
 # and rpm (to list and check the .rpm).
 APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev systemd python3-venv
-              qemu-system-x86 cpio busybox-static dpkg-dev rpm)
+              qemu-system-x86 cpio busybox-static debian-archive-keyring xz-utils dpkg-dev rpm)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -8,15 +8,15 @@
 #
 # no-ptrace adds a drop-in taking CAP_SYS_PTRACE out of the unit, to show what it is for.
 # Needs: qemu-system-x86, busybox-static, systemd, cpio (scripts/setup.sh) and the kernel that
-# scripts/vm-kernel.sh caches in target/vm/kernel. About 20 s of wall time under TCG.
+# scripts/vm-kernel.sh caches in target/vm/kernel-6.1-amd64. About 20 s of wall time under TCG.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deb=$(realpath "$1")
 work=$2
 variant=${3:-}
-bash scripts/vm-kernel.sh target/vm/kernel >&2
-kernel_dir=$(realpath target/vm/kernel)
+bash scripts/vm-kernel.sh 6.1 amd64 target/vm/kernel-6.1-amd64 >&2
+kernel_dir=$(realpath target/vm/kernel-6.1-amd64)
 release=$(cat "$kernel_dir/release")
 
 mkdir -p "$work"

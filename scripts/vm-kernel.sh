@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
-# Fetches Debian 12's 6.1 kernel for the VM test (tests/vm) and caches what the test needs:
+# Fetches a Debian kernel for the VM tests (tests/vm) and caches what they need:
 #
 #   <dest>/vmlinuz-<release>   the kernel image qemu boots
 #   <dest>/dummy.ko            drivers/net/dummy.ko, uncompressed, for the module-load check
 #   <dest>/release             the release string (uname -r inside the VM)
 #
-# <dest> is the first argument, default target/vm/kernel. Idempotent: does nothing when all
-# three are there. Otherwise downloads the newest linux-image-6.1.0-NN-amd64 that apt knows
-# (apt-get download: no install), unpacks it with dpkg -x, keeps the two files and removes the
-# rest. Needs apt's package lists (runs `apt-get update` when the search finds nothing, which
-# needs root) and, for a fresh machine, scripts/setup.sh for xz.
+# Usage: scripts/vm-kernel.sh [<kernel> [<arch> [<dest>]]]
+#   <kernel>  5.10 (Debian 11), 6.1 or 6.12 (Debian 12); default 6.1
+#   <arch>    amd64 or arm64; default amd64
+#   <dest>    default target/vm/kernel-<kernel>-<arch>
+#
+# Idempotent: does nothing when all three are there. Otherwise it downloads the newest package
+# of that kernel line with a private apt configuration (its own sources list, package lists and
+# cache under <dest>/../apt-<suite>-<arch>; the machine's apt configuration is neither read nor
+# changed), unpacks it with dpkg -x, keeps the two files and removes the rest. The mirror is the
+# machine's Debian mirror (/etc/apt/sources.list.d/debian.sources), else deb.debian.org;
+# packages are checked against /usr/share/keyrings/debian-archive-keyring.gpg.
 set -euo pipefail
 
 log() { printf 'vm-kernel: %s\n' "$*" >&2; }
 die() { printf 'vm-kernel: %s\n' "$*" >&2; exit 1; }
 
 cd "$(dirname "$0")/.."
-dest=${1:-target/vm/kernel}
+kernel=${1:-6.1}
+arch=${2:-amd64}
+dest=${3:-target/vm/kernel-$kernel-$arch}
+case "$kernel" in
+    5.10) suite=bullseye; pattern="^linux-image-5\.10\.0-[0-9]+-$arch\$" ;;
+    6.1) suite=bookworm; pattern="^linux-image-6\.1\.0-[0-9]+-$arch\$" ;;
+    6.12) suite=bookworm; pattern="^linux-image-6\.12\.[0-9]+\+deb12-$arch\$" ;;
+    *) die "unknown kernel $kernel: one of 5.10, 6.1, 6.12" ;;
+esac
+case "$arch" in
+    amd64 | arm64) ;;
+    *) die "unknown architecture $arch: amd64 or arm64" ;;
+esac
 mkdir -p "$dest"
 dest=$(cd "$dest" && pwd)
 
@@ -28,24 +46,46 @@ if cached; then
     exit 0
 fi
 
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+[ -s "$keyring" ] || die "$keyring is missing (install debian-archive-keyring)"
+mirror=http://deb.debian.org/debian
+if [ -r /etc/apt/sources.list.d/debian.sources ]; then
+    found=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' /etc/apt/sources.list.d/debian.sources)
+    mirror=${found:-$mirror}
+fi
+security=${mirror%/debian}/debian-security
+
+apt_dir="$(dirname "$dest")/apt-$suite-$arch"
+mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+cat > "$apt_dir/sources.list" <<SOURCES
+deb [arch=$arch signed-by=$keyring] $mirror $suite main
+deb [arch=$arch signed-by=$keyring] $mirror $suite-updates main
+deb [arch=$arch signed-by=$keyring] $security $suite-security main
+SOURCES
+apt_private=(
+    -o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o Dir::Etc::sourceparts=-
+    -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
+    -o APT::Architectures::=amd64 -o "APT::Architectures::=$arch"
+)
 search() {
-    apt-cache search --names-only '^linux-image-6.1.0-[0-9]+-amd64$' | awk '{ print $1 }' | sort -V | tail -n 1
+    apt-cache "${apt_private[@]}" search --names-only "$pattern" | awk '{ print $1 }' | sort -V | tail -n 1
 }
-package=$(search)
+package=$(search 2>/dev/null || true)
 if [ -z "$package" ]; then
-    log "no linux-image-6.1.0-NN-amd64 in apt's lists: running apt-get update"
-    apt-get update -qq || die "apt-get update failed (needs root: sudo scripts/setup.sh, then run again)"
+    log "updating the private package lists of $suite ($mirror, $arch) in $apt_dir"
+    apt-get "${apt_private[@]}" update -qq 2> >(grep -v 'unsandboxed as root' >&2) \
+        || die "apt-get update of $suite failed (network? mirror $mirror)"
     package=$(search)
 fi
-[ -n "$package" ] || die "apt knows no package matching ^linux-image-6.1.0-[0-9]+-amd64\$ (is this Debian 12 with its main archive in sources.list?)"
+[ -n "$package" ] || die "Debian's $suite ($mirror) has no package matching $pattern"
 release=${package#linux-image-}
 
 work=$(mktemp -d "$dest/fetch.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-log "downloading $package (about 70 MB)"
+log "downloading $package (50 to 110 MB)"
 # apt-get download writes into the current directory. As root, apt warns that its _apt user
 # cannot write there; the download still happens (unsandboxed), so the warning is dropped.
-(cd "$work" && apt-get download -q "$package" 2> >(grep -v 'unsandboxed as root' >&2)) \
+(cd "$work" && apt-get "${apt_private[@]}" download -q "$package:$arch" 2> >(grep -v 'unsandboxed as root' >&2)) \
     || die "apt-get download $package failed"
 deb=$(ls "$work"/*.deb)
 dpkg -x "$deb" "$work/root" || die "dpkg -x $deb failed"

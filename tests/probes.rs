@@ -38,6 +38,23 @@ fn no_modules_here() -> bool {
     !std::path::Path::new("/proc/modules").exists()
 }
 
+/// A refusal says in words why, not only an errno; and the helpers the kernel lacks are listed
+/// (none here: this host's kernel is newer than every helper ksense uses).
+#[test]
+fn refusals_are_explained_and_missing_helpers_listed() {
+    let report = probes(&[]);
+    assert_eq!(report["missing_helpers"], serde_json::json!([]), "{report}");
+    for kind in report["kinds"].as_array().unwrap() {
+        for hook in kind["hooks"].as_array().unwrap().iter().filter(|h| h["status"] == "refused") {
+            let reason = hook["reason"].as_str().unwrap();
+            // The raw error comes last, in brackets, after the words.
+            let (words, raw) = reason.rsplit_once(" [").unwrap_or_else(|| panic!("no raw error in {hook}"));
+            assert!(raw.ends_with(']') && words.len() > 20, "{hook}");
+            assert!(!words.contains("os error"), "the explanation is only an errno: {hook}");
+        }
+    }
+}
+
 #[test]
 fn tracepoint_mode_never_uses_trampolines() {
     let report = probes(&["--attach", "tracepoint"]);

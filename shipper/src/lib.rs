@@ -343,10 +343,20 @@ pub fn probes(config: &Config, attach: Option<AttachMode>, json: bool) -> anyhow
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "kernel": kernel_release(), "kinds": kinds }))?);
+        let report = serde_json::json!({
+            "kernel": kernel_release(),
+            "missing_helpers": probes.missing_helpers,
+            "kinds": kinds,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     println!("kernel {}", kernel_release());
+    match &probes.missing_helpers {
+        Some(missing) if missing.is_empty() => println!("BPF helpers: none that ksense can use is missing"),
+        Some(missing) => println!("BPF helpers this kernel lacks: {}", missing.join(", ")),
+        None => println!("BPF helpers: unknown (the kernel's BTF has no enum bpf_func_id)"),
+    }
     println!("{:<24} {:<40} STATUS", "EVENT", "HOOK");
     for r in &probes.report {
         for (i, (hook, outcome)) in r.hooks.iter().enumerate() {

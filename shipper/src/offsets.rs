@@ -199,6 +199,7 @@ fn fentry_positions(btf: &Btf, misc: &mut MiscOffsets) -> Result<(), BtfError> {
     misc.clone_args_flags = btf.field_offset("kernel_clone_args", "flags")?;
     misc.kernel_clone_args_arg = btf.func_param_index("kernel_clone", "args")? as u32;
     misc.do_exit_code_arg = btf.func_param_index("do_exit", "code")? as u32;
+    misc.kernel_clone_ret_arg = btf.func_param_count("kernel_clone")? as u32;
     Ok(())
 }
 
@@ -250,6 +251,18 @@ fn memory_offsets(btf: &Btf) -> Result<MemoryOffsets, BtfError> {
         mm_exe_file: mm("exe_file")?,
         file_dentry: btf.field_offset("file", "f_path.dentry")?,
         dentry_name: btf.field_offset("dentry", "d_name.name")?,
+        ..vma_tree_offsets(btf).unwrap_or_default()
+    })
+}
+
+/// Offsets to walk the VMA red-black tree (kernels before 6.1, which also lack `bpf_find_vma`);
+/// an error where VMAs are in a maple tree.
+fn vma_tree_offsets(btf: &Btf) -> Result<MemoryOffsets, BtfError> {
+    Ok(MemoryOffsets {
+        mm_rb: btf.field_offset("mm_struct", "mm_rb.rb_node")?,
+        vma_rb: btf.field_offset("vm_area_struct", "vm_rb")?,
+        rb_left: btf.field_offset("rb_node", "rb_left")?,
+        rb_right: btf.field_offset("rb_node", "rb_right")?,
         ..MemoryOffsets::default()
     })
 }
@@ -263,12 +276,14 @@ fn fixup_positions(btf: &Btf, memory: &mut MemoryOffsets) -> Result<(), BtfError
     memory.fixup_newflags_arg = btf.func_param_index("mprotect_fixup", "newflags")? as u32;
     // The companion fexit on do_mprotect_pkey (failed calls); left at 0 where it is absent, in
     // which case attaching it fails and the hook runs without it.
-    if let (Ok(start), Ok(len), Ok(prot)) = (
+    if let (Ok(start), Ok(len), Ok(prot), Ok(count)) = (
         btf.func_param_index("do_mprotect_pkey", "start"),
         btf.func_param_index("do_mprotect_pkey", "len"),
         btf.func_param_index("do_mprotect_pkey", "prot"),
+        btf.func_param_count("do_mprotect_pkey"),
     ) {
-        (memory.pkey_start_arg, memory.pkey_len_arg, memory.pkey_prot_arg) = (start as u32, len as u32, prot as u32);
+        (memory.pkey_start_arg, memory.pkey_len_arg, memory.pkey_prot_arg, memory.pkey_ret_arg) =
+            (start as u32, len as u32, prot as u32, count as u32);
     }
     Ok(())
 }

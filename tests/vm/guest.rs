@@ -32,7 +32,7 @@ use serde_json::Value;
 
 mod guest_bench;
 mod shared;
-use shared::{BENCH_ENV, CHECKS, MODES};
+use shared::{BENCH_ENV, CHECKS, MODES, PROBES_JSON};
 /// The module the `module` check loads (from the kernel's own package).
 const MODULE: &str = "/lib/modules/dummy.ko";
 /// After a process's own exit event has arrived, how long to wait for an event it caused
@@ -91,6 +91,7 @@ fn main() {
         // `probes` first: the fork check needs the hook it reports.
         let probes = catch(|| probes_report(mode));
         if let Ok(report) = &probes {
+            println!("{PROBES_JSON} mode={mode} {report}");
             for kind in report["kinds"].as_array().into_iter().flatten() {
                 println!(
                     "vm-probe kernel={kernel} mode={mode} event={} probe={}",
@@ -100,6 +101,11 @@ fn main() {
             }
         }
         let checked = probes.as_ref().map_err(Clone::clone).and_then(|p| catch(|| check_probes(mode, p)));
+        // The default mode must choose what fentry mode does (trampolines first).
+        let checked = match (mode, &probes) {
+            ("fentry", Ok(fentry)) => checked.and_then(|()| catch(|| check_default_is_fentry(fentry))),
+            _ => checked,
+        };
         report("probes", checked);
         let probes = probes.ok();
 
@@ -140,9 +146,10 @@ fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
         .map_err(|_| PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "panicked".into()))
 }
 
-/// `ksense probes --json --attach <mode>`.
+/// `ksense probes --json --attach <mode>`; with `mode` empty, the default mode.
 fn probes_report(mode: &str) -> Value {
-    let out = Command::new(ksense_bin()).args(["probes", "--json", "--attach", mode]).output().unwrap();
+    let attach: &[&str] = if mode.is_empty() { &[] } else { &["--attach", mode] };
+    let out = Command::new(ksense_bin()).args(["probes", "--json"]).args(attach).output().unwrap();
     assert!(out.status.success(), "ksense probes --attach {mode} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ksense probes printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
@@ -196,6 +203,21 @@ fn check_probes(mode: &str, report: &Value) {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// Without `--attach`, ksense chooses per kind the hook fentry mode chose.
+fn check_default_is_fentry(fentry: &Value) {
+    let default = probes_report("");
+    let kinds = fentry["kinds"].as_array().expect("no kinds in the report");
+    let differ: Vec<String> = kinds
+        .iter()
+        .filter_map(|k| {
+            let event = k["event"].as_str().unwrap_or("?");
+            let chosen = chosen(&default, event);
+            (chosen != k["chosen"].as_str()).then(|| format!("{event}: default mode chose {chosen:?}, fentry mode {}", k["chosen"]))
+        })
+        .collect();
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
 /// The tail of each verifier log that `ksense -v probes` prints for a refused program.
 fn verifier_logs(mode: &str) -> String {
     let Ok(out) = Command::new(ksense_bin()).args(["-v", "probes", "--attach", mode]).output() else {
@@ -218,7 +240,7 @@ fn verifier_logs(mode: &str) -> String {
         }
     };
     for line in stderr.lines() {
-        if line.contains("verifier log:") {
+        if line.contains("the verifier log ends:") {
             flush(&mut block);
             block.push(line);
         } else if !block.is_empty() && !line.starts_with("20") {

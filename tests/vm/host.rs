@@ -1,20 +1,23 @@
-//! The VM test: ksense on a second kernel (Debian 12's 6.1) where fentry/fexit and module loads
-//! work, which the host kernel (sandboxed) refuses.
+//! The VM tests: ksense on other kernels, in both attach modes, where fentry/fexit and module
+//! loads work, which the host kernel (sandboxed) refuses. One test per kernel of the matrix
+//! ([`MATRIX`]): Debian 11's 5.10, Debian 12's 6.1 and 6.12 (amd64).
 //!
-//! It fetches and caches the kernel (`scripts/vm-kernel.sh`, under `target/vm/kernel`), packs an
-//! initramfs holding busybox, the real `ksense`, `ksense-workload` and the guest driver
-//! `ksense-vm-guest` (`tests/vm/guest.rs`) with the shared libraries they need, boots it under
-//! qemu's software emulation (nested KVM hangs here), and reads the guest's result lines from the
-//! serial console. Every `vm-check` line must say `ok`, except for checks named in
-//! `$KSENSE_VM_EXPECT_FAIL` (comma-separated, default none). The lines are printed on stderr
-//! (uncaptured, so `make test` shows them when the test passes too) and written to
-//! `target/vm/results.txt`; the whole console goes to `target/vm/console.log`.
+//! Each fetches and caches its kernel (`scripts/vm-kernel.sh <line> <arch>`, under
+//! `target/vm/kernel-<line>-<arch>`), packs an initramfs holding busybox, the real `ksense`,
+//! `ksense-workload` and the guest driver `ksense-vm-guest` (`tests/vm/guest.rs`) with the shared
+//! libraries they need, boots it under qemu's software emulation (nested KVM hangs here), and
+//! reads the guest's result lines from the serial console. Every `vm-check` line must say `ok`,
+//! except for checks named in `$KSENSE_VM_EXPECT_FAIL` (comma-separated, default none). The
+//! lines are printed on stderr (uncaptured, so `make test` shows them when the test passes too)
+//! and written to `target/vm/<line>-<arch>/results.txt`, the whole console to `console.log`
+//! there, and `ksense probes --json` of each attach mode to `probes-<mode>.json` there (the
+//! input of `scripts/kernels-doc.sh`, which writes docs/KERNELS.md).
 //!
-//! Knobs: `$KSENSE_VM_TIMEOUT_SECS` (qemu's hard limit, default 300), `$KSENSE_VM_GUEST_TIMEOUT_SECS`
+//! Knobs: `$KSENSE_VM_TIMEOUT_SECS` (qemu's hard limit, default 600), `$KSENSE_VM_GUEST_TIMEOUT_SECS`
 //! (the guest's wait for ksense to start or for one event, default 60).
 //!
-//! Run only this test: `cargo test -p ksense-e2e --test vm -- --nocapture` (after
-//! `cargo build -p ksense -p ksense-e2e --bins`).
+//! Run only these tests: `cargo test -p ksense-e2e --test vm -- --nocapture` (after
+//! `cargo build -p ksense -p ksense-e2e --bins`); one kernel: add its test's name, e.g. `5_10`.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -29,22 +32,81 @@ use ksense_e2e::{ksense_bin, target_bin, workload_bin};
 
 mod host_bench;
 mod shared;
-use shared::{BENCH_ENV, CHECKS, MODES};
+use shared::{BENCH_ENV, CHECKS, MODES, PROBES_JSON};
 
 const FIX: &str = "install the VM test's prerequisites with `sudo scripts/setup.sh`";
 
+/// A kernel of the matrix: what `scripts/vm-kernel.sh` fetches.
+pub(crate) struct Kernel {
+    /// The kernel line `scripts/vm-kernel.sh` knows (`5.10`, `6.1`, `6.12`).
+    pub(crate) line: &'static str,
+    /// Debian's architecture name.
+    pub(crate) arch: &'static str,
+    /// The Debian release that ships it, for messages.
+    pub(crate) distribution: &'static str,
+}
+
+impl Kernel {
+    /// Where its files and results go: `target/vm/<line>-<arch>`.
+    pub(crate) fn work_dir(&self) -> PathBuf {
+        target_dir().join("vm").join(format!("{}-{}", self.line, self.arch))
+    }
+}
+
+/// Debian 11's 5.10: trampolines and BTF, but no `bpf_find_vma`/`bpf_get_func_arg` (5.17).
+pub(crate) const DEBIAN_11_5_10: Kernel = Kernel { line: "5.10", arch: "amd64", distribution: "Debian 11" };
+/// Debian 12's 6.1.
+pub(crate) const DEBIAN_12_6_1: Kernel = Kernel { line: "6.1", arch: "amd64", distribution: "Debian 12" };
+/// Debian 12's 6.12.
+pub(crate) const DEBIAN_12_6_12: Kernel = Kernel { line: "6.12", arch: "amd64", distribution: "Debian 12" };
+
+/// Every amd64 kernel the checks run on.
+pub(crate) const MATRIX: [&Kernel; 3] = [&DEBIAN_11_5_10, &DEBIAN_12_6_1, &DEBIAN_12_6_12];
+
 #[test]
-fn ksense_on_debian_6_1_in_qemu() {
+fn ksense_on_debian_11_5_10_in_qemu() {
+    run_checks(&DEBIAN_11_5_10);
+}
+
+#[test]
+fn ksense_on_debian_12_6_1_in_qemu() {
+    run_checks(&DEBIAN_12_6_1);
+}
+
+#[test]
+fn ksense_on_debian_12_6_12_in_qemu() {
+    run_checks(&DEBIAN_12_6_12);
+}
+
+#[test]
+fn the_matrix_has_one_test_per_kernel() {
+    let source = include_str!("host.rs");
+    for kernel in MATRIX {
+        let name = format!("fn ksense_on_{}_in_qemu()", test_suffix(kernel));
+        assert!(source.contains(&name), "no test {name} for {} {}", kernel.distribution, kernel.line);
+    }
+}
+
+/// `debian_11_5_10` for Debian 11's 5.10.
+fn test_suffix(kernel: &Kernel) -> String {
+    format!("{}_{}", kernel.distribution, kernel.line).to_lowercase().replace([' ', '.'], "_")
+}
+
+/// Boots `kernel` with the guest checks and fails unless every check of both modes passed.
+fn run_checks(kernel: &Kernel) {
     let started = Instant::now();
-    let vm_dir = target_dir().join("vm");
-    let vm = Vm::prepare(&vm_dir, None);
+    let vm_dir = kernel.work_dir();
+    let vm = Vm::prepare(&vm_dir, None, kernel);
     let (release, vmlinuz, fetched, packed) = (&vm.release, &vm.vmlinuz, vm.fetched, vm.packed);
 
-    let timeout = Duration::from_secs(env_number("KSENSE_VM_TIMEOUT_SECS", 300));
+    let timeout = Duration::from_secs(env_number("KSENSE_VM_TIMEOUT_SECS", 600));
     let console = vm.boot(timeout, &vm_dir.join("console.log"));
     let booted = started.elapsed();
 
     let results = Results::parse(&console);
+    for (mode, json) in &results.probes {
+        std::fs::write(vm_dir.join(format!("probes-{mode}.json")), json).unwrap();
+    }
     let allowed: Vec<String> = std::env::var("KSENSE_VM_EXPECT_FAIL")
         .unwrap_or_default()
         .split(',')
@@ -56,7 +118,12 @@ fn ksense_on_debian_6_1_in_qemu() {
     }
 
     let mut text = String::new();
-    let _ = writeln!(text, "vm: kernel {release} ({}), qemu -accel tcg -cpu max", vmlinuz.display());
+    let _ = writeln!(
+        text,
+        "vm: {} kernel {release} ({}), qemu -accel tcg -cpu max",
+        kernel.distribution,
+        vmlinuz.display()
+    );
     for line in &results.lines {
         let _ = writeln!(text, "{line}");
     }
@@ -82,6 +149,11 @@ fn ksense_on_debian_6_1_in_qemu() {
         let runs: Vec<&Check> = results.checks.iter().filter(|c| &c.name == name).collect();
         if runs.len() == MODES.len() && runs.iter().all(|c| c.ok) {
             let _ = writeln!(text, "vm: note: {name} passes in every mode: drop it from KSENSE_VM_EXPECT_FAIL");
+        }
+    }
+    for mode in MODES {
+        if !results.probes.iter().any(|(m, _)| m == mode) {
+            problems.push(format!("the guest printed no {PROBES_JSON} line for mode {mode}"));
         }
     }
     for check in &results.checks {
@@ -125,9 +197,10 @@ struct Vm {
 }
 
 impl Vm {
-    /// Fetches (or finds cached) the kernel in `target/vm/kernel`, and writes the initramfs
-    /// into `work`. `bench` is the benchmark's `loads,pairs` for the guest (`None`: the checks).
-    fn prepare(work: &Path, bench: Option<&str>) -> Vm {
+    /// Fetches (or finds cached) `kernel` in `target/vm/kernel-<line>-<arch>`, and writes the
+    /// initramfs into `work`. `bench` is the benchmark's `loads,pairs` for the guest (`None`:
+    /// the checks).
+    fn prepare(work: &Path, bench: Option<&str>, kernel: &Kernel) -> Vm {
         let started = Instant::now();
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
         std::fs::create_dir_all(work).unwrap();
@@ -136,15 +209,18 @@ impl Vm {
             .unwrap_or_else(|| panic!("qemu-system-x86_64 is not installed: {FIX}"));
         let busybox = which("busybox").unwrap_or_else(|| panic!("busybox is not installed: {FIX}"));
 
-        let kernel_dir = target_dir().join("vm").join("kernel");
+        let kernel_dir = target_dir().join("vm").join(format!("kernel-{}-{}", kernel.line, kernel.arch));
         let fetch = Command::new("bash")
             .arg(repo.join("scripts/vm-kernel.sh"))
+            .args([kernel.line, kernel.arch])
             .arg(&kernel_dir)
             .output()
             .unwrap_or_else(|e| panic!("cannot run scripts/vm-kernel.sh: {e}"));
         assert!(
             fetch.status.success(),
-            "could not fetch Debian 12's 6.1 kernel (scripts/vm-kernel.sh: {}):\n{}\nFix: {FIX}, then run again",
+            "could not fetch {}'s {} kernel (scripts/vm-kernel.sh: {}):\n{}\nFix: {FIX}, then run again",
+            kernel.distribution,
+            kernel.line,
             fetch.status,
             String::from_utf8_lossy(&fetch.stderr)
         );
@@ -435,11 +511,13 @@ struct Results {
     lines: Vec<String>,
     checks: Vec<Check>,
     summary: Option<String>,
+    /// Per attach mode, `ksense probes --json` as the guest printed it (one line).
+    probes: Vec<(String, String)>,
 }
 
 impl Results {
     fn parse(console: &[String]) -> Results {
-        let mut results = Results { lines: Vec::new(), checks: Vec::new(), summary: None };
+        let mut results = Results { lines: Vec::new(), checks: Vec::new(), summary: None, probes: Vec::new() };
         let mut in_failure = false;
         for line in console {
             if in_failure && line.starts_with("    ") {
@@ -453,6 +531,12 @@ impl Results {
             in_failure = false;
             let Some(at) = line.find("vm-") else { continue };
             let line = &line[at..];
+            if let Some(rest) = line.strip_prefix(PROBES_JSON).and_then(|r| r.strip_prefix(" mode="))
+                && let Some((mode, json)) = rest.split_once(' ')
+            {
+                results.probes.push((mode.to_owned(), json.to_owned()));
+                continue;
+            }
             if !["vm-check ", "vm-probe ", "vm-note ", "vm-summary:"].iter().any(|p| line.starts_with(p)) {
                 continue;
             }

@@ -17,7 +17,7 @@ use ksense_e2e::{
     stats::{median, range},
 };
 
-use super::{Vm, env_number, target_dir};
+use super::{DEBIAN_12_6_1, Vm, env_number, target_dir};
 use crate::shared::{BENCH_ARMS, BENCH_WORKLOADS};
 
 #[test]
@@ -28,7 +28,7 @@ fn module_load_unload_in_qemu() {
     let pairs = env_number("KSENSE_VM_BENCH_PAIRS", 5);
     let dir = target_dir().join("vm").join("bench");
     let load_before = loadavg();
-    let vm = Vm::prepare(&dir, Some(&format!("{loads},{pairs}")));
+    let vm = Vm::prepare(&dir, Some(&format!("{loads},{pairs}")), &DEBIAN_12_6_1);
     let timeout = std::time::Duration::from_secs(env_number("KSENSE_VM_BENCH_TIMEOUT_SECS", 3600));
     let console = vm.boot(timeout, &dir.join("console.log"));
 

@@ -7,6 +7,10 @@ pub const MODES: [&str; 2] = ["fentry", "tracepoint"];
 pub const CHECKS: [&str; 9] =
     ["probes", "fork", "exec", "exit", "thread", "module", "memory", "memory-coalesce", "memory-all"];
 
+/// The prefix of the guest's line carrying `ksense probes --json` of one attach mode, on one
+/// line: `vm-probes-json mode=<mode> {...}`.
+pub const PROBES_JSON: &str = "vm-probes-json";
+
 /// The environment variable `/init` passes the benchmark's `loads,pairs` in (set only by the
 /// benchmark: without it the guest runs the checks).
 pub const BENCH_ENV: &str = "KSENSE_VM_BENCH";

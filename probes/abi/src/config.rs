@@ -81,6 +81,8 @@ pub struct MiscOffsets {
     pub kernel_clone_args_arg: u32,
     /// Position of `do_exit`'s `code` parameter.
     pub do_exit_code_arg: u32,
+    /// Position of `kernel_clone`'s return value in an fexit context: its parameter count.
+    pub kernel_clone_ret_arg: u32,
 }
 
 /// Offsets of fields in plain tracepoint records, from
@@ -166,6 +168,17 @@ pub struct MemoryOffsets {
     pub pkey_len_arg: u32,
     /// Position of its `prot` parameter.
     pub pkey_prot_arg: u32,
+    /// Position of its return value in an fexit context: its parameter count.
+    pub pkey_ret_arg: u32,
+    /// `mm_struct.mm_rb.rb_node`, the root of the VMA tree (kernels before 6.1; 0 where VMAs
+    /// are in a maple tree).
+    pub mm_rb: u32,
+    /// `vm_area_struct.vm_rb`, the VMA's node in that tree.
+    pub vma_rb: u32,
+    /// `rb_node.rb_left`.
+    pub rb_left: u32,
+    /// `rb_node.rb_right`.
+    pub rb_right: u32,
 }
 
 /// Everything the probes are told. All zero means "nothing resolved": the probes then report

@@ -19,13 +19,13 @@ use crate::{
 /// caller's pid namespace) or a negative errno.
 #[fexit(function = "kernel_clone")]
 pub fn fexit_kernel_clone(ctx: FExitContext) -> i32 {
-    let ret = ctx.ret::<i64>().unwrap_or(0) as i32;
+    let ret = func_arg(&ctx, config!(misc.kernel_clone_ret_arg)) as i32;
     if ret <= 0 {
         return 0;
     }
     let args = func_arg(&ctx, config!(misc.kernel_clone_args_arg)) as *const u8;
     let flags: u64 = read(args, config!(misc.clone_args_flags));
-    emit(Hook::FexitKernelClone, ret as u32, None, flags, 0, code_range(current()));
+    emit(Hook::FexitKernelClone, flags, || Child { tid: ret as u32, tgid: None, start_ns: 0, code: code_range(current()) });
     0
 }
 
@@ -35,14 +35,12 @@ pub fn fexit_kernel_clone(ctx: FExitContext) -> i32 {
 pub fn tp_btf_task_newtask(ctx: BtfTracePointContext) -> i32 {
     let child: *const u8 = ctx.arg(0);
     let flags: u64 = ctx.arg(1);
-    emit(
-        Hook::TpBtfTaskNewtask,
-        read(child, config!(task.pid)),
-        Some(read(child, config!(task.tgid))),
-        flags,
-        read(child, config!(task.start_time)),
-        code_range(child),
-    );
+    emit(Hook::TpBtfTaskNewtask, flags, || Child {
+        tid: read(child, config!(task.pid)),
+        tgid: Some(read(child, config!(task.tgid))),
+        start_ns: read(child, config!(task.start_time)),
+        code: code_range(child),
+    });
     0
 }
 
@@ -53,29 +51,42 @@ pub fn tracepoint_task_newtask(ctx: TracePointContext) -> i32 {
     let tid = unsafe { ctx.read_at::<u32>(tid_at as usize) }.unwrap_or(0);
     let flags = unsafe { ctx.read_at::<u64>(flags_at as usize) }.unwrap_or(0);
     // The child's image is a copy of the parent's until it execs.
-    emit(Hook::TracepointTaskNewtask, tid, None, flags, 0, code_range(current()));
+    emit(Hook::TracepointTaskNewtask, flags, || Child { tid, tgid: None, start_ns: 0, code: code_range(current()) });
     0
 }
 
-/// Builds and writes one fork record. `child_tgid` is derived from the clone flags when the
-/// hook cannot read it.
+/// What a hook knows of the new task.
+struct Child {
+    tid: u32,
+    /// Derived from the clone flags when the hook cannot read it.
+    tgid: Option<u32>,
+    start_ns: u64,
+    /// Its `mm->start_code`, `mm->end_code`.
+    code: (u64, u64),
+}
+
+/// Builds and writes one fork record. `child` reads the new task's fields only once the parent
+/// is known not to be excluded: besides sparing the reads, the verifier then meets the branches
+/// they add after the record's zeroing, not before (5.10's otherwise gives up at 1M
+/// instructions, walking the zeroing loop once per path).
 #[inline(always)]
-fn emit(hook: Hook, child_tid: u32, child_tgid: Option<u32>, flags: u64, child_start_ns: u64, code: (u64, u64)) {
+fn emit(hook: Hook, flags: u64, child: impl FnOnce() -> Child) {
     let mut ev = Fork::default();
     fill_current(&mut ev.parent);
     // The child has its parent's comm and credentials until it execs.
     if excluded(&ev.parent, EventKind::Fork) {
         return;
     }
-    ev.child_tid = child_tid;
-    ev.child_tgid = match child_tgid {
+    let child = child();
+    ev.child_tid = child.tid;
+    ev.child_tgid = match child.tgid {
         Some(tgid) => tgid,
         None if flags & CLONE_THREAD != 0 => ev.parent.tgid,
-        None => child_tid,
+        None => child.tid,
     };
     ev.clone_flags = flags;
-    ev.child_start_ns = child_start_ns;
-    (ev.code_start, ev.code_end) = code;
+    ev.child_start_ns = child.start_ns;
+    (ev.code_start, ev.code_end) = child.code;
     ev.header = header(hook, size_of::<Fork>());
     output(EventKind::Fork, as_bytes(&ev));
 }

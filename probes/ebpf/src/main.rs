@@ -9,6 +9,8 @@
 // Atomic add/sub on map values (BPF_XADD); core's atomics are not available for the BPF target.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
+// BPF inline asm: context loads at fixed offsets (see `task::func_arg`).
+#![feature(asm_experimental_arch)]
 
 mod exec;
 mod exit;

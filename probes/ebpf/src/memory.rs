@@ -1,6 +1,7 @@
 //! `process.memory.protect` hooks: fentry on `mprotect_fixup` (the seed hook: it sees each VMA
 //! whose protection changes, with the old flags), else the `mprotect`/`pkey_mprotect` syscall
-//! tracepoints, which find the VMA with `bpf_find_vma` on entry and take the result on exit.
+//! tracepoints, which find the VMA on entry (with `bpf_find_vma`, else by walking the VMA tree)
+//! and take the result on exit.
 //!
 //! Both filter here, in the kernel: unless the daemon asked for every change, only changes that
 //! matter leave (W^X, code made writable, exec added to anonymous/stack/heap memory). Repeats of
@@ -79,7 +80,7 @@ pub fn fexit_do_mprotect_pkey(ctx: FExitContext) -> i32 {
     if config!(memory_report_all) == 0 {
         return 0;
     }
-    let ret = ctx.ret::<i64>().unwrap_or(0) as i32;
+    let ret = func_arg(&ctx, config!(memory.pkey_ret_arg)) as i32;
     if ret >= 0 {
         return 0;
     }
@@ -97,27 +98,78 @@ pub fn fexit_do_mprotect_pkey(ctx: FExitContext) -> i32 {
 }
 
 /// `syscalls:sys_enter_mprotect` / `sys_enter_pkey_mprotect` (start, len, prot at the same
-/// record offsets): note the request and the VMA as it is before the change.
+/// record offsets): note the request and the VMA as it is before the change, found with
+/// `bpf_find_vma` (5.17+).
 #[tracepoint]
 pub fn tracepoint_sys_enter_mprotect(ctx: TracePointContext) -> i32 {
+    enter_mprotect(&ctx, |start| {
+        let mut vm = Vma { start: 0, end: 0, flags: 0, file: core::ptr::null() };
+        let found = unsafe {
+            bpf_find_vma(
+                bpf_get_current_task_btf(),
+                start,
+                find_vma_callback as *mut c_void,
+                (&raw mut vm).cast(),
+                0,
+            )
+        };
+        (found == 0).then_some(vm)
+    })
+}
+
+/// The same on kernels without `bpf_find_vma` (before 5.17), whose VMAs are also in a red-black
+/// tree (before 6.1): the VMA is found by walking `mm->mm_rb` as the kernel's `find_vma` does.
+#[tracepoint]
+pub fn tracepoint_sys_enter_mprotect_vma_tree(ctx: TracePointContext) -> i32 {
+    enter_mprotect(&ctx, vma_in_tree)
+}
+
+/// At most this many tree levels are walked: a red-black tree of n nodes is at most
+/// 2 log2(n + 1) deep, so 32 covers 65535 VMAs (the default `vm.max_map_count`).
+const VMA_TREE_DEPTH: u32 = 32;
+
+/// The current task's VMA holding `address`, from `mm->mm_rb`.
+#[inline(always)]
+fn vma_in_tree(address: u64) -> Option<Vma> {
+    let mm = read_ptr(current(), config!(task.mm));
+    let mut node = read_ptr(mm, config!(memory.mm_rb));
+    let mut below: *const u8 = core::ptr::null();
+    for _ in 0..VMA_TREE_DEPTH {
+        if node.is_null() {
+            break;
+        }
+        let vma = node.wrapping_sub(config!(memory.vma_rb) as usize);
+        if read::<u64>(vma, config!(memory.vma_end)) > address {
+            below = vma;
+            if read::<u64>(vma, config!(memory.vma_start)) <= address {
+                break;
+            }
+            node = read_ptr(node, config!(memory.rb_left));
+        } else {
+            node = read_ptr(node, config!(memory.rb_right));
+        }
+    }
+    let vm = Vma {
+        start: read(below, config!(memory.vma_start)),
+        end: read(below, config!(memory.vma_end)),
+        flags: read(below, config!(memory.vma_flags)),
+        file: read_ptr(below, config!(memory.vma_file)),
+    };
+    (!below.is_null() && vm.start <= address).then_some(vm)
+}
+
+/// Both enter programs: `find` looks up the VMA holding an address.
+#[inline(always)]
+fn enter_mprotect(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>) -> i32 {
     let (start_at, len_at, prot_at) = (config!(memory.tp_start), config!(memory.tp_len), config!(memory.tp_prot));
     let start = unsafe { ctx.read_at::<u64>(start_at as usize) }.unwrap_or(0);
     let len = unsafe { ctx.read_at::<u64>(len_at as usize) }.unwrap_or(0);
     let prot = unsafe { ctx.read_at::<u64>(prot_at as usize) }.unwrap_or(0) as u32;
-    let mut vm = Vma { start: 0, end: 0, flags: 0, file: core::ptr::null() };
-    let found = unsafe {
-        bpf_find_vma(
-            bpf_get_current_task_btf(),
-            start,
-            find_vma_callback as *mut c_void,
-            (&raw mut vm).cast(),
-            0,
-        )
-    };
+    let found = find(start);
     // A repeat within the coalescing window (a JIT, a toggling loop) is counted from what the
     // call and the VMA say, before anything else is read: only a change that was reported,
     // so one the filter wants from a process not excluded, has an entry to count into.
-    if found == 0 {
+    if let Some(vm) = &found {
         let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
         let old_prot = vm.flags as u32 & PROT_MASK;
         if counted_as_repeat(&key(tgid, old_prot, prot & PROT_MASK, start, len)) {
@@ -129,8 +181,8 @@ pub fn tracepoint_sys_enter_mprotect(ctx: TracePointContext) -> i32 {
     if !begin(rec, start, len, prot) {
         return 0;
     }
-    if found == 0 {
-        describe(rec, &vm);
+    if let Some(vm) = &found {
+        describe(rec, vm);
     }
     // Decided here, not at exit, whenever the result does not matter: a change the filter
     // drops costs no in-flight entry and leaves the exit program a failed lookup.
@@ -158,7 +210,7 @@ pub fn tracepoint_sys_exit_mprotect(ctx: TracePointContext) -> i32 {
     0
 }
 
-/// What `bpf_find_vma` hands back.
+/// What the VMA lookups hand back.
 #[repr(C)]
 struct Vma {
     start: u64,

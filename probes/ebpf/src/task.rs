@@ -5,7 +5,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_func_arg, bpf_get_smp_processor_id,
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_smp_processor_id,
             bpf_ktime_get_ns,
         },
     },
@@ -110,12 +110,42 @@ pub fn live_threads(task: *const u8) -> i32 {
     read(signal, config!(misc.signal_live))
 }
 
-/// Argument `n` of the traced function in an fentry/fexit program (`bpf_get_func_arg`, 5.17+).
-/// A helper rather than a context load: the position comes from BTF at run time, and the
-/// verifier only allows context loads at constant offsets.
+/// Argument `n` of the traced function in an fentry/fexit program, or in an fexit program its
+/// return value when `n` is the function's parameter count: slot `n` of the context, an array
+/// of u64. Read straight from the context rather than with `bpf_get_func_arg` (5.17+), so the
+/// programs load on older kernels with trampolines (5.5+). The verifier only allows context
+/// loads at offsets fixed in the instruction, and `n` comes from BTF at run time: so one load
+/// per position, each an asm statement the compiler cannot merge into a computed address. `n`
+/// is a read-only global, a constant to the verifier, which follows only the matching arm.
 #[inline(always)]
 pub fn func_arg(ctx: &impl EbpfContext, n: u32) -> u64 {
-    let mut value = 0u64;
-    unsafe { bpf_get_func_arg(ctx.as_ptr(), n, &mut value) };
-    value
+    let ctx = ctx.as_ptr();
+    macro_rules! slot {
+        ($offset:literal) => {{
+            let value: u64;
+            // SAFETY: a load from the program's context; the verifier checks the offset
+            // against the traced function's prototype.
+            unsafe {
+                core::arch::asm!(
+                    concat!("{value} = *(u64 *)({ctx} + ", $offset, ")"),
+                    value = out(reg) value,
+                    ctx = in(reg) ctx,
+                    options(nostack, readonly, preserves_flags),
+                )
+            };
+            value
+        }};
+    }
+    // Six register arguments, and the return value after them: x86-64 and arm64 trampolines
+    // take no more.
+    match n {
+        0 => slot!(0),
+        1 => slot!(8),
+        2 => slot!(16),
+        3 => slot!(24),
+        4 => slot!(32),
+        5 => slot!(40),
+        6 => slot!(48),
+        _ => 0,
+    }
 }

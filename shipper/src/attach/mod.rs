@@ -3,7 +3,7 @@
 //! tracepoints. A refused hook (the verifier, a sandbox's EPERM, a missing function) is
 //! recorded with its reason and the next one is tried; one kind failing never stops the others.
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, VerifierLogLevel,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, ProgramError, TracePoint},
 };
@@ -18,6 +18,8 @@ use crate::{
     offsets::{self, Resolved},
     telemetry::RingLost,
 };
+
+mod kernel;
 
 /// The eBPF object built from probes/ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ksense-probes"));
@@ -92,6 +94,9 @@ pub struct Probes {
     loaded: Vec<(HookFamily, &'static str)>,
     /// Per kind, the hook chosen and why the others were not.
     pub report: Vec<KindReport>,
+    /// The BPF helpers ksense knows of that this kernel lacks, each as `bpf_<name> (Linux
+    /// <release>+)`; `None` when its BTF does not say.
+    pub missing_helpers: Option<Vec<String>>,
 }
 
 impl Probes {
@@ -102,11 +107,33 @@ impl Probes {
         // time: ours is dropped once the offsets are resolved, the one `EbpfLoader::new` makes
         // by itself is dropped at once, and a single aya parse serves the loader and every
         // program load.
-        let Resolved { config, unusable } =
-            offsets::resolve(btf::Btf::from_sys_fs().as_ref(), tracefs.as_deref(), &options.switches);
+        let (Resolved { config, mut unusable }, missing_helpers) = {
+            let btf = btf::Btf::from_sys_fs();
+            (offsets::resolve(btf.as_ref(), tracefs.as_deref(), &options.switches), kernel::missing_helpers(btf.as_ref().ok()))
+        };
         tracing::debug!(?config, "probe configuration resolved from BTF and tracefs");
+        tracing::debug!(?missing_helpers, "BPF helpers this kernel lacks (from its BTF's enum bpf_func_id)");
+        let missing = missing_helpers.as_deref().unwrap_or_default();
+        // Before 5.17 the mprotect hook finds VMAs by walking their tree, where there is one.
+        let vma_tree = missing.contains(&"find_vma") && config.memory.mm_rb != 0;
+        for hook in Hook::ALL {
+            if let Some(why) = kernel::unusable_for_helpers(hook, missing)
+                && !(hook == Hook::TracepointMprotect && vma_tree)
+            {
+                unusable.entry(hook).or_insert(why);
+            }
+        }
         let mut loader = EbpfLoader::new();
         loader.btf(None);
+        // Errors and statistics only: a per-instruction trace of a program refused at the
+        // complexity limit overflows any buffer, and aya then verifies it again and again with
+        // a larger one. `-vv` asks for the trace.
+        let log_level = if tracing::enabled!(tracing::Level::TRACE) {
+            VerifierLogLevel::DEBUG | VerifierLogLevel::STATS
+        } else {
+            VerifierLogLevel::STATS
+        };
+        loader.verifier_log_level(log_level);
         let kernel_btf = aya::Btf::from_sys_fs();
         let mut ebpf = loader
             .btf(kernel_btf.as_ref().ok())
@@ -134,7 +161,7 @@ impl Probes {
                         (Err(e), family) if family != HookFamily::Tracepoint => {
                             Outcome::Skipped(format!("no kernel BTF: {e}"))
                         }
-                        (btf, _) => match load_and_attach(&mut ebpf, hook, btf.as_ref().ok()) {
+                        (btf, _) => match load_and_attach(&mut ebpf, hook, btf.as_ref().ok(), vma_tree) {
                             Ok(programs) => {
                                 loaded.extend(programs.into_iter().map(|p| (hook.family(), p)));
                                 loaded.extend(attach_companions(&mut ebpf, hook, btf.as_ref().ok()));
@@ -156,7 +183,8 @@ impl Probes {
         if loaded.is_empty() && !options.kinds.is_empty() {
             return Err(AttachError::NothingAttached);
         }
-        Ok(Probes { ebpf, loaded, report })
+        let missing_helpers = missing_helpers.map(|names| names.iter().map(|n| kernel::describe_helper(n)).collect());
+        Ok(Probes { ebpf, loaded, report, missing_helpers })
     }
 
     /// Takes the ring buffer the probes write to (once).
@@ -278,10 +306,11 @@ fn excluded_by_mode(mode: AttachMode, hook: Hook) -> Option<String> {
 }
 
 /// Loads and attaches one hook's programs, returning their names; on failure leaves nothing
-/// loaded and says why.
-fn load_and_attach(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>) -> Result<Vec<&'static str>, String> {
+/// loaded and says why. `vma_tree`: use the mprotect enter program that walks the VMA tree.
+fn load_and_attach(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>, vma_tree: bool) -> Result<Vec<&'static str>, String> {
     let mut loaded: Vec<&'static str> = Vec::new();
     let result = hook.attachments().iter().try_for_each(|&(program, target)| {
+        let program = if vma_tree { kernel::without_find_vma(program) } else { program };
         let fresh = !loaded.contains(&program);
         let result = attach_one(ebpf, hook.family(), program, target, fresh, btf);
         if fresh && result.is_ok() {
@@ -358,12 +387,15 @@ fn unload(ebpf: &mut Ebpf, family: HookFamily, program: &str) -> Result<(), Prog
     }
 }
 
-/// A short reason for a refused program; the verifier log goes to the debug log.
+/// A refused program's reason in words (see [`kernel::explain_load_error`]); the raw error
+/// and the end of the verifier log go to the debug log (`ksense -v`).
 fn explain(program: &str, target: &str, error: &ProgramError) -> String {
     match error {
         ProgramError::LoadError { io_error, verifier_log } => {
-            tracing::debug!(program, target, "verifier log:\n{verifier_log}");
-            format!("the kernel refused to load it: {io_error}")
+            let log = verifier_log.to_string();
+            tracing::debug!(program, target, error = %io_error, "refused; the verifier log ends:\n{}", kernel::log_tail(&log));
+            tracing::trace!(program, target, "whole verifier log:\n{log}");
+            kernel::explain_load_error(io_error.raw_os_error(), &io_error.to_string(), &log)
         }
         other => {
             let mut text = other.to_string();

@@ -217,7 +217,7 @@ pub struct ProbeConfig {
 }
 
 // No padding: the daemon and the probes must agree byte for byte.
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 68 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 74 * 4 + 8);
 
 // SAFETY: plain old data of u32 fields, no padding.
 #[cfg(feature = "user")]

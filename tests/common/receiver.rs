@@ -153,12 +153,20 @@ impl Receiver {
 
     /// Waits (at most `timeout`) for an accepted record matching `predicate`.
     pub fn wait_for(&self, what: &str, timeout: Duration, predicate: impl Fn(&Accepted) -> bool) -> Accepted {
+        self.try_wait_for(timeout, predicate)
+            .unwrap_or_else(|| panic!("the receiver accepted no {what} within {timeout:?}: {:?}", self.counts()))
+    }
+
+    /// The first accepted record matching `predicate`, waiting at most `timeout` for one.
+    pub fn try_wait_for(&self, timeout: Duration, predicate: impl Fn(&Accepted) -> bool) -> Option<Accepted> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(found) = self.state.accepted.lock().unwrap().iter().find(|r| predicate(r)) {
-                return found.clone();
+                return Some(found.clone());
             }
-            assert!(Instant::now() < deadline, "the receiver accepted no {what} within {timeout:?}: {:?}", self.counts());
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

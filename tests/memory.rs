@@ -54,6 +54,23 @@ fn anonymous_code_made_executable_is_wx() {
     assert_eq!(rx["severity"], "WARN", "{rx}");
 }
 
+/// One mprotect over a read-only file page and the written anonymous page after it: the
+/// first VMA alone would call the change harmless (file, read -> read+exec), but the range
+/// holds written memory made executable, so it is reported (with what is not known left out).
+#[test]
+fn a_change_over_two_mappings_is_not_judged_by_the_first() {
+    let (stopped, pid, page) = run_and_stop(Ksense::start(&[]), "mprotect-span");
+    let change = change_at(&stopped.events, pid, page, "file r-- + anonymous rw- -> r-x");
+    assert_eq!(attr(change, "ksense.memory.length"), 8192, "{change}");
+    assert_eq!(attr(change, "ksense.memory.protection.new"), "r-x", "{change}");
+    if attr(change, "ksense.probe").as_str().is_some_and(|p| p.starts_with("tracepoint/")) {
+        // The syscall tracepoints see the first VMA only: neither its protection nor its
+        // region stands for the whole range.
+        assert_eq!(attr(change, "ksense.memory.region"), "unknown", "{change}");
+        assert!(attr(change, "ksense.memory.protection.old").is_null(), "{change}");
+    }
+}
+
 #[test]
 fn read_only_change_is_reported_only_with_all() {
     let (stopped, pid, _) = run_and_stop(Ksense::start(&[]), "mprotect-anon-ro");

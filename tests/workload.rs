@@ -16,6 +16,8 @@
 //!                                     `hold`, then wait for stdin to close before exiting
 //! ksense-workload mprotect-anon-rx    write code into an anonymous RW page, make it RX
 //! ksense-workload mprotect-anon-ro    make an anonymous RW page read-only
+//! ksense-workload mprotect-span       a read-only file page and a written anonymous page after it,
+//!                                     made executable by one mprotect; prints "page=<first page>"
 //! ksense-workload mprotect-bad-addr   mprotect an unmapped page (fails with ENOMEM)
 //! ksense-workload mprotect-toggle N   toggle an anonymous page RW -> RX -> RW ... N times each
 //! ```
@@ -48,6 +50,25 @@ fn main() {
             unsafe { *(page as *mut u8) = 0xc3 };
             protect(page, libc::PROT_READ | libc::PROT_EXEC);
             println!("page={page:#x}");
+        }
+        Some("mprotect-span") => {
+            // A read-only page of a file (this program) right before a written anonymous page,
+            // then one mprotect making both executable: the anonymous page is written memory
+            // made executable, whatever the first page is.
+            let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+            let rw = libc::PROT_READ | libc::PROT_WRITE;
+            let base = unsafe { libc::mmap(std::ptr::null_mut(), 2 * PAGE, rw, flags, -1, 0) };
+            assert_ne!(base, libc::MAP_FAILED, "mmap");
+            let exe = std::fs::File::open("/proc/self/exe").expect("open /proc/self/exe");
+            let file = unsafe {
+                libc::mmap(base, PAGE, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_FIXED, std::os::fd::AsRawFd::as_raw_fd(&exe), 0)
+            };
+            assert_eq!(file, base, "mmap of the file over the first page");
+            let anon = base as usize + PAGE;
+            unsafe { *(anon as *mut u8) = 0xc3 };
+            let rc = unsafe { libc::mprotect(base, 2 * PAGE, libc::PROT_READ | libc::PROT_EXEC) };
+            assert_eq!(rc, 0, "mprotect over both pages");
+            println!("page={:#x}", base as usize);
         }
         Some("mprotect-anon-ro") => {
             let page = anonymous_page();

@@ -12,6 +12,9 @@ pub const PROT_EXEC: u32 = 4;
 pub const MEMORY_OLD_KNOWN: u32 = 1;
 /// `Memory::flags`: `result` is known (syscall path).
 pub const MEMORY_RESULT_KNOWN: u32 = 2;
+/// `Memory.flags`: the range goes past the first VMA it starts in (the syscall-tracepoint path
+/// sees only that one), so neither the old protection nor the region of the rest is known.
+pub const MEMORY_SPANS_VMAS: u32 = 4;
 
 /// Basename bytes of the backing file kept in the record.
 pub const MEMORY_FILE_CAP: usize = 64;

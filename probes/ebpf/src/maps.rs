@@ -59,7 +59,9 @@ pub(crate) use config;
 pub fn output(kind: EventKind, bytes: &[u8]) {
     let max = config!(process_data_max) as u64;
     let process = matches!(kind, EventKind::Fork | EventKind::Exec | EventKind::Exit);
-    if process && max != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) + bytes.len() as u64 > max {
+    // A record takes its length plus the ring's 8-byte header, rounded up to 8 bytes.
+    let footprint = (bytes.len() as u64 + 8 + 7) & !7;
+    if process && max != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) + footprint > max {
         count_lost(kind);
         return;
     }

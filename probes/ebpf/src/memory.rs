@@ -23,7 +23,7 @@ use core::{
 use ksense_abi::{
     EventKind, Hook,
     memory::{
-        CoalesceKey, CoalesceState, MEMORY_OLD_KNOWN, MEMORY_RESULT_KNOWN, Memory, PROT_EXEC, PROT_WRITE,
+        CoalesceKey, CoalesceState, MEMORY_OLD_KNOWN, MEMORY_RESULT_KNOWN, MEMORY_SPANS_VMAS, Memory, PROT_EXEC, PROT_WRITE,
         Region,
     },
 };
@@ -183,6 +183,12 @@ fn enter_mprotect(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>
     }
     if let Some(vm) = &found {
         describe(rec, vm);
+        if start.saturating_add(len) > vm.end {
+            // The kernel changes every VMA in the range, and the others may be anonymous or
+            // writable: what the first one says must not decide that the change is harmless.
+            rec.flags = (rec.flags & !MEMORY_OLD_KNOWN) | MEMORY_SPANS_VMAS;
+            rec.region = Region::Unknown as u32;
+        }
     }
     // Decided here, not at exit, whenever the result does not matter: a change the filter
     // drops costs no in-flight entry and leaves the exit program a failed lookup.
@@ -190,7 +196,11 @@ fn enter_mprotect(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>
         return 0;
     }
     let tid = rec.task.tid;
-    let _ = MPROTECT_INFLIGHT.insert(&tid, &*rec, 0);
+    // Full (16,384 threads inside mprotect at once): the change cannot be followed to its
+    // result, so it is counted as lost rather than dropped unseen.
+    if MPROTECT_INFLIGHT.insert(&tid, &*rec, 0).is_err() {
+        count_lost(EventKind::MemoryProtect);
+    }
     0
 }
 
@@ -319,7 +329,9 @@ fn matters(rec: &Memory) -> bool {
         Region::from_u32(rec.region),
         Region::Anonymous | Region::Stack | Region::Heap | Region::Unknown
     );
-    writable_and_exec || adds_write_to_code || exec_after_write || (adds_exec && data_region)
+    // Over several VMAs, code may be among them: making the range writable may make code so.
+    let spans_write = rec.flags & MEMORY_SPANS_VMAS != 0 && new & PROT_WRITE != 0;
+    writable_and_exec || adds_write_to_code || exec_after_write || (adds_exec && data_region) || spans_write
 }
 
 /// Whether the configured filter reports `rec`.

@@ -31,6 +31,9 @@ struct ProcInfo {
     pgid: Option<u32>,
     sid: Option<u32>,
     cgroup: Option<Cgroup>,
+    /// A task of the process the entry was made for, as the kernel described it: an event of a
+    /// later process that reused the pid does not match it (see [`Enricher::lookup`]).
+    owner: Option<procfs::Task>,
 }
 
 /// The process table and the `/proc` and `/etc/passwd` lookups behind it.
@@ -100,6 +103,7 @@ impl Enricher {
                     pgid: ids.map(|(pgid, _)| pgid).or(inherited.and_then(|i| i.pgid)),
                     sid: ids.map(|(_, sid)| sid).or(inherited.and_then(|i| i.sid)),
                     cgroup: cgroup.or_else(|| inherited.and_then(|i| i.cgroup.clone())),
+                    owner: task,
                 };
                 self.procs.insert(pid, Arc::new(info));
             }
@@ -107,7 +111,8 @@ impl Enricher {
                 let (tid, start_ns) = fork.parent_task;
                 let parent = (start_ns != 0).then_some(procfs::Task { tid, start_ns });
                 if let Some(parent) = self.lookup(event.process.parent_pid, event.process.kernel_thread, 0, parent) {
-                    self.procs.insert(pid, parent);
+                    // The child's image is its parent's until it execs; the entry is the child's.
+                    self.procs.insert(pid, Arc::new(ProcInfo { owner: identity(&event.process), ..(*parent).clone() }));
                 }
             }
             _ => {}
@@ -151,11 +156,28 @@ impl Enricher {
     /// when the event says nothing of it, as of an exec's parent: trusted as it is).
     fn lookup(&mut self, pid: u32, kernel_thread: bool, cgroup_id: u64, task: Option<procfs::Task>) -> Option<Arc<ProcInfo>> {
         if let Some(info) = self.procs.get(&pid) {
-            return Some(info.clone());
+            if self.same_process(pid, info.owner, task) {
+                return Some(info.clone());
+            }
+            // An entry whose process is gone (its exit was lost: a full ring buffer, a rate
+            // limit) must not describe the process that reused its pid.
+            self.procs.remove(&pid);
         }
         let info = Arc::new(self.read_proc(pid, !kernel_thread, cgroup_id, task)?);
         self.procs.insert(pid, info.clone());
         Some(info)
+    }
+
+    /// Whether the table entry made for `owner` (a task of process `pid`) describes the process
+    /// of `task` too: the same task with the same start time, or, for another thread, the owner
+    /// still alive in `/proc` (a reused pid means the owner's process is gone). Unknown on
+    /// either side: trusted, as before the kernel gave start times.
+    fn same_process(&self, pid: u32, owner: Option<procfs::Task>, task: Option<procfs::Task>) -> bool {
+        match (owner, task) {
+            (Some(owner), Some(task)) if owner.tid == task.tid => owner.start_ns == task.start_ns,
+            (Some(owner), Some(_)) => procfs::is_task(&self.proc_root, pid, owner),
+            _ => true,
+        }
     }
 
     /// What `/proc/<pid>` tells (see [`procfs::read`]); its cgroup is learned as `cgroup_id`,
@@ -293,6 +315,39 @@ mod tests {
         let mut gone = event(21, 1, Detail::Exit(exit), Hook::TpBtfSchedProcessExit);
         enricher.enrich(&mut gone);
         assert_eq!((gone.process.pgid, gone.process.container_id.as_deref()), (Some(21), Some(id)));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A table entry made for one process does not describe a later process with its pid (its
+    /// exit was lost): the same task id with another start time, or another thread while the
+    /// entry's task is gone from /proc, is a miss; the entry's own task is still a hit.
+    #[test]
+    fn a_table_entry_does_not_describe_a_process_that_reused_its_pid() {
+        let dir = std::env::temp_dir().join(format!("ksense-enrich-reuse-{}", std::process::id()));
+        let proc_dir = dir.join("proc");
+        std::fs::create_dir_all(&proc_dir).unwrap();
+        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), None);
+        let with_start = |mut e: Event, tid: u32, start_ns: u64| {
+            (e.process.tid, e.process.start_ns) = (tid, start_ns);
+            e
+        };
+        let detail = ProcessExec { old_tid: 30, code_start: 0, code_end: 0, exec_path: Some(b"/bin/old".to_vec()), executed_file: None };
+        let mut exec = with_start(event(30, 1, Detail::Exec(detail), Hook::TpBtfSchedProcessExec), 30, 1_000);
+        exec.process.args = Some(vec![b"old".to_vec()].into());
+        enricher.enrich(&mut exec);
+        let exit = || Detail::Exit(ProcessExit { status: 0, process_exit: false });
+        let mut same = with_start(event(30, 1, exit(), Hook::TpBtfSchedProcessExit), 30, 1_000);
+        enricher.enrich(&mut same);
+        assert_eq!(same.process.args.as_deref().map(<[_]>::len), Some(1), "the entry's own task is described");
+        let mut reused = with_start(event(30, 1, exit(), Hook::TpBtfSchedProcessExit), 30, 9_000);
+        enricher.enrich(&mut reused);
+        assert_eq!(reused.process.args, None, "another process with the same pid and task id");
+        let mut exec = with_start(event(30, 1, Detail::Exec(ProcessExec { old_tid: 30, code_start: 0, code_end: 0, exec_path: None, executed_file: None }), Hook::TpBtfSchedProcessExec), 30, 1_000);
+        exec.process.args = Some(vec![b"old".to_vec()].into());
+        enricher.enrich(&mut exec);
+        let mut thread = with_start(event(30, 1, exit(), Hook::TpBtfSchedProcessExit), 31, 5_000);
+        enricher.enrich(&mut thread);
+        assert_eq!(thread.process.args, None, "a thread of a later process, the entry's task gone from /proc");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -28,7 +28,7 @@ pub(super) fn read(proc_root: &Path, pid: u32, with_image: bool, task: Option<Ta
     if !task.is_none_or(|task| is_task(proc_root, pid, task)) {
         return None;
     }
-    Some(ProcInfo { exe, args, args_truncated, pgid, sid, cgroup })
+    Some(ProcInfo { exe, args, args_truncated, pgid, sid, cgroup, owner: task })
 }
 
 /// A task as the kernel described it in an event: its id and start time (CLOCK_MONOTONIC ns).

@@ -165,10 +165,11 @@ fn journald_killed_and_restarted_under_load() {
          {failed} failed, {dropped} dropped; said away {went_away}x, back {came_back}x; {markers} marker(s) until one \
          was in the journal"
     );
-    assert_eq!(delivered + failed + dropped, offered, "every record is delivered to journald or counted");
+    assert_eq!(stopped.sink_accounted("journald"), offered, "every record is delivered to journald or counted");
     assert!(failed > 0, "the marker's entry while journald was away must count as failed");
     assert_eq!((went_away, came_back), (1, 1), "one outage, said once each way:\n{}", stopped.stderr);
-    assert_eq!(stopped.counter("sink_stdout_delivered"), offered, "stdout got every record all along");
+    // stdout has its own queue: what the test's reader could not keep up with is counted.
+    assert_eq!(stopped.sink_accounted("stdout"), offered, "stdout got or counted every record all along");
     journald::ensure();
 }
 

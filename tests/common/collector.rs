@@ -182,7 +182,9 @@ pub fn check_outage_accounting(stopped: &crate::Stopped, collector: &Collector) 
         totals.delivered,
         "the collector got exactly what was counted as delivered"
     );
-    assert_eq!(stopped.counter("sink_stdout_delivered"), totals.written, "the stdout sink delivered every event");
+    // stdout has its own queue: when the test's reader falls behind under load, what it cannot
+    // take is dropped for stdout alone, and counted.
+    assert_eq!(stopped.sink_accounted("stdout"), totals.written, "the stdout sink delivered or counted every event");
     totals
 }
 

@@ -91,6 +91,12 @@ pub struct Stopped {
 }
 
 impl Stopped {
+    /// What sink `name` delivered or counted as dropped (queue full, memory budget, failed,
+    /// rejected): every record it was offered, when nothing went uncounted.
+    pub fn sink_accounted(&self, name: &str) -> u64 {
+        ["delivered", "queue_full", "memory_budget", "failed", "rejected"].iter().map(|c| self.counter(&format!("sink_{name}_{c}"))).sum()
+    }
+
     /// The value of `key=N` in the final counters line.
     pub fn counter(&self, key: &str) -> u64 {
         let totals = stopped_totals(&self.stderr)

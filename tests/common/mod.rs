@@ -240,9 +240,17 @@ impl Ksense {
     /// The first event matching `predicate`, waiting at most `timeout` for it.
     pub fn try_wait_for(&self, timeout: Duration, predicate: impl Fn(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + timeout;
+        // Only events that arrived since the last look are examined: a scan of the whole list
+        // under its lock every few milliseconds would slow the reader enough under load that
+        // ksense's stdout queue fills.
+        let mut examined = 0;
         loop {
-            if let Some(found) = self.events.lock().unwrap().iter().find(|e| predicate(e)) {
-                return Some(found.clone());
+            {
+                let events = self.events.lock().unwrap();
+                if let Some(found) = events[examined..].iter().find(|e| predicate(e)) {
+                    return Some(found.clone());
+                }
+                examined = events.len();
             }
             if Instant::now() > deadline {
                 return None;

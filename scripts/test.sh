@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 cargo build -p ksense -p ksense-e2e --bins || exit 1
+# The arm64 builds the arm64 VM test boots (tests/vm/arm64.rs).
+cargo build --target aarch64-unknown-linux-gnu -p ksense -p ksense-e2e --bins || exit 1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Library, binary and integration tests (the crates have no doc tests to run).

@@ -27,6 +27,7 @@ use std::{
 
 use ksense_e2e::{ksense_bin, target_bin, workload_bin};
 
+mod arm64;
 mod host_bench;
 mod shared;
 use shared::{BENCH_ENV, CHECKS, MODES};
@@ -38,6 +39,12 @@ fn ksense_on_debian_6_1_in_qemu() {
     let started = Instant::now();
     let vm_dir = target_dir().join("vm");
     let vm = Vm::prepare(&vm_dir, None);
+    run_checks(&vm, &vm_dir, started);
+}
+
+/// Boots `vm` with the guest checks (prepared from `started` on) and fails unless every check
+/// of both modes passed; the results go to `vm_dir`.
+fn run_checks(vm: &Vm, vm_dir: &Path, started: Instant) {
     let (release, vmlinuz, fetched, packed) = (&vm.release, &vm.vmlinuz, vm.fetched, vm.packed);
 
     let timeout = Duration::from_secs(env_number("KSENSE_VM_TIMEOUT_SECS", 300));
@@ -56,7 +63,7 @@ fn ksense_on_debian_6_1_in_qemu() {
     }
 
     let mut text = String::new();
-    let _ = writeln!(text, "vm: kernel {release} ({}), qemu -accel tcg -cpu max", vmlinuz.display());
+    let _ = writeln!(text, "vm: kernel {release} ({}), {} {}", vmlinuz.display(), vm.machine.qemu, vm.machine.args.join(" "));
     for line in &results.lines {
         let _ = writeln!(text, "{line}");
     }
@@ -113,6 +120,7 @@ fn ksense_on_debian_6_1_in_qemu() {
 
 /// A kernel fetched and an initramfs packed, ready to boot.
 struct Vm {
+    machine: &'static Machine,
     qemu: PathBuf,
     /// `uname -r` in the guest.
     release: String,
@@ -132,8 +140,7 @@ impl Vm {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
         std::fs::create_dir_all(work).unwrap();
 
-        let qemu = which("qemu-system-x86_64")
-            .unwrap_or_else(|| panic!("qemu-system-x86_64 is not installed: {FIX}"));
+        let qemu = X86_64.qemu_path();
         let busybox = which("busybox").unwrap_or_else(|| panic!("busybox is not installed: {FIX}"));
 
         let kernel_dir = target_dir().join("vm").join("kernel");
@@ -160,15 +167,45 @@ impl Vm {
             ("ksense-vm-guest", target_bin("ksense-vm-guest", "cargo build -p ksense-e2e --bins")),
         ];
         let init = init_script(guest_timeout, bench);
-        build_initramfs(&initrd, &busybox, &binaries, &kernel_dir.join("dummy.ko"), init, work);
-        Vm { qemu, release, vmlinuz, initrd, fetched, packed: started.elapsed() }
+        build_initramfs(&X86_64, &initrd, &busybox, &binaries, &kernel_dir.join("dummy.ko"), init, work);
+        Vm { machine: &X86_64, qemu, release, vmlinuz, initrd, fetched, packed: started.elapsed() }
     }
 
     /// Boots it (see [`boot`]).
     fn boot(&self, timeout: Duration, log: &Path) -> Vec<String> {
-        boot(&self.qemu, &self.vmlinuz, &self.initrd, timeout, log)
+        boot(self.machine, &self.qemu, &self.vmlinuz, &self.initrd, timeout, log)
     }
 }
+
+/// What differs between the guests' architectures: how qemu emulates one, and how the host
+/// prepares binaries for it.
+struct Machine {
+    /// The qemu binary.
+    qemu: &'static str,
+    /// Its machine, CPU and memory options.
+    args: &'static [&'static str],
+    /// The kernel command line.
+    append: &'static str,
+    /// The `strip` that reads this architecture's binaries.
+    strip: &'static str,
+    /// The shared libraries a binary loads: path in the guest -> file on the host.
+    libraries: fn(&Path) -> BTreeMap<String, PathBuf>,
+}
+
+impl Machine {
+    fn qemu_path(&self) -> PathBuf {
+        which(self.qemu).unwrap_or_else(|| panic!("{} is not installed: {FIX}", self.qemu))
+    }
+}
+
+/// The host's own architecture.
+const X86_64: Machine = Machine {
+    qemu: "qemu-system-x86_64",
+    args: &["-accel", "tcg", "-cpu", "max", "-m", "1024"],
+    append: "console=ttyS0 panic=-1 quiet",
+    strip: "strip",
+    libraries: shared_libraries,
+};
 
 /// The target directory this test runs from (target/<profile>/deps/<test>).
 fn target_dir() -> PathBuf {
@@ -217,7 +254,7 @@ poweroff -f
 
 /// Writes the initramfs (an uncompressed newc cpio archive, built here so that every file is
 /// root's and /dev/console exists without mknod).
-fn build_initramfs(out: &Path, busybox: &Path, binaries: &[(&str, PathBuf)], module: &Path, init: String, vm_dir: &Path) {
+fn build_initramfs(machine: &Machine, out: &Path, busybox: &Path, binaries: &[(&str, PathBuf)], module: &Path, init: String, vm_dir: &Path) {
     let mut archive = Cpio::default();
     for dir in ["dev", "proc", "sys", "tmp", "root", "run", "etc", "lib/modules", "lib64", "bin"] {
         archive.dir(dir);
@@ -236,17 +273,17 @@ fn build_initramfs(out: &Path, busybox: &Path, binaries: &[(&str, PathBuf)], mod
         archive.symlink(&format!("bin/{applet}"), "busybox");
     }
     let mut libraries = BTreeMap::new();
-    libraries.extend(shared_libraries(busybox));
+    libraries.extend((machine.libraries)(busybox));
     let stage = vm_dir.join("stage");
     std::fs::create_dir_all(&stage).unwrap();
     for (name, path) in binaries {
         assert!(path.is_file(), "{} is missing: build it with `cargo build -p ksense -p ksense-e2e --bins`", path.display());
-        archive.file(&format!("bin/{name}"), 0o755, stripped(path, &stage.join(name)));
-        libraries.extend(shared_libraries(path));
+        archive.file(&format!("bin/{name}"), 0o755, stripped(machine.strip, path, &stage.join(name)));
+        libraries.extend((machine.libraries)(path));
     }
-    for library in libraries.keys() {
-        // Same path as on the host; fs::read follows the symlinks (ld-linux in /lib64 is one).
-        archive.file(library.trim_start_matches('/'), 0o755, read(Path::new(library)));
+    for (library, file) in &libraries {
+        // fs::read follows the symlinks (ld-linux in /lib64 is one).
+        archive.file(library.trim_start_matches('/'), 0o755, read(file));
     }
     std::fs::write(out, archive.finish()).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 }
@@ -257,8 +294,8 @@ fn read(path: &Path) -> Vec<u8> {
 
 /// The binary without its debug information (a debug ksense is 70 MB, a tenth of it without),
 /// or as it is when `strip` is not there.
-fn stripped(path: &Path, staged: &Path) -> Vec<u8> {
-    let ok = Command::new("strip")
+fn stripped(strip: &str, path: &Path, staged: &Path) -> Vec<u8> {
+    let ok = Command::new(strip)
         .arg("--strip-debug")
         .arg("-o")
         .arg(staged)
@@ -268,8 +305,9 @@ fn stripped(path: &Path, staged: &Path) -> Vec<u8> {
     if ok { read(staged) } else { read(path) }
 }
 
-/// The absolute paths `ldd` lists for `binary` (libraries and the dynamic loader).
-fn shared_libraries(binary: &Path) -> BTreeMap<String, ()> {
+/// The absolute paths `ldd` lists for `binary` (libraries and the dynamic loader), at the same
+/// paths in the guest.
+fn shared_libraries(binary: &Path) -> BTreeMap<String, PathBuf> {
     let out = Command::new("ldd").arg(binary).output().unwrap_or_else(|e| panic!("cannot run ldd: {e}"));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut libraries = BTreeMap::new();
@@ -280,7 +318,7 @@ fn shared_libraries(binary: &Path) -> BTreeMap<String, ()> {
             None => line.split_whitespace().next(),
         };
         if let Some(path) = path.filter(|p| p.starts_with('/')) {
-            libraries.insert(path.to_owned(), ());
+            libraries.insert(path.to_owned(), PathBuf::from(path));
         }
     }
     assert!(
@@ -357,13 +395,14 @@ fn pad4(out: &mut Vec<u8>) {
 
 /// Boots the kernel with the initramfs and returns the console, line by line. Kills qemu and
 /// fails, showing the console's tail, when it runs longer than `timeout`.
-fn boot(qemu: &Path, vmlinuz: &Path, initrd: &Path, timeout: Duration, log: &Path) -> Vec<String> {
+fn boot(machine: &Machine, qemu: &Path, vmlinuz: &Path, initrd: &Path, timeout: Duration, log: &Path) -> Vec<String> {
     let mut child = Command::new(qemu)
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-nographic", "-no-reboot", "-kernel"])
+        .args(machine.args)
+        .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-append", machine.append])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -281,8 +281,20 @@ fn excluded_by_mode(mode: AttachMode, hook: Hook) -> Option<String> {
 /// loaded and says why.
 fn load_and_attach(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>) -> Result<Vec<&'static str>, String> {
     let mut loaded: Vec<&'static str> = Vec::new();
+    // A program's further plain tracepoints may be missing from this kernel: `pkey_mprotect`, the
+    // mprotect hook's second syscall, exists only where the CPU has memory protection keys (x86
+    // with PKU; not arm64 before 6.12). Such a place is left out; its first one is required.
+    let tracefs = offsets::tracefs_root();
+    let absent = |target: &str| {
+        hook.family() == HookFamily::Tracepoint
+            && tracefs.as_ref().is_some_and(|root| !root.join("events").join(target).is_dir())
+    };
     let result = hook.attachments().iter().try_for_each(|&(program, target)| {
         let fresh = !loaded.contains(&program);
+        if !fresh && absent(target) {
+            tracing::debug!(probe = %probe_name(hook), "{target} is not in this kernel's tracefs: not attached there");
+            return Ok(());
+        }
         let result = attach_one(ebpf, hook.family(), program, target, fresh, btf);
         if fresh && result.is_ok() {
             loaded.push(program);

@@ -57,8 +57,9 @@ for arch in "- strip amd64 x86_64" "aarch64-unknown-linux-gnu aarch64-linux-gnu-
     # aarch64-linux-gnu-strip and resolves the dependencies against the arm64 C library.
     cargo deb -p ksense --no-build "${target[@]}" -o target/debian/ >/dev/null
     log "building the $rpm_arch .rpm"
-    # cargo-deb strips the binary it packs; cargo-generate-rpm does not, so it packs this copy.
-    "$strip" --strip-unneeded -o "$out/ksense" "$release/ksense"
+    # cargo-deb strips the binary it packs; cargo-generate-rpm does not, so it packs this copy,
+    # stripped as cargo-deb strips.
+    "$strip" --strip-unneeded --remove-section=.comment --remove-section=.note -o "$out/ksense" "$release/ksense"
     cargo generate-rpm -p shipper "${target[@]}" --arch "$rpm_arch" -o target/generate-rpm/
     for f in "target/debian/ksense_$version-1_$deb_arch.deb" "target/generate-rpm/ksense-$version-1.$rpm_arch.rpm"; do
         [ -f "$f" ] || { log "missing package: $f"; exit 1; }

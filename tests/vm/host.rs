@@ -47,7 +47,7 @@ fn ksense_on_debian_6_1_in_qemu() {
 fn run_checks(vm: &Vm, vm_dir: &Path, started: Instant) {
     let (release, vmlinuz, fetched, packed) = (&vm.release, &vm.vmlinuz, vm.fetched, vm.packed);
 
-    let timeout = Duration::from_secs(env_number("KSENSE_VM_TIMEOUT_SECS", 300));
+    let timeout = Duration::from_secs(env_number("KSENSE_VM_TIMEOUT_SECS", vm.machine.timeout_secs));
     let console = vm.boot(timeout, &vm_dir.join("console.log"));
     let booted = started.elapsed();
 
@@ -191,6 +191,8 @@ struct Machine {
     args: &'static [&'static str],
     /// The kernel command line.
     append: &'static str,
+    /// qemu's hard limit, boot to power-off, unless `$KSENSE_VM_TIMEOUT_SECS` says otherwise.
+    timeout_secs: u64,
     /// The `strip` that reads this architecture's binaries.
     strip: &'static str,
     /// The shared libraries a binary loads: path in the guest -> file on the host.
@@ -208,6 +210,7 @@ const X86_64: Machine = Machine {
     qemu: "qemu-system-x86_64",
     args: &["-accel", "tcg", "-cpu", "max", "-m", "1024"],
     append: "console=ttyS0 panic=-1 quiet",
+    timeout_secs: 300,
     strip: "strip",
     libraries: shared_libraries,
 };

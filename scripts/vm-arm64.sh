@@ -88,7 +88,7 @@ else
 fi
 
 rm -f "$dest"/vmlinuz-*
-# The arm64 package's image is a gzip-compressed Image; qemu's -kernel takes it as it is.
+# The arm64 package's vmlinuz is the kernel's uncompressed Image, which qemu -kernel boots.
 mv "$vmlinuz" "$dest/vmlinuz-$release"
 mv "$work/dummy.ko" "$dest/dummy.ko"
 mv "$work/root/bin/busybox" "$dest/busybox"

@@ -16,6 +16,7 @@ MATRIX = [
     ("5.10-amd64", "Debian 11, 5.10 (amd64)"),
     ("6.1-amd64", "Debian 12, 6.1 (amd64)"),
     ("6.12-amd64", "Debian 12, 6.12 (amd64)"),
+    ("6.1-arm64", "Debian 12, 6.1 (arm64)"),
 ]
 MODES = ["fentry", "tracepoint"]
 
@@ -27,7 +28,9 @@ as the VM tests (`tests/vm`, [VM.md](VM.md)) ran it on each kernel of the matrix
 them by hand.
 
 The default attach mode (`auto`) tries the hooks in the same order as `fentry` mode: on every
-kernel below, which all have BPF trampolines, it chooses what the `fentry` column shows. The
+amd64 kernel below, which all have BPF trampolines, it chooses what the `fentry` column shows;
+on arm64 6.1, which has none for kernel functions (arm64 has them from 6.4), where `fentry`
+shows none it chooses what the `tracepoint` column shows. The
 `tracepoint` mode never uses trampolines (`[probes] attach = "tracepoint"`, `--attach
 tracepoint`).
 """
@@ -45,7 +48,7 @@ helper or feature and the release that added it):
 
 | kernel | what it adds | below it |
 | --- | --- | --- |
-| 5.5 (x86-64), 6.0 (arm64) | BPF trampolines: `fentry`/`fexit` | the `tp_btf`/`tracepoint` hooks are used: the same events and fields; the fork hook fires in `copy_process` rather than once `kernel_clone` returns |
+| 5.5 (x86-64), 6.4 (arm64) | BPF trampolines: `fentry`/`fexit` | the `tp_btf`/`tracepoint` hooks are used: the same events and fields; the fork hook fires in `copy_process` rather than once `kernel_clone` returns |
 | 5.5 | BTF-typed tracepoints (`tp_btf`), `bpf_probe_read_kernel` | (below 5.8 anyway) |
 | 5.8 | the ring buffer | nothing loads |
 | 5.11 | `bpf_get_current_task_btf` | the `mprotect` tracepoint hook walks the VMA tree instead of calling `bpf_find_vma` |

@@ -21,9 +21,11 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # busybox to build and boot an initramfs on Debian's 5.10, 6.1 and 6.12 kernels, the archive
 # keyring their private apt configuration checks against and xz for 6.12's modules; for the packages
 # (scripts/package.sh, tests/package.rs) dpkg-dev (cargo-deb's dependency resolution and strip)
-# and rpm (to list and check the .rpm).
+# and rpm (to list and check the .rpm); for the arm64 build, its packages and its VM test
+# (tests/vm/arm64.rs) the cross C compiler and linker, the arm64 C library and qemu for arm64.
 APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev systemd python3-venv
-              qemu-system-x86 cpio busybox-static debian-archive-keyring xz-utils dpkg-dev rpm)
+              qemu-system-x86 cpio busybox-static debian-archive-keyring xz-utils dpkg-dev rpm
+              gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -42,6 +44,13 @@ fi
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
     log "adding rust-src to nightly"
     rustup component add rust-src --toolchain nightly
+fi
+
+# The arm64 standard library for the cross build (linked by aarch64-linux-gnu-gcc, as
+# .cargo/config.toml says).
+if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+    log "adding the Rust target aarch64-unknown-linux-gnu"
+    rustup target add aarch64-unknown-linux-gnu
 fi
 
 # bpf-linker, linked against Debian's LLVM 22.

@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 cargo build -p ksense -p ksense-e2e --bins || exit 1
+# The arm64 builds the arm64 VM test boots (tests/vm/arm64.rs): release, as the arm64 packages
+# hold (scripts/package.sh reuses this build); ksense on its own, so that its dependencies'
+# features are the ones a package build resolves.
+cargo build --release --target aarch64-unknown-linux-gnu -p ksense || exit 1
+cargo build --release --target aarch64-unknown-linux-gnu -p ksense-e2e --bins || exit 1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Library, binary and integration tests (the crates have no doc tests to run).

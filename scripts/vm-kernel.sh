@@ -4,6 +4,8 @@
 #   <dest>/vmlinuz-<release>   the kernel image qemu boots
 #   <dest>/dummy.ko            drivers/net/dummy.ko, uncompressed, for the module-load check
 #   <dest>/release             the release string (uname -r inside the VM)
+#   <dest>/busybox             for arm64 only: busybox-static's static busybox of that
+#                              architecture (amd64 guests get the host's)
 #
 # Usage: scripts/vm-kernel.sh [<kernel> [<arch> [<dest>]]]
 #   <kernel>  5.10 (Debian 11), 6.1 or 6.12 (Debian 12); default 6.1
@@ -38,8 +40,12 @@ esac
 mkdir -p "$dest"
 dest=$(cd "$dest" && pwd)
 
+# A guest of another architecture than the host's needs that architecture's busybox too.
+extra=()
+[ "$arch" = amd64 ] || extra=(busybox-static:"$arch")
 cached() {
-    [ -s "$dest/release" ] && [ -s "$dest/dummy.ko" ] && [ -s "$dest/vmlinuz-$(cat "$dest/release")" ]
+    [ -s "$dest/release" ] && [ -s "$dest/dummy.ko" ] && [ -s "$dest/vmlinuz-$(cat "$dest/release")" ] \
+        && { [ "$arch" = amd64 ] || [ -x "$dest/busybox" ]; }
 }
 if cached; then
     log "cached: $dest/vmlinuz-$(cat "$dest/release")"
@@ -85,10 +91,11 @@ trap 'rm -rf "$work"' EXIT
 log "downloading $package (50 to 110 MB)"
 # apt-get download writes into the current directory. As root, apt warns that its _apt user
 # cannot write there; the download still happens (unsandboxed), so the warning is dropped.
-(cd "$work" && apt-get "${apt_private[@]}" download -q "$package:$arch" 2> >(grep -v 'unsandboxed as root' >&2)) \
-    || die "apt-get download $package failed"
-deb=$(ls "$work"/*.deb)
-dpkg -x "$deb" "$work/root" || die "dpkg -x $deb failed"
+(cd "$work" && apt-get "${apt_private[@]}" download -q "$package:$arch" "${extra[@]}" 2> >(grep -v 'unsandboxed as root' >&2)) \
+    || die "apt-get download $package ${extra[*]} failed"
+for deb in "$work"/*.deb; do
+    dpkg -x "$deb" "$work/root" || die "dpkg -x $deb failed"
+done
 
 vmlinuz="$work/root/boot/vmlinuz-$release"
 [ -s "$vmlinuz" ] || die "$package holds no boot/vmlinuz-$release"
@@ -105,7 +112,12 @@ else
 fi
 
 rm -f "$dest"/vmlinuz-*
+# (The arm64 package's vmlinuz is the kernel's uncompressed Image, which qemu -kernel boots.)
 mv "$vmlinuz" "$dest/vmlinuz-$release"
 mv "$work/dummy.ko" "$dest/dummy.ko"
+if [ "$arch" != amd64 ]; then
+    [ -x "$work/root/bin/busybox" ] || die "busybox-static:$arch holds no bin/busybox"
+    mv "$work/root/bin/busybox" "$dest/busybox"
+fi
 echo "$release" > "$dest/release"
 log "cached $package: $dest/vmlinuz-$release and dummy.ko"

@@ -50,9 +50,13 @@ const RPM_ZSH: &str = "/usr/share/zsh/site-functions/_ksense";
 /// Steps that change this machine's package or unit state run one at a time.
 static MACHINE: Mutex<()> = Mutex::new(());
 
+/// The packages of this machine's architecture (x86_64), which the tests install and run, and
+/// the cross-built arm64 ones, whose contents are checked.
 struct Packages {
     deb: PathBuf,
     rpm: PathBuf,
+    arm64_deb: PathBuf,
+    arm64_rpm: PathBuf,
 }
 
 /// Builds both packages with scripts/package.sh, once for all the tests here.
@@ -69,11 +73,11 @@ fn packages() -> &'static Packages {
             .expect("cannot run bash");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "scripts/package.sh: {}\n{stdout}\n{}", out.status, tail(&out.stderr, 6000));
-        // One "PATH<TAB>N bytes" line per package.
+        // One "PATH<TAB>N bytes" line per package; `ext` is how the file name ends.
         let path = |ext: &str| {
             let line = stdout.lines().find(|l| l.split('\t').next().is_some_and(|p| p.ends_with(ext)));
             let rel = line
-                .unwrap_or_else(|| panic!("scripts/package.sh printed no {ext} path:\n{stdout}"))
+                .unwrap_or_else(|| panic!("scripts/package.sh printed no *{ext} path:\n{stdout}"))
                 .split('\t')
                 .next()
                 .unwrap();
@@ -81,7 +85,12 @@ fn packages() -> &'static Packages {
             assert!(path.is_file(), "{} is missing", path.display());
             path
         };
-        Packages { deb: path(".deb"), rpm: path(".rpm") }
+        Packages {
+            deb: path("_amd64.deb"),
+            rpm: path(".x86_64.rpm"),
+            arm64_deb: path("_arm64.deb"),
+            arm64_rpm: path(".aarch64.rpm"),
+        }
     })
 }
 
@@ -193,7 +202,7 @@ fn deb_installs_runs_under_the_units_limits_and_purges() {
 
 #[test]
 fn rpm_holds_the_same_files_and_the_systemd_scripts() {
-    let Packages { deb, rpm } = packages();
+    let Packages { deb, rpm, .. } = packages();
     let rpm = rpm.to_str().unwrap();
 
     // The file list: the .deb's, from the same metadata.
@@ -338,6 +347,48 @@ fn unit_runs_hardened_under_systemd_in_a_vm() {
 }
 
 /// The files (not directories) in a .deb, as absolute paths.
+/// Per architecture: the .deb's `Architecture:`, the .rpm's `%{ARCH}`, the binary's ELF machine
+/// (`e_machine`: 62 x86-64, 183 AArch64), and for both packages the same file list, the binary
+/// being one for that CPU, and a C library dependency on that architecture's `libc6` (not the
+/// cross-compiler's `libc6-arm64-cross`).
+#[test]
+fn both_architectures_packages_hold_their_own_binary() {
+    let packages = packages();
+    let amd64 = (&packages.deb, &packages.rpm, "amd64", "x86_64", 62);
+    let arm64 = (&packages.arm64_deb, &packages.arm64_rpm, "arm64", "aarch64", 183);
+    for (deb, rpm, deb_arch, rpm_arch, machine) in [amd64, arm64] {
+        let (deb, rpm) = (deb.to_str().unwrap(), rpm.to_str().unwrap());
+        assert_eq!(run("dpkg-deb", &["-f", deb, "Architecture"]).trim(), deb_arch, "{deb}");
+        // dpkg-shlibdeps names the C library of a cross build with its architecture: `libc6:arm64`.
+        let depends = run("dpkg-deb", &["-f", deb, "Depends"]);
+        let libc = depends.split([' ', ',']).next().unwrap_or_default();
+        assert!(libc == "libc6" || libc == format!("libc6:{deb_arch}"), "{deb} depends on {depends:?}");
+        assert_eq!(run("rpm", &["-qp", "--qf", "%{ARCH}", rpm]), rpm_arch, "{rpm}");
+
+        let from_deb = pipe(&format!("dpkg-deb --fsys-tarfile '{deb}' | tar -xO ./usr/bin/ksense"));
+        let from_rpm = pipe(&format!("rpm2cpio '{rpm}' | cpio -i --quiet --to-stdout ./usr/bin/ksense"));
+        for (package, binary) in [(deb, &from_deb), (rpm, &from_rpm)] {
+            assert!(binary.starts_with(b"\x7fELF\x02\x01"), "{package}: /usr/bin/ksense is no 64-bit little-endian ELF");
+            let e_machine = u16::from_le_bytes([binary[18], binary[19]]);
+            assert_eq!(e_machine, machine, "{package}: /usr/bin/ksense is for ELF machine {e_machine}, not {rpm_arch}");
+        }
+    }
+    assert_eq!(deb_files(&packages.deb), deb_files(&packages.arm64_deb), "both .debs install the same files");
+    assert_eq!(
+        run("rpm", &["-qlp", packages.rpm.to_str().unwrap()]),
+        run("rpm", &["-qlp", packages.arm64_rpm.to_str().unwrap()]),
+        "both .rpms install the same files"
+    );
+}
+
+/// The standard output of a shell pipeline whose last command must succeed (rpm2cpio fails
+/// when cpio stops reading after the file it wanted; what comes out is checked by the caller).
+fn pipe(script: &str) -> Vec<u8> {
+    let out = Command::new("bash").args(["-c", script]).output().unwrap();
+    assert!(out.status.success(), "{script}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 fn deb_files(deb: &Path) -> BTreeSet<String> {
     run("dpkg-deb", &["-c", deb.to_str().unwrap()])
         .lines()

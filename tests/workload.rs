@@ -46,8 +46,8 @@ fn main() {
         }
         Some("mprotect-anon-rx") => {
             let page = anonymous_page();
-            // x86-64 `ret`: a stand-in for code a JIT would write.
-            unsafe { *(page as *mut u8) = 0xc3 };
+            // A stand-in for code a JIT would write.
+            unsafe { std::ptr::copy_nonoverlapping(RET.as_ptr(), page as *mut u8, RET.len()) };
             protect(page, libc::PROT_READ | libc::PROT_EXEC);
             println!("page={page:#x}");
         }
@@ -139,6 +139,12 @@ fn exec_flood(n: usize, bytes: usize) {
 }
 
 const PAGE: usize = 4096;
+
+/// This architecture's `ret` instruction.
+#[cfg(target_arch = "aarch64")]
+const RET: [u8; 4] = 0xd65f_03c0_u32.to_le_bytes();
+#[cfg(not(target_arch = "aarch64"))]
+const RET: [u8; 1] = [0xc3];
 
 fn page_of(addr: usize) -> usize {
     addr & !(PAGE - 1)

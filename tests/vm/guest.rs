@@ -108,6 +108,14 @@ fn main() {
         };
         report("probes", checked);
         let probes = probes.ok();
+        if mode == "fentry" && probes.as_ref().is_some_and(|p| !any_trampoline(p)) {
+            // A kernel without trampolines for kernel functions (arm64 before 6.4): each check
+            // would only wait out its timeout.
+            for check in &CHECKS[1..] {
+                report(check, Err("not run: no fentry/fexit hook attached on this kernel (see the probes check)".into()));
+            }
+            continue;
+        }
 
         let ksense = match catch(|| Ksense::start(&["--attach", mode])) {
             Ok(ksense) => ksense,
@@ -157,6 +165,11 @@ fn probes_report(mode: &str) -> Value {
 /// The hook chosen for `event`, if any.
 fn chosen<'a>(report: &'a Value, event: &str) -> Option<&'a str> {
     report["kinds"].as_array()?.iter().find(|k| k["event"] == event)?["chosen"].as_str()
+}
+
+/// Whether any kind chose an fentry or fexit hook.
+fn any_trampoline(report: &Value) -> bool {
+    report["kinds"].as_array().into_iter().flatten().filter_map(|k| k["chosen"].as_str()).any(|c| c.starts_with("fentry/") || c.starts_with("fexit/"))
 }
 
 fn check_probes(mode: &str, report: &Value) {

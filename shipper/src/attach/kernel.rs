@@ -91,6 +91,19 @@ pub fn log_tail(log: &str) -> String {
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }
 
+/// The kernel's internal "not supported" error number, which reaches user space when a BPF
+/// trampoline cannot be made (no `errno` name in libc).
+const ENOTSUPP: i32 = 524;
+
+const NO_TRAMPOLINES: &str = "this kernel cannot attach BPF trampolines (fentry/fexit) to kernel functions on \
+     this architecture: x86-64 has them from Linux 5.5, arm64 from 6.4 (ftrace direct calls)";
+
+/// A refused attach in words, for the error numbers that have a cause worth naming; `None`
+/// for the rest, which are shown as they are.
+pub fn explain_attach_error(errno: i32) -> Option<&'static str> {
+    (errno == ENOTSUPP).then_some(NO_TRAMPOLINES)
+}
+
 /// A refused load in words: what the kernel lacks (and since which release it exists) or what
 /// forbids the program, from the error number and the verifier log. Ends with the raw error.
 pub fn explain_load_error(errno: Option<i32>, raw: &str, verifier_log: &str) -> String {
@@ -112,8 +125,7 @@ pub fn explain_load_error(errno: Option<i32>, raw: &str, verifier_log: &str) -> 
             Some(libc::EPERM) => "not permitted here: the kernel's security policy (an LSM, lockdown, a sandbox) \
                                   forbids this program type, or ksense lacks CAP_BPF and CAP_PERFMON"
                 .to_owned(),
-            Some(524) => "this kernel or architecture has no BPF trampolines (fentry/fexit: x86-64 5.5+, arm64 6.0+)"
-                .to_owned(),
+            Some(ENOTSUPP) => NO_TRAMPOLINES.to_owned(),
             Some(libc::E2BIG) => "the program is larger than this kernel accepts".to_owned(),
             Some(libc::ESRCH | libc::ENOENT) => "the kernel function or tracepoint is not there".to_owned(),
             _ => "the verifier refused it (run `ksense -v probes` for the end of its log)".to_owned(),
@@ -184,5 +196,12 @@ mod tests {
         let tail = log_tail(&log);
         assert_eq!(tail.lines().count(), LOG_TAIL_LINES);
         assert!(tail.ends_with("line 39"));
+    }
+
+    #[test]
+    fn a_trampoline_refused_at_attach_names_the_release_per_architecture() {
+        let words = explain_attach_error(ENOTSUPP).expect("524 explained");
+        assert!(words.contains("arm64 from 6.4") && words.contains("x86-64 has them from Linux 5.5"), "{words}");
+        assert_eq!(explain_attach_error(libc::EINVAL), None);
     }
 }

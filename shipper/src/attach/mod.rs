@@ -309,9 +309,21 @@ fn excluded_by_mode(mode: AttachMode, hook: Hook) -> Option<String> {
 /// loaded and says why. `vma_tree`: use the mprotect enter program that walks the VMA tree.
 fn load_and_attach(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>, vma_tree: bool) -> Result<Vec<&'static str>, String> {
     let mut loaded: Vec<&'static str> = Vec::new();
+    // A program's further plain tracepoints may be missing from this kernel: `pkey_mprotect`, the
+    // mprotect hook's second syscall, exists only where the CPU has memory protection keys (x86
+    // with PKU; not arm64 before 6.12). Such a place is left out; its first one is required.
+    let tracefs = offsets::tracefs_root();
+    let absent = |target: &str| {
+        hook.family() == HookFamily::Tracepoint
+            && tracefs.as_ref().is_some_and(|root| !root.join("events").join(target).is_dir())
+    };
     let result = hook.attachments().iter().try_for_each(|&(program, target)| {
         let program = if vma_tree { kernel::without_find_vma(program) } else { program };
         let fresh = !loaded.contains(&program);
+        if !fresh && absent(target) {
+            tracing::debug!(probe = %probe_name(hook), "{target} is not in this kernel's tracefs: not attached there");
+            return Ok(());
+        }
         let result = attach_one(ebpf, hook.family(), program, target, fresh, btf);
         if fresh && result.is_ok() {
             loaded.push(program);
@@ -399,12 +411,18 @@ fn explain(program: &str, target: &str, error: &ProgramError) -> String {
         }
         other => {
             let mut text = other.to_string();
+            let mut words = None;
             let mut source = std::error::Error::source(other);
             while let Some(s) = source {
                 text.push_str(&format!(": {s}"));
+                let errno = s.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error);
+                words = words.or_else(|| errno.and_then(kernel::explain_attach_error));
                 source = s.source();
             }
-            format!("{target}: {text}")
+            match words {
+                Some(words) => format!("{words} [{target}: {text}]"),
+                None => format!("{target}: {text}"),
+            }
         }
     }
 }

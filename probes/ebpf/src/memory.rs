@@ -65,8 +65,8 @@ enum Scratch {
 }
 
 impl Scratch {
-    /// Slots in [`MEMORY_SCRATCH`].
-    const SLOTS: u32 = 4;
+    /// Slots in [`MEMORY_SCRATCH`]: one per variant.
+    const SLOTS: u32 = Scratch::SysExit as u32 + 1;
 }
 
 /// fentry `mprotect_fixup(..., vma, ..., start, end, newflags)`; argument positions come from

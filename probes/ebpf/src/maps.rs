@@ -17,8 +17,10 @@
 //!   counts runs in the per-CPU `prog->active` and skips one that finds it taken
 //!   (`bpf_prog_inc_misses_counter`); a preempted run keeps it taken until it ends.
 //! - BTF tracepoint programs run from `__bpf_trace_run` (kernel/trace/bpf_trace.c), called by
-//!   the tracepoint with preemption disabled (`__DO_TRACE`; `cant_sleep()` checks it), and also
-//!   guarded by `prog->active`. Plain tracepoint programs run from `trace_call_bpf`, under
+//!   the tracepoint with preemption disabled (`__DO_TRACE`; `cant_sleep()` checks it). Recent
+//!   kernels also guard them with `prog->active`, which still keeps one program from running
+//!   twice at once on a CPU should PREEMPT_RT tracepoints disable only migration (as proposed
+//!   with SRCU-protected tracepoints). Plain tracepoint programs run from `trace_call_bpf`, under
 //!   `perf_trace_*` and `perf_syscall_enter`/`perf_syscall_exit`, which disable preemption (the
 //!   syscall ones do so themselves since those tracepoints may fault), and its per-CPU
 //!   `bpf_prog_active` refuses to start any kprobe or tracepoint program while one runs there.

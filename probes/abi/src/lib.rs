@@ -9,6 +9,7 @@
 //! This crate is layout only: no decoding, no allocation. Decoding lives in the daemon.
 #![no_std]
 #![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod config;
 pub mod exec;

@@ -130,9 +130,11 @@ pub struct CoalesceState {
 /// Name of the coalescing map (an LRU hash of [`CoalesceKey`] -> [`CoalesceState`]).
 pub const COALESCE_MAP: &str = "MEMORY_COALESCE";
 
-// SAFETY: plain old data, no padding (u32/u64 fields in size order).
+// SAFETY: plain old data, no padding (u32/u64 fields in size order); every bit pattern is a
+// valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CoalesceKey {}
-// SAFETY: plain old data: u64 fields followed by an all-integer record.
+// SAFETY: plain old data without padding: u64 fields followed by an all-integer record whose
+// size is asserted above; every bit pattern is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CoalesceState {}

@@ -4,7 +4,8 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
-    macros::{btf_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::PerCpuArray,
     programs::{BtfTracePointContext, TracePointContext},
 };
 use ksense_abi::{
@@ -13,9 +14,15 @@ use ksense_abi::{
 };
 
 use crate::{
-    maps::{EXEC_SCRATCH, config, count_lost, excluded, output},
+    maps::{config, count_lost, excluded, output},
     task::{code_range, current, fill_current, have_offsets, header, read, read_ptr},
 };
+
+/// Per-CPU room to build an exec record, too large for the 512-byte BPF stack. One slot: the
+/// daemon attaches one of the two programs below, never both, and a tracepoint program cannot
+/// be preempted or run twice at once on one CPU (see "Scratch slots and preemption" in `maps`).
+#[map]
+static EXEC_SCRATCH: PerCpuArray<Exec> = PerCpuArray::with_max_entries(1, 0);
 
 /// BTF tracepoint `sched_process_exec(struct task_struct *p, pid_t old_pid,
 /// struct linux_binprm *bprm)`.
@@ -32,8 +39,11 @@ pub fn tp_btf_sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 #[tracepoint]
 pub fn tracepoint_sched_process_exec(ctx: TracePointContext) -> i32 {
     let (old_tid_at, loc_at) = (config!(tracepoint.exec_old_pid), config!(tracepoint.exec_filename));
+    // SAFETY: `bpf_probe_read_kernel` from the tracepoint record; a bad offset fails with an
+    // error instead of faulting.
     let old_tid = unsafe { ctx.read_at::<u32>(old_tid_at as usize) }.unwrap_or(0);
     // __data_loc: low 16 bits are the string's offset in the record, high 16 its length.
+    // SAFETY: as above.
     let loc = unsafe { ctx.read_at::<u32>(loc_at as usize) }.unwrap_or(0);
     let filename = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
     emit(Hook::TracepointSchedProcessExec, old_tid, filename);
@@ -46,7 +56,9 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
         count_lost(EventKind::Exec);
         return;
     };
-    // SAFETY: a per-CPU map value, used by one program at a time on this CPU.
+    // SAFETY: this CPU's slot, valid for the program's run, and no other run writes it until
+    // this one ends: the only program using it cannot be preempted or re-entered on this CPU
+    // (see `EXEC_SCRATCH`).
     let ev = unsafe { &mut *ev };
     ev.task = Default::default();
     fill_current(&mut ev.task);
@@ -56,6 +68,8 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
     ev.old_tid = old_tid;
     ev.flags = 0;
 
+    // SAFETY: writes at most FILENAME_CAP bytes, the start of `data`; reading the kernel
+    // address `filename` fails with an error instead of faulting.
     let n = unsafe { bpf_probe_read_kernel_str(ev.data.as_mut_ptr().cast(), FILENAME_CAP as u32, filename.cast()) };
     // The mask changes nothing (n <= FILENAME_CAP) but shows the verifier that argv, written
     // right after the name, stays inside `data`.
@@ -88,7 +102,9 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
         }
         let len = if len > ARGS_CAP { ARGS_CAP } else { len };
         if len > 0 {
-            // SAFETY: filename_len < FILENAME_CAP and len <= ARGS_CAP: inside `data`.
+            // SAFETY: writes `len` bytes from `filename_len`: inside `data`, as filename_len <
+            // FILENAME_CAP and len <= ARGS_CAP. The user address range `start..start + len` is
+            // not trusted: `bpf_probe_read_user` fails with an error on any unmapped page.
             let read = unsafe {
                 let at = ev.data.as_mut_ptr().add(filename_len);
                 bpf_probe_read_user(at.cast(), len as u32, start as *const core::ffi::c_void)
@@ -104,7 +120,9 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
 
     let size = Exec::fixed_size() + filename_len + args_len;
     ev.header = header(hook, size);
-    // SAFETY: size <= size_of::<Exec>(): filename_len < FILENAME_CAP, args_len <= ARGS_CAP.
+    // SAFETY: the first `size` bytes of `*ev`, all initialized (the fixed fields were written
+    // above, `data` up to `filename_len + args_len` by the reads), and size <= size_of::<Exec>()
+    // as filename_len < FILENAME_CAP and args_len <= ARGS_CAP.
     let bytes = unsafe { core::slice::from_raw_parts((ev as *const Exec).cast::<u8>(), size) };
     output(EventKind::Exec, bytes);
 }

@@ -104,6 +104,7 @@ fn is_process_exit(live_after: i32) -> bool {
         }
         return false;
     }
+    // SAFETY: only whether the entry exists is used, not its value.
     if !is_leader && unsafe { EXIT_LEADER_GONE.get(&key) }.is_none() {
         return false;
     }

@@ -48,7 +48,10 @@ pub fn tp_btf_task_newtask(ctx: BtfTracePointContext) -> i32 {
 #[tracepoint]
 pub fn tracepoint_task_newtask(ctx: TracePointContext) -> i32 {
     let (tid_at, flags_at) = (config!(tracepoint.newtask_pid), config!(tracepoint.newtask_clone_flags));
+    // SAFETY: `bpf_probe_read_kernel` from the tracepoint record; a bad offset fails with an
+    // error instead of faulting.
     let tid = unsafe { ctx.read_at::<u32>(tid_at as usize) }.unwrap_or(0);
+    // SAFETY: as above.
     let flags = unsafe { ctx.read_at::<u64>(flags_at as usize) }.unwrap_or(0);
     // The child's image is a copy of the parent's until it execs.
     emit(Hook::TracepointTaskNewtask, flags, || Child { tid, tgid: None, start_ns: 0, code: code_range(current()) });

@@ -44,9 +44,30 @@ static MEMORY_COALESCE: LruHashMap<CoalesceKey, CoalesceState> = LruHashMap::wit
 #[map]
 static MPROTECT_INFLIGHT: HashMap<u32, Memory> = HashMap::with_max_entries(16384, 0);
 
-/// Per-CPU room to build a record and its coalescing state (too large for the stack).
+/// Per-CPU room to build a record and its coalescing state (too large for the stack): one slot
+/// per [`Scratch`] user, since the fentry and fexit programs run together and either can be
+/// preempted halfway (see "Scratch slots and preemption" in `maps`).
 #[map]
-static MEMORY_SCRATCH: PerCpuArray<CoalesceState> = PerCpuArray::with_max_entries(1, 0);
+static MEMORY_SCRATCH: PerCpuArray<CoalesceState> = PerCpuArray::with_max_entries(Scratch::SLOTS, 0);
+
+/// The program building a record, which owns its slot of [`MEMORY_SCRATCH`]. The two syscall
+/// enter programs share one: the daemon attaches one of them, never both.
+#[derive(Clone, Copy)]
+enum Scratch {
+    /// `fentry_mprotect_fixup`.
+    MprotectFixup,
+    /// `fexit_do_mprotect_pkey`.
+    DoMprotectPkey,
+    /// `tracepoint_sys_enter_mprotect` or `tracepoint_sys_enter_mprotect_vma_tree`.
+    SysEnter,
+    /// `tracepoint_sys_exit_mprotect`.
+    SysExit,
+}
+
+impl Scratch {
+    /// Slots in [`MEMORY_SCRATCH`]: one per variant.
+    const SLOTS: u32 = Scratch::SysExit as u32 + 1;
+}
 
 /// fentry `mprotect_fixup(..., vma, ..., start, end, newflags)`; argument positions come from
 /// its BTF prototype (they moved in 6.1 and again in 6.3).
@@ -56,7 +77,7 @@ pub fn fentry_mprotect_fixup(ctx: FEntryContext) -> i32 {
     let start = func_arg(&ctx, config!(memory.fixup_start_arg));
     let end = func_arg(&ctx, config!(memory.fixup_end_arg));
     let newflags = func_arg(&ctx, config!(memory.fixup_newflags_arg)) as u32;
-    let Some(state) = scratch() else { return 0 };
+    let Some(state) = scratch(Scratch::MprotectFixup) else { return 0 };
     let rec = &mut state.record;
     if !begin(rec, start, end.saturating_sub(start), newflags) {
         return 0;
@@ -87,7 +108,7 @@ pub fn fexit_do_mprotect_pkey(ctx: FExitContext) -> i32 {
     let start = func_arg(&ctx, config!(memory.pkey_start_arg));
     let len = func_arg(&ctx, config!(memory.pkey_len_arg));
     let prot = func_arg(&ctx, config!(memory.pkey_prot_arg)) as u32;
-    let Some(state) = scratch() else { return 0 };
+    let Some(state) = scratch(Scratch::DoMprotectPkey) else { return 0 };
     if !begin(&mut state.record, start, len, prot) {
         return 0;
     }
@@ -104,6 +125,9 @@ pub fn fexit_do_mprotect_pkey(ctx: FExitContext) -> i32 {
 pub fn tracepoint_sys_enter_mprotect(ctx: TracePointContext) -> i32 {
     enter_mprotect(&ctx, |start| {
         let mut vm = Vma { start: 0, end: 0, flags: 0, file: core::ptr::null() };
+        // SAFETY: the task is the current one, valid for the run; the callback has the prototype
+        // the helper calls (the verifier checks it) and gets `vm`, which outlives the call; no
+        // flags.
         let found = unsafe {
             bpf_find_vma(
                 bpf_get_current_task_btf(),
@@ -162,8 +186,12 @@ fn vma_in_tree(address: u64) -> Option<Vma> {
 #[inline(always)]
 fn enter_mprotect(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>) -> i32 {
     let (start_at, len_at, prot_at) = (config!(memory.tp_start), config!(memory.tp_len), config!(memory.tp_prot));
+    // SAFETY: `bpf_probe_read_kernel` from the tracepoint record; a bad offset fails with an
+    // error instead of faulting.
     let start = unsafe { ctx.read_at::<u64>(start_at as usize) }.unwrap_or(0);
+    // SAFETY: as above.
     let len = unsafe { ctx.read_at::<u64>(len_at as usize) }.unwrap_or(0);
+    // SAFETY: as above.
     let prot = unsafe { ctx.read_at::<u64>(prot_at as usize) }.unwrap_or(0) as u32;
     let found = find(start);
     // A repeat within the coalescing window (a JIT, a toggling loop) is counted from what the
@@ -176,7 +204,7 @@ fn enter_mprotect(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>
             return 0;
         }
     }
-    let Some(state) = scratch() else { return 0 };
+    let Some(state) = scratch(Scratch::SysEnter) else { return 0 };
     let rec = &mut state.record;
     if !begin(rec, start, len, prot) {
         return 0;
@@ -208,10 +236,14 @@ fn enter_mprotect(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>
 #[tracepoint]
 pub fn tracepoint_sys_exit_mprotect(ctx: TracePointContext) -> i32 {
     let ret_at = config!(memory.tp_ret);
+    // SAFETY: `bpf_probe_read_kernel` from the tracepoint record; a bad offset fails with an
+    // error instead of faulting.
     let ret = unsafe { ctx.read_at::<i64>(ret_at as usize) }.unwrap_or(0);
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let Some(begun) = MPROTECT_INFLIGHT.get_ptr(&tid) else { return 0 };
-    let Some(state) = scratch() else { return 0 };
+    let Some(state) = scratch(Scratch::SysExit) else { return 0 };
+    // SAFETY: a value of the in-flight map, valid for the program's run; only this task's
+    // programs write or remove the entry of its task id, and it is copied before removal.
     state.record = unsafe { *begun };
     let _ = MPROTECT_INFLIGHT.remove(&tid);
     state.record.result = ret as i32;
@@ -233,6 +265,8 @@ struct Vma {
 #[inline(never)]
 extern "C" fn find_vma_callback(_task: *mut c_void, vma: *mut c_void, out: *mut c_void) -> i64 {
     let vma = vma as *const u8;
+    // SAFETY: `out` is the context the enter program handed to `bpf_find_vma`: its stack `Vma`,
+    // live and not otherwise referenced while the helper calls back (synchronously).
     let out = unsafe { &mut *(out as *mut Vma) };
     out.start = read(vma, config!(memory.vma_start));
     out.end = read(vma, config!(memory.vma_end));
@@ -241,13 +275,17 @@ extern "C" fn find_vma_callback(_task: *mut c_void, vma: *mut c_void, out: *mut 
     0
 }
 
+/// This CPU's slot of [`MEMORY_SCRATCH`] for `user`. The reference must not outlive the
+/// program's run.
 #[inline(always)]
-fn scratch() -> Option<&'static mut CoalesceState> {
+fn scratch(user: Scratch) -> Option<&'static mut CoalesceState> {
     if !have_offsets() {
         return None;
     }
-    match MEMORY_SCRATCH.get_ptr_mut(0) {
-        // SAFETY: a per-CPU map value, used by one program at a time on this CPU.
+    match MEMORY_SCRATCH.get_ptr_mut(user as u32) {
+        // SAFETY: this CPU's slot for `user`, valid for the program's run. No other run writes
+        // it until this one ends: only `user` uses the slot, and the kernel neither runs one
+        // program twice at once on a CPU nor moves a running one to another CPU (see `maps`).
         Some(p) => Some(unsafe { &mut *p }),
         None => {
             count_lost(EventKind::MemoryProtect);
@@ -310,6 +348,8 @@ fn describe(rec: &mut Memory, vma: &Vma) {
     if !vma.file.is_null() {
         let dentry = read_ptr(vma.file, config!(memory.file_dentry));
         let name = read_ptr(dentry, config!(memory.dentry_name));
+        // SAFETY: fills `rec.file`, sized by the slice; a bad kernel address fails with an error
+        // instead of faulting.
         if let Ok(bytes) = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut rec.file) } {
             rec.file_len = bytes.len() as u32;
         }
@@ -364,14 +404,24 @@ fn counted_as_repeat(key: &CoalesceKey) -> bool {
     let Some(known) = MEMORY_COALESCE.get_ptr_mut(key) else {
         return false;
     };
-    let known = unsafe { &mut *known };
+    // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    known.seen_ns = now;
-    if now.wrapping_sub(known.emitted_ns) >= window {
+    // SAFETY: `known` points to the entry's value, memory the program may read and write for
+    // its whole run. Other CPUs and the daemon update the same value at the same time, so it is
+    // accessed through the pointer, one aligned load or store per field, never through a
+    // reference: the timestamps race harmlessly (a lost update only moves a window's edge) and
+    // the count changes atomically. (If the entry is evicted and reused meanwhile, the update
+    // lands in another key's entry: a miscount, never a fault.)
+    let emitted_ns = unsafe {
+        (&raw mut (*known).seen_ns).write_volatile(now);
+        (&raw const (*known).emitted_ns).read_volatile()
+    };
+    if now.wrapping_sub(emitted_ns) >= window {
         return false;
     }
     // Atomic (BPF_XADD): other CPUs may count repeats of the same key at the same time.
-    unsafe { atomic_xadd::<u64, u64, { Relaxed }>(&raw mut known.pending, 1) };
+    // SAFETY: as above.
+    unsafe { atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*known).pending, 1) };
     true
 }
 
@@ -387,13 +437,17 @@ fn finish(hook: Hook, state: &mut CoalesceState) {
         return;
     }
     let key = coalesce_key(&state.record);
+    // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(known) = MEMORY_COALESCE.get_ptr_mut(&key) {
-        let known = unsafe { &mut *known };
         // The window is over: this record also stands for the repeats counted in it.
-        let repeats = known.pending;
-        unsafe { atomic_xsub::<u64, u64, { Relaxed }>(&raw mut known.pending, repeats) };
-        known.emitted_ns = now;
+        // SAFETY: as in `counted_as_repeat`.
+        let repeats = unsafe {
+            let repeats = (&raw const (*known).pending).read_volatile();
+            atomic_xsub::<u64, u64, { Relaxed }>(&raw mut (*known).pending, repeats);
+            (&raw mut (*known).emitted_ns).write_volatile(now);
+            repeats
+        };
         state.record.count = repeats + 1;
         output(EventKind::MemoryProtect, as_bytes(&state.record));
         return;

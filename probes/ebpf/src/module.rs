@@ -40,9 +40,12 @@ pub fn tp_btf_module_load(ctx: BtfTracePointContext) -> i32 {
 pub fn tracepoint_module_load(ctx: TracePointContext) -> i32 {
     let (taints_at, name_at) = (config!(module.tp_taints), config!(module.tp_name));
     let mut ev = new_record();
+    // SAFETY: `bpf_probe_read_kernel` from the tracepoint record; a bad offset fails with an
+    // error instead of faulting.
     ev.taints = unsafe { ctx.read_at::<u32>(taints_at as usize) }.unwrap_or(0) as u64;
     ev.flags |= MODULE_TAINTS_KNOWN;
     // __data_loc: low 16 bits are the string's offset in the record.
+    // SAFETY: as above.
     let loc = unsafe { ctx.read_at::<u32>(name_at as usize) }.unwrap_or(0);
     read_name(&mut ev, (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize));
     submit(Hook::TracepointModuleLoad, &mut ev);
@@ -87,6 +90,8 @@ fn new_record() -> ModuleLoad {
 
 #[inline(always)]
 fn read_name(ev: &mut ModuleLoad, name: *const u8) {
+    // SAFETY: writes at most MODULE_NAME_CAP bytes, the size of `ev.name`; a bad kernel
+    // address fails with an error instead of faulting.
     let n = unsafe { bpf_probe_read_kernel_str(ev.name.as_mut_ptr().cast(), MODULE_NAME_CAP as u32, name.cast()) };
     ev.name_len = if n > 0 { n as u32 - 1 } else { 0 };
 }

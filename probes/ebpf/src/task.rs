@@ -20,6 +20,9 @@ pub fn read<T: Default>(base: *const u8, offset: u32) -> T {
     if base.is_null() {
         return T::default();
     }
+    // SAFETY: `bpf_probe_read_kernel` copies into a local `T` (the callers read integers and
+    // pointers, valid for any bits); an unmapped or bad kernel address fails with an error
+    // instead of faulting.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.unwrap_or_default()
 }
 
@@ -32,6 +35,8 @@ pub fn read_ptr(base: *const u8, offset: u32) -> *const u8 {
 /// The current task.
 #[inline(always)]
 pub fn current() -> *const u8 {
+    // SAFETY: a helper without preconditions; the pointer is only ever read through
+    // `bpf_probe_read_kernel`.
     unsafe { bpf_get_current_task() as *const u8 }
 }
 
@@ -44,7 +49,9 @@ pub fn have_offsets() -> bool {
 /// A header for a record of `size` bytes from `hook`.
 #[inline(always)]
 pub fn header(hook: Hook, size: usize) -> Header {
-    Header::new(hook, size, unsafe { bpf_get_smp_processor_id() }, unsafe { bpf_ktime_get_ns() })
+    // SAFETY: helpers without preconditions.
+    let (cpu, now) = unsafe { (bpf_get_smp_processor_id(), bpf_ktime_get_ns()) };
+    Header::new(hook, size, cpu, now)
 }
 
 /// Fills `out` with the current task's identity.
@@ -62,6 +69,7 @@ pub fn fill_current(out: &mut Task) {
         out.euid = uid;
         out.comm = bpf_get_current_comm().unwrap_or_default();
     }
+    // SAFETY: a helper without preconditions.
     out.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }
 
@@ -79,6 +87,8 @@ pub fn fill_from(task: *const u8, out: &mut Task) {
     out.flags = read(task, config!(task.flags));
     out.start_ns = read(task, config!(task.start_time));
     let comm = task.wrapping_add(config!(task.comm) as usize);
+    // SAFETY: fills `out.comm`, sized by the slice; a bad kernel address fails with an error
+    // instead of faulting.
     let _ = unsafe { bpf_probe_read_kernel_buf(comm, &mut out.comm) };
     // Read here so enrichment need not open /proc/<pid>/stat for them on every exec.
     let signal = read_ptr(task, config!(task.signal));
@@ -123,8 +133,9 @@ pub fn func_arg(ctx: &impl EbpfContext, n: u32) -> u64 {
     macro_rules! slot {
         ($offset:literal) => {{
             let value: u64;
-            // SAFETY: a load from the program's context; the verifier checks the offset
-            // against the traced function's prototype.
+            // SAFETY: a load from the program's context, which the kernel keeps valid for the
+            // run; the verifier rejects the program at load unless the offset is within the
+            // traced function's arguments and return value.
             unsafe {
                 core::arch::asm!(
                     concat!("{value} = *(u64 *)({ctx} + ", $offset, ")"),

@@ -236,7 +236,7 @@ mod tests {
 
     fn pipeline_on(queue: mpsc::Receiver<Input>, outputs: Outputs, counters: Arc<Counters>) {
         let proc_root = std::env::temp_dir().join("ksense-pipeline-test-no-proc");
-        let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), None);
+        let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), Default::default());
         let context =
             Context { counters, probes: vec!["process.fork=test".into()], sink_queue_records: 64, memory_budget_bytes: 1 << 20 };
         run(queue, enricher, outputs, context);

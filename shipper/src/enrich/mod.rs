@@ -16,6 +16,7 @@ mod cgroups;
 mod procfs;
 mod users;
 
+pub use cgroups::Mounts;
 use cgroups::{Cgroup, Cgroups};
 use users::Users;
 
@@ -47,15 +48,15 @@ pub struct Enricher {
 impl Default for Enricher {
     fn default() -> Self {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        Enricher::new("/proc".into(), "/etc/passwd".into(), cgroups::v2_mount(&mountinfo))
+        Enricher::new("/proc".into(), "/etc/passwd".into(), Mounts::from_mountinfo(&mountinfo))
     }
 }
 
 impl Enricher {
     /// An enricher reading `proc_root` (normally `/proc`) and `passwd` (normally `/etc/passwd`),
-    /// with the cgroup v2 hierarchy mounted at `cgroup_root` (if it is).
-    pub fn new(proc_root: PathBuf, passwd: PathBuf, cgroup_root: Option<PathBuf>) -> Enricher {
-        Enricher { procs: HashMap::new(), cgroups: Cgroups::new(cgroup_root), users: Users::new(passwd), proc_root }
+    /// with the cgroup hierarchies mounted where `cgroup_mounts` says.
+    pub fn new(proc_root: PathBuf, passwd: PathBuf, cgroup_mounts: Mounts) -> Enricher {
+        Enricher { procs: HashMap::new(), cgroups: Cgroups::new(cgroup_mounts), users: Users::new(passwd), proc_root }
     }
 
     /// Fills what `event.process` lacks and keeps the process table in step with the event.
@@ -82,10 +83,10 @@ impl Enricher {
                 let still = |root: &std::path::Path| task.is_none_or(|task| procfs::is_task(root, pid, task));
                 let ids = p.pgid.zip(p.sid).or_else(|| procfs::ids(&self.proc_root, pid).filter(|_| still(&self.proc_root)));
                 let cgroup = match self.cgroups.get(p.cgroup_id) {
-                    Some(known) => Some(known.clone()),
+                    Some(known) => Some(known),
                     None => procfs::cgroup(&self.proc_root, pid)
                         .filter(|_| still(&self.proc_root))
-                        .inspect(|read| self.cgroups.learn(p.cgroup_id, read)),
+                        .map(|read| self.cgroups.learn(p.cgroup_id, read)),
                 };
                 // An exec keeps process group, session and cgroup: if the process is already
                 // gone from /proc, what its fork (or its parent) told us still holds.
@@ -183,10 +184,8 @@ impl Enricher {
     /// What `/proc/<pid>` tells (see [`procfs::read`]); its cgroup is learned as `cgroup_id`,
     /// the id the kernel gave for the process in the event at hand (0 for any other process).
     fn read_proc(&mut self, pid: u32, with_image: bool, cgroup_id: u64, task: Option<procfs::Task>) -> Option<ProcInfo> {
-        let info = procfs::read(&self.proc_root, pid, with_image, task)?;
-        if let Some(cgroup) = &info.cgroup {
-            self.cgroups.learn(cgroup_id, cgroup);
-        }
+        let mut info = procfs::read(&self.proc_root, pid, with_image, task)?;
+        info.cgroup = info.cgroup.map(|read| self.cgroups.learn(cgroup_id, read));
         Some(info)
     }
 
@@ -250,10 +249,13 @@ mod tests {
         std::fs::create_dir_all(proc_dir.join("10")).unwrap();
         std::fs::write(proc_dir.join("10/cmdline"), b"/bin/parent\0--flag\0").unwrap();
         std::fs::write(proc_dir.join("10/stat"), b"10 (pa) rent) S 1 10 10 0 -1").unwrap();
-        std::fs::write(proc_dir.join("10/cgroup"), b"0::/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope\n").unwrap();
+        let scope = "system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
+        std::fs::write(proc_dir.join("10/cgroup"), format!("0::/{scope}\n")).unwrap();
+        std::fs::create_dir_all(dir.join("cgroup").join(scope)).unwrap();
         std::os::unix::fs::symlink("/bin/parent", proc_dir.join("10/exe")).unwrap();
         std::fs::write(dir.join("passwd"), b"root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        let mut enricher = Enricher::new(proc_dir, dir.join("passwd"), None);
+        let mounts = Mounts { v2: Some(dir.join("cgroup")), v1: Vec::new() };
+        let mut enricher = Enricher::new(proc_dir, dir.join("passwd"), mounts);
 
         let fork = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0, parent_task: (0, 0) };
         let mut child = event(11, 10, Detail::Fork(fork), Hook::TpBtfTaskNewtask);
@@ -292,7 +294,7 @@ mod tests {
         std::fs::create_dir_all(proc_dir.join("20")).unwrap();
         std::fs::write(proc_dir.join("20/stat"), b"20 (a) S 1 20 20 0 -1").unwrap();
         std::fs::write(proc_dir.join("20/cgroup"), format!("0::/{scope}\n")).unwrap();
-        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Some(cgroup_root));
+        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Mounts { v2: Some(cgroup_root), v1: Vec::new() });
         let exec = |pid: u32| {
             let detail = ProcessExec { old_tid: pid, code_start: 0, code_end: 0, exec_path: Some(b"/bin/true".to_vec()), executed_file: None };
             let mut e = event(pid, 1, Detail::Exec(detail), Hook::TpBtfSchedProcessExec);
@@ -326,7 +328,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ksense-enrich-reuse-{}", std::process::id()));
         let proc_dir = dir.join("proc");
         std::fs::create_dir_all(&proc_dir).unwrap();
-        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), None);
+        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Mounts::default());
         let with_start = |mut e: Event, tid: u32, start_ns: u64| {
             (e.process.tid, e.process.start_ns) = (tid, start_ns);
             e
@@ -366,7 +368,7 @@ mod tests {
         };
         let mut e = event(pid, 1, Detail::MemoryProtect(change), Hook::TracepointMprotect);
         e.process.exe = Some(exe.into());
-        Enricher::new(proc_dir.into(), "/nonexistent".into(), None).enrich(&mut e);
+        Enricher::new(proc_dir.into(), "/nonexistent".into(), Mounts::default()).enrich(&mut e);
         let Detail::MemoryProtect(change) = e.detail else { unreachable!() };
         change.file.unwrap()
     }

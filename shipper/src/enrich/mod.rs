@@ -59,8 +59,9 @@ impl Enricher {
         Enricher { procs: HashMap::new(), cgroups: Cgroups::new(cgroup_mounts), users: Users::new(passwd), proc_root }
     }
 
-    /// Fills what `event.process` lacks and keeps the process table in step with the event.
-    pub fn enrich(&mut self, event: &mut Event) {
+    /// What an exec (the executed file, argv, process group, session, cgroup) or a fork (the
+    /// parent's entry) teaches the table; an exec also fills `event.process.exe`.
+    fn learn(&mut self, event: &mut Event) {
         if self.procs.len() >= TABLE_CAP {
             self.procs.clear();
         }
@@ -118,6 +119,12 @@ impl Enricher {
             }
             _ => {}
         }
+    }
+
+    /// Fills what `event.process` lacks and keeps the process table in step with the event.
+    pub fn enrich(&mut self, event: &mut Event) {
+        self.learn(event);
+        let pid = event.process.pid;
         if let Some(cgroup) = self.cgroups.get(event.process.cgroup_id) {
             // The event's own cgroup, even if the process moved since the table learned one.
             cgroup.fill(&mut event.process);
@@ -143,12 +150,26 @@ impl Enricher {
                 memory.file = Some(path);
             }
         }
+        self.forget(event);
+        event.process.owner = self.users.name(event.process.euid);
+    }
+
+    /// Keeps the process table in step with an event that makes no record (rate limited): what
+    /// an exec or a fork teaches it and an exit takes from it, so that later events of the
+    /// process, or of its children, are described as they would have been, and a gone
+    /// process leaves no entry.
+    pub fn track(&mut self, event: &mut Event) {
+        self.learn(event);
+        self.forget(event);
+    }
+
+    /// An exit takes its process from the table.
+    fn forget(&mut self, event: &Event) {
         if let Detail::Exit(exit) = &event.detail
             && exit.process_exit
         {
-            self.procs.remove(&pid);
+            self.procs.remove(&event.process.pid);
         }
-        event.process.owner = self.users.name(event.process.euid);
     }
 
     /// The entry for `pid`, read from `/proc` on a miss (nothing for kernel threads, which have
@@ -160,8 +181,8 @@ impl Enricher {
             if self.same_process(pid, info.owner, task) {
                 return Some(info.clone());
             }
-            // An entry whose process is gone (its exit was lost: a full ring buffer, a rate
-            // limit) must not describe the process that reused its pid.
+            // An entry whose process is gone (its exit was lost: a full ring buffer) must not
+            // describe the process that reused its pid.
             self.procs.remove(&pid);
         }
         let info = Arc::new(self.read_proc(pid, !kernel_thread, cgroup_id, task)?);

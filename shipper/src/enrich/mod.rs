@@ -6,11 +6,14 @@
 //! Runs on the pipeline thread, never on the ring-buffer reader, so a slow `/proc` read delays
 //! sinks but cannot make the kernel drop events. A fork copies its parent's entry and an exec
 //! replaces it, so short-lived processes are described even after `/proc/<pid>` is gone.
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use ksense_abi::memory::MEMORY_FILE_CAP;
 
-use crate::event::{Detail, Event, Process};
+use crate::{
+    event::{Detail, Event, Process},
+    lru::LruMap,
+};
 
 mod cgroups;
 mod procfs;
@@ -20,7 +23,8 @@ pub use cgroups::Mounts;
 use cgroups::{Cgroup, Cgroups};
 use users::Users;
 
-/// Entries kept before the table is reset (a missed exit would otherwise keep its entry).
+/// Entries kept at most; past that the one used longest ago is forgotten (a process whose exit
+/// was lost, in a ring-buffer overrun, would otherwise keep its entry), never the whole table.
 const TABLE_CAP: usize = 65_536;
 
 /// What is known of a live process beyond the kernel record.
@@ -39,7 +43,7 @@ struct ProcInfo {
 
 /// The process table and the `/proc` and `/etc/passwd` lookups behind it.
 pub struct Enricher {
-    procs: HashMap<u32, Arc<ProcInfo>>,
+    procs: LruMap<u32, Arc<ProcInfo>>,
     cgroups: Cgroups,
     users: Users,
     proc_root: PathBuf,
@@ -56,15 +60,12 @@ impl Enricher {
     /// An enricher reading `proc_root` (normally `/proc`) and `passwd` (normally `/etc/passwd`),
     /// with the cgroup hierarchies mounted where `cgroup_mounts` says.
     pub fn new(proc_root: PathBuf, passwd: PathBuf, cgroup_mounts: Mounts) -> Enricher {
-        Enricher { procs: HashMap::new(), cgroups: Cgroups::new(cgroup_mounts), users: Users::new(passwd), proc_root }
+        Enricher { procs: LruMap::new(TABLE_CAP), cgroups: Cgroups::new(cgroup_mounts), users: Users::new(passwd), proc_root }
     }
 
     /// What an exec (the executed file, argv, process group, session, cgroup) or a fork (the
     /// parent's entry) teaches the table; an exec also fills `event.process.exe`.
     fn learn(&mut self, event: &mut Event) {
-        if self.procs.len() >= TABLE_CAP {
-            self.procs.clear();
-        }
         let pid = event.process.pid;
         match &event.detail {
             Detail::Exec(exec) => {
@@ -177,9 +178,9 @@ impl Enricher {
     /// kernel's description of the process, which `/proc/<pid>` must match to be read (`None`
     /// when the event says nothing of it, as of an exec's parent: trusted as it is).
     fn lookup(&mut self, pid: u32, kernel_thread: bool, cgroup_id: u64, task: Option<procfs::Task>) -> Option<Arc<ProcInfo>> {
-        if let Some(info) = self.procs.get(&pid) {
+        if let Some(info) = self.procs.get(&pid).cloned() {
             if self.same_process(pid, info.owner, task) {
-                return Some(info.clone());
+                return Some(info);
             }
             // An entry whose process is gone (its exit was lost: a full ring buffer) must not
             // describe the process that reused its pid.
@@ -297,6 +298,33 @@ mod tests {
         enricher.enrich(&mut gone);
         assert_eq!(gone.process.exe.as_deref(), Some(&b"/bin/parent"[..]));
         assert_eq!(enricher.len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A full table forgets the entry used longest ago, not every entry: a parent forking
+    /// more children than the table holds (their exits lost) is still described from it, when
+    /// /proc no longer has it.
+    #[test]
+    fn a_full_table_forgets_the_least_recently_used_entry_only() {
+        let dir = std::env::temp_dir().join(format!("ksense-enrich-full-{}", std::process::id()));
+        let proc_dir = dir.join("proc");
+        std::fs::create_dir_all(proc_dir.join("10")).unwrap();
+        std::fs::write(proc_dir.join("10/cmdline"), b"/bin/parent\0").unwrap();
+        std::fs::write(proc_dir.join("10/stat"), b"10 (parent) S 1 10 10 0 -1").unwrap();
+        let mut enricher = Enricher::new(proc_dir.clone(), "/nonexistent".into(), Mounts::default());
+        let fork = |child: u32| {
+            let detail = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0, parent_task: (0, 0) };
+            event(child, 10, Detail::Fork(detail), Hook::TpBtfTaskNewtask)
+        };
+        enricher.enrich(&mut fork(11));
+        std::fs::remove_dir_all(proc_dir.join("10")).unwrap();
+        for child in 12..12 + TABLE_CAP as u32 {
+            enricher.track(&mut fork(child));
+        }
+        assert_eq!(enricher.len(), TABLE_CAP);
+        let mut last = fork(1_000_000);
+        enricher.enrich(&mut last);
+        assert_eq!(last.process.args.as_deref().map(<[_]>::len), Some(1), "described from the parent's entry");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -293,8 +293,10 @@ fn start_in_cgroup(dir: &Path) -> std::process::Child {
     command.spawn().unwrap()
 }
 
-/// A cgroup named by 64 hex digits in a user's delegated subtree is no container; the same id
-/// in docker's layout is (which shows the test can tell).
+/// A cgroup named by 64 hex digits in a user's delegated subtree is no container, nor is one
+/// named like docker's that uid 65534 made in a cgroup delegated to it (owned by it, as systemd
+/// makes a `Delegate=yes` service's); the same id in docker's layout, made by root, is (which
+/// shows the test can tell).
 #[test]
 fn a_user_cgroup_named_like_a_container_gets_no_container_id() {
     let Some(root) = cgroup2_root() else {
@@ -307,10 +309,21 @@ fn a_user_cgroup_named_like_a_container_gets_no_container_id() {
         return;
     }
     let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let delegated = cgroup.0.join("app.service");
+    std::fs::create_dir(&delegated).unwrap();
+    std::os::unix::fs::chown(&delegated, Some(65534), Some(65534)).unwrap();
+    let forged = format!("app.service/docker-{id}.scope");
+    let made = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "mkdir"])
+        .arg(cgroup.0.join(&forged))
+        .status()
+        .unwrap();
+    assert!(made.success(), "uid 65534 could not make a cgroup in the one delegated to it");
     let ksense = Ksense::start(&[]);
     let cases = [
         (format!("user@65534.service/app.slice/{id}"), None),
         (id.to_owned(), None),
+        (forged, None),
         (format!("docker-{id}.scope"), Some(id)),
     ];
     for (path, expected) in cases {

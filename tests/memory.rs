@@ -1,6 +1,7 @@
 //! `process.memory.protect` end to end on this kernel: W^X and code patching are reported with
 //! their region and old protection, harmless changes only with `report = "all"`, failures with
-//! their errno, and a toggling loop is coalesced without loss.
+//! their errno, and a toggling loop is coalesced without loss, also when there are more ranges
+//! than the coalescing map holds.
 use ksense_e2e::{Ksense, Stopped, attr, is, printed_hex, run_workload, temp_config};
 use serde_json::Value;
 
@@ -112,4 +113,24 @@ fn toggling_is_coalesced_without_loss() {
     assert_eq!(total, 2 * N, "counts of {} events add up to {total}", events.len());
     assert!(events.len() < 100, "{} events: not coalesced", events.len());
     assert_eq!(stopped.counter("lost_total"), 0, "{}", stopped.stderr);
+}
+
+/// More (range, transition)s seen twice in a row than the kernel's coalescing map holds (8,192):
+/// once it is full, a change it has no entry for is written as its own record, and no entry
+/// is pushed out with repeats it had counted: the counts add up to every transition.
+#[test]
+fn more_ranges_than_the_coalescing_map_holds_lose_no_repeat() {
+    const PAGES: u64 = 5_000;
+    // Up to 2 records a range (once the map is full), one more for the repeats of each entry:
+    // room for them all on the one sink.
+    let config = temp_config("spread", "[limits]\nmemory_budget_bytes = 268435456\nqueue_events = 100000\n[sinks.journald]\nenabled = false\n");
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+    let (_, pid) = run_workload(&["mprotect-spread", &PAGES.to_string()]);
+    ksense.wait_for("the workload's exit", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
+    let stopped = ksense.stop();
+    let events = changes(&stopped.events, pid);
+    let total: u64 = events.iter().map(|e| attr(e, "ksense.event.count").as_u64().unwrap()).sum();
+    let dropped = stopped.counter("lost_total") + stopped.counter("sink_stdout_queue_full") + stopped.counter("sink_stdout_memory_budget");
+    assert_eq!(dropped, 0, "{}", stopped.stderr);
+    assert_eq!(total, 4 * PAGES, "counts of {} events add up to {total}", events.len());
 }

@@ -20,6 +20,9 @@
 //!                                     made executable by one mprotect; prints "page=<first page>"
 //! ksense-workload mprotect-bad-addr   mprotect an unmapped page (fails with ENOMEM)
 //! ksense-workload mprotect-toggle N   toggle an anonymous page RW -> RX -> RW ... N times each
+//! ksense-workload mprotect-spread N   toggle each of N anonymous pages RW -> RX -> RW twice,
+//!                                     one page after the other (2N ranges and transitions, each
+//!                                     seen twice)
 //! ```
 //! The mprotect commands print `page=0x<address>`; the toggler also `ns_per_call=<n>`.
 use std::{io::Write, time::Duration};
@@ -94,6 +97,17 @@ fn main() {
             println!("page={page:#x}");
             println!("ns_per_call={ns}");
         }
+        Some("mprotect-spread") => {
+            let n: usize = args[1].parse().expect("mprotect-spread N");
+            let pages = anonymous_pages(n);
+            for page in (0..n).map(|i| pages + i * PAGE) {
+                for _ in 0..2 {
+                    protect(page, libc::PROT_READ | libc::PROT_EXEC);
+                    protect(page, libc::PROT_READ | libc::PROT_WRITE);
+                }
+            }
+            println!("page={pages:#x}");
+        }
         Some("chain") => chain(args[1].parse().expect("chain N")),
         Some("exec-flood") => exec_flood(args[1].parse().expect("exec-flood N"), args[2].parse().expect("exec-flood N BYTES")),
         Some("sleep") => std::thread::sleep(Duration::from_secs(args[1].parse().expect("sleep SECONDS"))),
@@ -152,11 +166,16 @@ fn page_of(addr: usize) -> usize {
 
 /// A fresh anonymous read-write page.
 fn anonymous_page() -> usize {
+    anonymous_pages(1)
+}
+
+/// `n` fresh anonymous read-write pages, one after the other; the first one's address.
+fn anonymous_pages(n: usize) -> usize {
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    let page = unsafe { libc::mmap(std::ptr::null_mut(), PAGE, prot, flags, -1, 0) };
-    assert_ne!(page, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
-    page as usize
+    let pages = unsafe { libc::mmap(std::ptr::null_mut(), n * PAGE, prot, flags, -1, 0) };
+    assert_ne!(pages, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    pages as usize
 }
 
 fn protect(page: usize, prot: i32) {

@@ -60,6 +60,11 @@ impl Budget {
         self.limit.store(limit, Relaxed);
     }
 
+    /// The limit, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Relaxed)
+    }
+
     /// Bytes held now.
     pub fn used(&self) -> usize {
         self.used.load(Relaxed)

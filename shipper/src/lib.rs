@@ -31,6 +31,7 @@ pub mod enrich;
 pub mod event;
 pub mod filter;
 pub mod loss;
+pub mod lru;
 pub mod notify;
 pub mod offsets;
 pub mod pipeline;

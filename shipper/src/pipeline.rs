@@ -1,4 +1,6 @@
-//! The stages after the reader, on their own thread: rate limit -> enrich -> filter -> record,
+//! The stages after the reader, on their own thread: rate limit -> enrich -> filter -> record
+//! (the rate limit only decides whether a record is made: the process table follows every fork,
+//! exec and exit),
 //! then the record is offered to every sink's queue ([`crate::sinks::queue`]), each drained by
 //! the sink's own thread: the pipeline never waits on a sink. The pipeline also writes
 //! ksense's own records (`ksense.loss`, `ksense.status`: [`crate::loss`]) when the run loop
@@ -139,6 +141,9 @@ fn start(outputs: Outputs, context: &Context, reader_gone: &Arc<AtomicBool>) -> 
 fn ship(mut event: Event, enricher: &mut Enricher, running: &mut Running, counters: &Counters) {
     let kind = event.kind();
     if !running.limiter.admit(&event) {
+        // No record, but the process table still follows the process: a later event of it or
+        // of its children is described as if this one had passed, and a gone one leaves no entry.
+        enricher.track(&mut event);
         counters.rate_limited.add(kind, 1);
         return;
     }
@@ -180,7 +185,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        decode::fork::ProcessFork,
+        decode::{exit::ProcessExit, fork::ProcessFork},
         event::{Detail, Process},
         loss::Cause,
         record::Value,
@@ -236,7 +241,7 @@ mod tests {
 
     fn pipeline_on(queue: mpsc::Receiver<Input>, outputs: Outputs, counters: Arc<Counters>) {
         let proc_root = std::env::temp_dir().join("ksense-pipeline-test-no-proc");
-        let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), None);
+        let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), Default::default());
         let context =
             Context { counters, probes: vec!["process.fork=test".into()], sink_queue_records: 64, memory_budget_bytes: 1 << 20 };
         run(queue, enricher, outputs, context);
@@ -331,5 +336,43 @@ mod tests {
             assert_eq!(seqs.len(), 5, "every own record has a ksense.event.seq");
         }
         assert_eq!(counters.own_records.load(Relaxed), 5);
+    }
+
+    /// Rate-limited forks and exits still keep the process table in step: every child of a
+    /// burst is in it, and once every one has exited, none is (only the parent, read from
+    /// /proc, stays).
+    #[test]
+    fn rate_limited_forks_and_exits_keep_the_process_table_in_step() {
+        let proc_root = std::env::temp_dir().join(format!("ksense-pipeline-table-{}", std::process::id()));
+        std::fs::create_dir_all(proc_root.join("10")).unwrap();
+        std::fs::write(proc_root.join("10/stat"), b"10 (parent) S 1 10 10 0 -1").unwrap();
+        let mut enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), Default::default());
+        let limits = [("process.fork".to_owned(), 1), ("process.exit".to_owned(), 1)].into();
+        let outputs = Outputs { filter: Filter::new(Default::default()), limiter: RateLimiter::new(&limits), sinks: Vec::new() };
+        let context = Context { counters: Arc::default(), probes: Vec::new(), sink_queue_records: 64, memory_budget_bytes: 1 << 20 };
+        let mut running = start(outputs, &context, &Arc::default());
+        let event = |pid: u32, detail: Detail, hook: Hook| Event {
+            seq: 0,
+            time: std::time::SystemTime::now(),
+            observed_time: std::time::SystemTime::now(),
+            hook,
+            process: Process { pid, tid: pid, parent_pid: 10, ..Process::default() },
+            detail,
+        };
+        let counters = Counters::starting_now();
+        for child in 11..=20 {
+            let fork = ProcessFork { clone_flags: 0, code_start: 0, code_end: 0, parent_task: (0, 0) };
+            ship(event(child, Detail::Fork(fork), Hook::TpBtfTaskNewtask), &mut enricher, &mut running, &counters);
+        }
+        assert_eq!(counters.rate_limited.read().iter().sum::<u64>(), 9, "all forks but the first are rate limited");
+        assert_eq!(enricher.len(), 11, "the parent and its 10 children");
+        for child in 11..=20 {
+            let exit = ProcessExit { status: 0, process_exit: true };
+            ship(event(child, Detail::Exit(exit), Hook::TpBtfSchedProcessExit), &mut enricher, &mut running, &counters);
+        }
+        assert_eq!(counters.rate_limited.read().iter().sum::<u64>(), 18);
+        assert_eq!(enricher.len(), 1, "no entry for a child gone");
+        close_all(running.workers);
+        std::fs::remove_dir_all(proc_root).unwrap();
     }
 }

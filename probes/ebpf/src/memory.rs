@@ -13,7 +13,7 @@ use aya_ebpf::{
         generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_ktime_get_ns},
     },
     macros::{fentry, fexit, map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use core::{
@@ -36,9 +36,12 @@ use crate::{
 /// Low `vm_flags`/`PROT_*` bits: read, write, exec.
 const PROT_MASK: u32 = 7;
 
-/// One entry per (process, range, transition) recently reported.
+/// One entry per (process, range, transition) recently reported. A plain hash, not an LRU one:
+/// an LRU hash would push out, unseen, an entry holding repeats not yet reported. Here a full
+/// map only stops coalescing (a change with no entry is written as its own record), and user
+/// space removes each entry once idle for a window.
 #[map]
-static MEMORY_COALESCE: LruHashMap<CoalesceKey, CoalesceState> = LruHashMap::with_max_entries(8192, 0);
+static MEMORY_COALESCE: HashMap<CoalesceKey, CoalesceState> = HashMap::with_max_entries(8192, 0);
 
 /// Records begun at syscall entry, by task id, finished at exit.
 #[map]
@@ -456,6 +459,7 @@ fn finish(hook: Hook, state: &mut CoalesceState) {
     state.emitted_ns = now;
     state.seen_ns = now;
     state.record.count = 1;
+    // Full: no entry, so no repeat is counted into one; each is written as this one is.
     let _ = MEMORY_COALESCE.insert(&key, &*state, 0);
     output(EventKind::MemoryProtect, as_bytes(&state.record));
 }

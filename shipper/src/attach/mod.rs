@@ -233,6 +233,8 @@ impl Probes {
     /// not seen for `idle_ns`: each becomes one record (its last record, with the repeats as
     /// its count) for the reader to ship. The kernel writes a record itself only when a repeat
     /// arrives after the window, so without this the tail of a burst would never be reported.
+    /// Idle entries without repeats are removed too: the kernel's map is not an LRU one, so
+    /// only this makes room in it.
     pub fn take_idle_coalesced(&mut self, idle_ns: u64) -> Vec<Memory> {
         let Some(map) = self.ebpf.map_mut(COALESCE_MAP) else { return Vec::new() };
         let Ok(mut coalesce) = aya::maps::HashMap::<_, CoalesceKey, CoalesceState>::try_from(map) else {
@@ -242,12 +244,13 @@ impl Probes {
         let idle: Vec<(CoalesceKey, CoalesceState)> = coalesce
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, state)| state.pending > 0 && now.saturating_sub(state.seen_ns) >= idle_ns)
+            .filter(|(_, state)| now.saturating_sub(state.seen_ns) >= idle_ns)
             .collect();
         idle.into_iter()
             .filter_map(|(key, state)| {
                 // Idle for a whole window: a concurrent repeat is all but impossible here.
                 coalesce.remove(&key).ok()?;
+                (state.pending > 0).then_some(())?;
                 let mut record = state.record;
                 record.count = state.pending;
                 record.header.ktime_ns = state.seen_ns;

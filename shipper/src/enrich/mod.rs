@@ -6,20 +6,25 @@
 //! Runs on the pipeline thread, never on the ring-buffer reader, so a slow `/proc` read delays
 //! sinks but cannot make the kernel drop events. A fork copies its parent's entry and an exec
 //! replaces it, so short-lived processes are described even after `/proc/<pid>` is gone.
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use ksense_abi::memory::MEMORY_FILE_CAP;
 
-use crate::event::{Detail, Event, Process};
+use crate::{
+    event::{Detail, Event, Process},
+    lru::LruMap,
+};
 
 mod cgroups;
 mod procfs;
 mod users;
 
+pub use cgroups::Mounts;
 use cgroups::{Cgroup, Cgroups};
 use users::Users;
 
-/// Entries kept before the table is reset (a missed exit would otherwise keep its entry).
+/// Entries kept at most; past that the one used longest ago is forgotten (a process whose exit
+/// was lost, in a ring-buffer overrun, would otherwise keep its entry), never the whole table.
 const TABLE_CAP: usize = 65_536;
 
 /// What is known of a live process beyond the kernel record.
@@ -38,7 +43,7 @@ struct ProcInfo {
 
 /// The process table and the `/proc` and `/etc/passwd` lookups behind it.
 pub struct Enricher {
-    procs: HashMap<u32, Arc<ProcInfo>>,
+    procs: LruMap<u32, Arc<ProcInfo>>,
     cgroups: Cgroups,
     users: Users,
     proc_root: PathBuf,
@@ -47,22 +52,20 @@ pub struct Enricher {
 impl Default for Enricher {
     fn default() -> Self {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        Enricher::new("/proc".into(), "/etc/passwd".into(), cgroups::v2_mount(&mountinfo))
+        Enricher::new("/proc".into(), "/etc/passwd".into(), Mounts::from_mountinfo(&mountinfo))
     }
 }
 
 impl Enricher {
     /// An enricher reading `proc_root` (normally `/proc`) and `passwd` (normally `/etc/passwd`),
-    /// with the cgroup v2 hierarchy mounted at `cgroup_root` (if it is).
-    pub fn new(proc_root: PathBuf, passwd: PathBuf, cgroup_root: Option<PathBuf>) -> Enricher {
-        Enricher { procs: HashMap::new(), cgroups: Cgroups::new(cgroup_root), users: Users::new(passwd), proc_root }
+    /// with the cgroup hierarchies mounted where `cgroup_mounts` says.
+    pub fn new(proc_root: PathBuf, passwd: PathBuf, cgroup_mounts: Mounts) -> Enricher {
+        Enricher { procs: LruMap::new(TABLE_CAP), cgroups: Cgroups::new(cgroup_mounts), users: Users::new(passwd), proc_root }
     }
 
-    /// Fills what `event.process` lacks and keeps the process table in step with the event.
-    pub fn enrich(&mut self, event: &mut Event) {
-        if self.procs.len() >= TABLE_CAP {
-            self.procs.clear();
-        }
+    /// What an exec (the executed file, argv, process group, session, cgroup) or a fork (the
+    /// parent's entry) teaches the table; an exec also fills `event.process.exe`.
+    fn learn(&mut self, event: &mut Event) {
         let pid = event.process.pid;
         match &event.detail {
             Detail::Exec(exec) => {
@@ -82,10 +85,10 @@ impl Enricher {
                 let still = |root: &std::path::Path| task.is_none_or(|task| procfs::is_task(root, pid, task));
                 let ids = p.pgid.zip(p.sid).or_else(|| procfs::ids(&self.proc_root, pid).filter(|_| still(&self.proc_root)));
                 let cgroup = match self.cgroups.get(p.cgroup_id) {
-                    Some(known) => Some(known.clone()),
+                    Some(known) => Some(known),
                     None => procfs::cgroup(&self.proc_root, pid)
                         .filter(|_| still(&self.proc_root))
-                        .inspect(|read| self.cgroups.learn(p.cgroup_id, read)),
+                        .map(|read| self.cgroups.learn(p.cgroup_id, read)),
                 };
                 // An exec keeps process group, session and cgroup: if the process is already
                 // gone from /proc, what its fork (or its parent) told us still holds.
@@ -117,6 +120,12 @@ impl Enricher {
             }
             _ => {}
         }
+    }
+
+    /// Fills what `event.process` lacks and keeps the process table in step with the event.
+    pub fn enrich(&mut self, event: &mut Event) {
+        self.learn(event);
+        let pid = event.process.pid;
         if let Some(cgroup) = self.cgroups.get(event.process.cgroup_id) {
             // The event's own cgroup, even if the process moved since the table learned one.
             cgroup.fill(&mut event.process);
@@ -142,12 +151,26 @@ impl Enricher {
                 memory.file = Some(path);
             }
         }
+        self.forget(event);
+        event.process.owner = self.users.name(event.process.euid);
+    }
+
+    /// Keeps the process table in step with an event that makes no record (rate limited): what
+    /// an exec or a fork teaches it and an exit takes from it, so that later events of the
+    /// process, or of its children, are described as they would have been, and a gone
+    /// process leaves no entry.
+    pub fn track(&mut self, event: &mut Event) {
+        self.learn(event);
+        self.forget(event);
+    }
+
+    /// An exit takes its process from the table.
+    fn forget(&mut self, event: &Event) {
         if let Detail::Exit(exit) = &event.detail
             && exit.process_exit
         {
-            self.procs.remove(&pid);
+            self.procs.remove(&event.process.pid);
         }
-        event.process.owner = self.users.name(event.process.euid);
     }
 
     /// The entry for `pid`, read from `/proc` on a miss (nothing for kernel threads, which have
@@ -155,12 +178,12 @@ impl Enricher {
     /// kernel's description of the process, which `/proc/<pid>` must match to be read (`None`
     /// when the event says nothing of it, as of an exec's parent: trusted as it is).
     fn lookup(&mut self, pid: u32, kernel_thread: bool, cgroup_id: u64, task: Option<procfs::Task>) -> Option<Arc<ProcInfo>> {
-        if let Some(info) = self.procs.get(&pid) {
+        if let Some(info) = self.procs.get(&pid).cloned() {
             if self.same_process(pid, info.owner, task) {
-                return Some(info.clone());
+                return Some(info);
             }
-            // An entry whose process is gone (its exit was lost: a full ring buffer, a rate
-            // limit) must not describe the process that reused its pid.
+            // An entry whose process is gone (its exit was lost: a full ring buffer) must not
+            // describe the process that reused its pid.
             self.procs.remove(&pid);
         }
         let info = Arc::new(self.read_proc(pid, !kernel_thread, cgroup_id, task)?);
@@ -183,10 +206,8 @@ impl Enricher {
     /// What `/proc/<pid>` tells (see [`procfs::read`]); its cgroup is learned as `cgroup_id`,
     /// the id the kernel gave for the process in the event at hand (0 for any other process).
     fn read_proc(&mut self, pid: u32, with_image: bool, cgroup_id: u64, task: Option<procfs::Task>) -> Option<ProcInfo> {
-        let info = procfs::read(&self.proc_root, pid, with_image, task)?;
-        if let Some(cgroup) = &info.cgroup {
-            self.cgroups.learn(cgroup_id, cgroup);
-        }
+        let mut info = procfs::read(&self.proc_root, pid, with_image, task)?;
+        info.cgroup = info.cgroup.map(|read| self.cgroups.learn(cgroup_id, read));
         Some(info)
     }
 
@@ -250,10 +271,13 @@ mod tests {
         std::fs::create_dir_all(proc_dir.join("10")).unwrap();
         std::fs::write(proc_dir.join("10/cmdline"), b"/bin/parent\0--flag\0").unwrap();
         std::fs::write(proc_dir.join("10/stat"), b"10 (pa) rent) S 1 10 10 0 -1").unwrap();
-        std::fs::write(proc_dir.join("10/cgroup"), b"0::/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope\n").unwrap();
+        let scope = "system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
+        std::fs::write(proc_dir.join("10/cgroup"), format!("0::/{scope}\n")).unwrap();
+        std::fs::create_dir_all(dir.join("cgroup").join(scope)).unwrap();
         std::os::unix::fs::symlink("/bin/parent", proc_dir.join("10/exe")).unwrap();
         std::fs::write(dir.join("passwd"), b"root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        let mut enricher = Enricher::new(proc_dir, dir.join("passwd"), None);
+        let mounts = Mounts { v2: Some(dir.join("cgroup")), v1: Vec::new() };
+        let mut enricher = Enricher::new(proc_dir, dir.join("passwd"), mounts);
 
         let fork = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0, parent_task: (0, 0) };
         let mut child = event(11, 10, Detail::Fork(fork), Hook::TpBtfTaskNewtask);
@@ -277,6 +301,33 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A full table forgets the entry used longest ago, not every entry: a parent forking
+    /// more children than the table holds (their exits lost) is still described from it, when
+    /// /proc no longer has it.
+    #[test]
+    fn a_full_table_forgets_the_least_recently_used_entry_only() {
+        let dir = std::env::temp_dir().join(format!("ksense-enrich-full-{}", std::process::id()));
+        let proc_dir = dir.join("proc");
+        std::fs::create_dir_all(proc_dir.join("10")).unwrap();
+        std::fs::write(proc_dir.join("10/cmdline"), b"/bin/parent\0").unwrap();
+        std::fs::write(proc_dir.join("10/stat"), b"10 (parent) S 1 10 10 0 -1").unwrap();
+        let mut enricher = Enricher::new(proc_dir.clone(), "/nonexistent".into(), Mounts::default());
+        let fork = |child: u32| {
+            let detail = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0, parent_task: (0, 0) };
+            event(child, 10, Detail::Fork(detail), Hook::TpBtfTaskNewtask)
+        };
+        enricher.enrich(&mut fork(11));
+        std::fs::remove_dir_all(proc_dir.join("10")).unwrap();
+        for child in 12..12 + TABLE_CAP as u32 {
+            enricher.track(&mut fork(child));
+        }
+        assert_eq!(enricher.len(), TABLE_CAP);
+        let mut last = fork(1_000_000);
+        enricher.enrich(&mut last);
+        assert_eq!(last.process.args.as_deref().map(<[_]>::len), Some(1), "described from the parent's entry");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// Once one exec in a cgroup taught its path (checked against the cgroup directory's inode),
     /// an exec whose process group and session the kernel gave reads nothing from /proc: here
     /// the second process has no /proc entry at all, and still gets its cgroup and container.
@@ -292,7 +343,7 @@ mod tests {
         std::fs::create_dir_all(proc_dir.join("20")).unwrap();
         std::fs::write(proc_dir.join("20/stat"), b"20 (a) S 1 20 20 0 -1").unwrap();
         std::fs::write(proc_dir.join("20/cgroup"), format!("0::/{scope}\n")).unwrap();
-        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Some(cgroup_root));
+        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Mounts { v2: Some(cgroup_root), v1: Vec::new() });
         let exec = |pid: u32| {
             let detail = ProcessExec { old_tid: pid, code_start: 0, code_end: 0, exec_path: Some(b"/bin/true".to_vec()), executed_file: None };
             let mut e = event(pid, 1, Detail::Exec(detail), Hook::TpBtfSchedProcessExec);
@@ -326,7 +377,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ksense-enrich-reuse-{}", std::process::id()));
         let proc_dir = dir.join("proc");
         std::fs::create_dir_all(&proc_dir).unwrap();
-        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), None);
+        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Mounts::default());
         let with_start = |mut e: Event, tid: u32, start_ns: u64| {
             (e.process.tid, e.process.start_ns) = (tid, start_ns);
             e
@@ -366,7 +417,7 @@ mod tests {
         };
         let mut e = event(pid, 1, Detail::MemoryProtect(change), Hook::TracepointMprotect);
         e.process.exe = Some(exe.into());
-        Enricher::new(proc_dir.into(), "/nonexistent".into(), None).enrich(&mut e);
+        Enricher::new(proc_dir.into(), "/nonexistent".into(), Mounts::default()).enrich(&mut e);
         let Detail::MemoryProtect(change) = e.detail else { unreachable!() };
         change.file.unwrap()
     }

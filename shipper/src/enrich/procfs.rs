@@ -224,8 +224,9 @@ pub fn pick_cgroup(text: &str) -> Option<String> {
 /// (`libpod-<id>.scope`; its `libpod-conmon-<id>.scope` is the monitor, not a container).
 /// Nothing in a user's delegated subtree (below `user@<uid>.service`) counts: its owner names
 /// those cgroups as they like, so an id there could be any container's. The innermost match
-/// wins (a container in a container).
-pub fn container_id(cgroup: &str) -> Option<String> {
+/// wins (a container in a container). With the id, how many components of the path lead to the
+/// cgroup named after the container (whose owners [`super::cgroups::Cgroups`] checks).
+pub fn container_id(cgroup: &str) -> Option<(String, usize)> {
     let path = cgroup.splitn(3, ':').nth(2).unwrap_or(cgroup);
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     if parts.iter().any(|p| p.starts_with("user@") && p.ends_with(".service")) {
@@ -239,7 +240,7 @@ pub fn container_id(cgroup: &str) -> Option<String> {
             .find_map(|prefix| part.strip_prefix(prefix))
             .and_then(|rest| id(rest.strip_suffix(".scope").unwrap_or(rest)));
         let bare = || id(part).filter(|_| (i >= 1 && parts[i - 1] == "docker") || in_pod(i));
-        scoped.or_else(bare)
+        Some((scoped.or_else(bare)?, i + 1))
     })
 }
 
@@ -356,6 +357,8 @@ mod tests {
 
     #[test]
     fn container_ids_from_runtime_layouts() {
+        let depth = |path: &str| container_id(path).map(|(_, depth)| depth);
+        assert_eq!(depth("0::/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope/inner"), Some(2));
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         for path in [
             format!("0::/system.slice/docker-{id}.scope"),
@@ -369,7 +372,7 @@ mod tests {
             format!("0::/system.slice/docker-{}.scope/docker/{id}", "f".repeat(64)),
             format!("0::/system.slice/docker-{}.scope", id.to_uppercase()),
         ] {
-            assert_eq!(container_id(&path).as_deref(), Some(id), "{path}");
+            assert_eq!(container_id(&path).map(|(id, _)| id).as_deref(), Some(id), "{path}");
         }
     }
 

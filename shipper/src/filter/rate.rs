@@ -5,18 +5,20 @@ use std::{collections::HashMap, time::Instant};
 
 use ksense_abi::EventKind;
 
-use crate::event::Event;
+use crate::{event::Event, lru::LruMap};
 
-/// Buckets kept at most; when a new (kind, uid) would exceed it, every bucket starts over full.
-/// Only a host with that many users active at once notices: each then gets a fresh second's
-/// worth a little early.
+/// Buckets kept at most; a new (kind, uid) beyond it makes room by forgetting the bucket used
+/// longest ago, never everyone's. Only that (kind, uid) notices, and only if it comes back: it
+/// starts over with a full second's worth, as a newcomer does. So a user with many uids cannot
+/// refill another user's spent budget, nor its own storm's, while they stay in use: it would
+/// take 4,096 (kind, uid) budgets used more recently.
 pub const BUCKETS_CAP: usize = 4096;
 
 /// Per-kind rates and per-(kind, uid) token buckets.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RateLimiter {
     rates: HashMap<EventKind, f64>,
-    buckets: HashMap<(EventKind, u32), Bucket>,
+    buckets: LruMap<(EventKind, u32), Bucket>,
 }
 
 #[derive(Debug)]
@@ -29,7 +31,7 @@ impl RateLimiter {
     /// Limits from `[limits] rate_per_second` (event name -> events/s per uid; validated at load).
     pub fn new(rates: &std::collections::BTreeMap<String, u32>) -> RateLimiter {
         let rates = EventKind::ALL.into_iter().filter_map(|kind| Some((kind, f64::from(*rates.get(kind.name())?)))).collect();
-        RateLimiter { rates, buckets: HashMap::new() }
+        RateLimiter { rates, buckets: LruMap::new(BUCKETS_CAP) }
     }
 
     /// Whether `event` may pass now.
@@ -39,12 +41,8 @@ impl RateLimiter {
         if event.is_critical() {
             return true;
         }
-        let key = (kind, event.process.euid);
-        if self.buckets.len() >= BUCKETS_CAP && !self.buckets.contains_key(&key) {
-            self.buckets.clear();
-        }
         let now = Instant::now();
-        let bucket = self.buckets.entry(key).or_insert(Bucket { tokens: rate, refilled: now });
+        let bucket = self.buckets.get_or_insert_with((kind, event.process.euid), || Bucket { tokens: rate, refilled: now });
         bucket.tokens = (bucket.tokens + now.duration_since(bucket.refilled).as_secs_f64() * rate).min(rate);
         bucket.refilled = now;
         if bucket.tokens >= 1.0 {
@@ -114,12 +112,22 @@ mod tests {
         assert_eq!((0..100).filter(|_| limiter.admit(&memory_change_by(65534, 1))).count(), 1, "RW -> R");
     }
 
+    /// New uids beyond the cap push out the buckets used longest ago, not everyone's: a storm
+    /// that goes on while the table overflows many times over never gets its budget back.
     #[test]
-    fn the_bucket_table_is_bounded() {
+    fn the_bucket_table_is_bounded_and_never_starts_over() {
         let mut limiter = RateLimiter::new(&[("process.fork".to_owned(), 10)].into());
+        let spent = (0..20).filter(|_| limiter.admit(&fork_by(65534))).count();
+        assert_eq!(spent, 10);
+        let (mut storm, started) = (0, Instant::now());
         for uid in 0..10 * BUCKETS_CAP as u32 {
             limiter.admit(&fork_by(uid));
+            storm += usize::from(limiter.admit(&fork_by(65534)));
         }
         assert!(limiter.buckets.len() <= BUCKETS_CAP);
+        // What the storm gets back is what its rate refills while the loop runs, not a fresh
+        // burst of 10 each time the table fills up (9 times here).
+        let refilled = (started.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+        assert!(storm <= refilled + 1, "{storm} passed, {refilled} refilled");
     }
 }

@@ -6,10 +6,18 @@
 //! `ksense.status`) have a reserve of their own in every queue, outside both bounds, so they
 //! cannot be lost to the losses they report.
 //!
+//! A full queue is shared fairly among the users whose processes the records are about
+//! (`process.user.id`): a record of a user that, with it, holds no more than an equal share of
+//! the queue's records (or, when the memory share is used up, of its bytes) takes the place of
+//! the oldest records of the user holding the most, which are dropped and counted as if they
+//! had arrived to a full queue (`queue_full`, or `memory_budget`). So one user's storm fills the queue with its
+//! records only while nobody else needs room. Module loads and W^X changes are never the ones
+//! dropped to make room.
+//!
 //! The thread writes records one after the other and flushes the sink when the queue runs dry,
 //! or after [`MAX_BATCH`] records if it never does: prompt when idle, batched under load.
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     io,
     sync::{
         Arc, Condvar, Mutex, MutexGuard,
@@ -22,7 +30,12 @@ use std::{
 use ksense_abi::EventKind;
 
 use super::Sink;
-use crate::{budget::Charge, record::LogRecord, telemetry::SinkStats};
+use crate::{
+    budget::Charge,
+    record::{LogRecord, Value},
+    schema,
+    telemetry::SinkStats,
+};
 
 /// The most records written between two flushes. Under a load the sink only just keeps up
 /// with, the queue may never run dry; the bound keeps it flushed all the same.
@@ -41,7 +54,35 @@ struct Queued {
     record: Arc<LogRecord>,
     /// Its kind, for the loss counters (`None`: one of ksense's own records).
     kind: Option<EventKind>,
+    /// The user it is about, for fairness (`None`: one of ksense's own records, or none said).
+    uid: Option<u32>,
+    /// A module load or a W^X change: never dropped to make room.
+    critical: bool,
+    bytes: usize,
     _charge: Charge,
+}
+
+/// What one user's records hold in a queue.
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    records: usize,
+    bytes: usize,
+}
+
+/// Which bound a record is made room under.
+#[derive(Clone, Copy)]
+enum Bound {
+    Records,
+    Bytes,
+}
+
+impl Held {
+    fn of(&self, bound: Bound) -> usize {
+        match bound {
+            Bound::Records => self.records,
+            Bound::Bytes => self.bytes,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -49,6 +90,8 @@ struct State {
     records: VecDeque<Queued>,
     /// How many of `records` are ksense's own.
     own: usize,
+    /// What each user's records in `records` hold.
+    by_uid: HashMap<u32, Held>,
     /// Set by [`Worker::close`]: deliver what is queued, then close the sink.
     closing: bool,
     /// The thread has closed the sink and ended.
@@ -76,6 +119,56 @@ struct Queue {
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn push(&mut self, queued: Queued) {
+        self.own += usize::from(queued.kind.is_none());
+        if let Some(uid) = queued.uid {
+            let held = self.by_uid.entry(uid).or_default();
+            held.records += 1;
+            held.bytes += queued.bytes;
+        }
+        self.records.push_back(queued);
+    }
+
+    /// Takes the record at `at` out of the queue.
+    fn take(&mut self, at: usize) -> Option<Queued> {
+        let queued = self.records.remove(at)?;
+        self.own -= usize::from(queued.kind.is_none());
+        if let Some(uid) = queued.uid
+            && let Some(held) = self.by_uid.get_mut(&uid)
+        {
+            held.records -= 1;
+            held.bytes -= queued.bytes;
+            if held.records == 0 {
+                self.by_uid.remove(&uid);
+            }
+        }
+        Some(queued)
+    }
+
+    /// The user whose oldest records give way to one of `uid` holding `amount` (1 record, or
+    /// its bytes) under `bound` of `limit`: with it, `uid` holds no more than an equal share
+    /// of `limit` among the users in the queue (itself included), and the user holding the
+    /// most, another one, holds more than that share. `None`: the arriving record is the one
+    /// dropped.
+    fn displaced_for(&self, uid: u32, bound: Bound, limit: usize, amount: usize) -> Option<u32> {
+        let mine = self.by_uid.get(&uid).map_or(0, |held| held.of(bound));
+        let users = self.by_uid.len() + usize::from(!self.by_uid.contains_key(&uid));
+        let share = limit / users.max(1);
+        if mine + amount > share {
+            return None;
+        }
+        let (&most, held) = self.by_uid.iter().filter(|(other, _)| **other != uid).max_by_key(|(_, held)| held.of(bound))?;
+        (held.of(bound) > share).then_some(most)
+    }
+
+    /// Drops the oldest record of `uid` that is not critical, returning its kind and bytes.
+    fn drop_oldest_of(&mut self, uid: u32) -> Option<(Option<EventKind>, usize)> {
+        let at = self.records.iter().position(|q| q.uid == Some(uid) && !q.critical)?;
+        self.take(at).map(|q| (q.kind, q.bytes))
     }
 }
 
@@ -133,36 +226,74 @@ impl Worker {
     }
 
     /// Queues `record` (of `kind`, `None` for ksense's own) without waiting, charging `bytes` to
-    /// the sink's share of the memory budget; or drops and counts it.
+    /// the sink's share of the memory budget; or drops and counts it. When the queue or the
+    /// memory share is full, a record of a user within an equal share takes the place of the
+    /// oldest records of the user holding the most (dropped and counted in its stead).
     pub fn offer(&self, record: &Arc<LogRecord>, kind: Option<EventKind>, bytes: usize) -> Offered {
         let stats = &self.queue.stats;
         let mut state = self.queue.lock();
+        let uid = match record.attribute(schema::PROCESS_USER_ID) {
+            Some(Value::Int(uid)) if kind.is_some() => u32::try_from(*uid).ok(),
+            _ => None,
+        };
         let charge = match kind {
             None if state.own < OWN_RESERVE => stats.held.charge(bytes),
             None => {
                 stats.queue_full.fetch_add(1, Relaxed);
                 return Offered::QueueFull;
             }
-            Some(kind) if state.records.len() - state.own >= self.queue.capacity => {
-                stats.queue_full_by_kind.add(kind, 1);
-                return Offered::QueueFull;
-            }
-            Some(kind) => match stats.held.try_charge(bytes) {
-                Some(charge) => charge,
-                None => {
-                    stats.memory_budget_by_kind.add(kind, 1);
-                    return Offered::MemoryBudget;
+            Some(kind) => {
+                if state.records.len() - state.own >= self.queue.capacity {
+                    let most = uid.and_then(|uid| state.displaced_for(uid, Bound::Records, self.queue.capacity, 1));
+                    let Some((Some(dropped), _)) = most.and_then(|most| state.drop_oldest_of(most)) else {
+                        stats.queue_full_by_kind.add(kind, 1);
+                        return Offered::QueueFull;
+                    };
+                    stats.queue_full_by_kind.add(dropped, 1);
                 }
-            },
+                match self.charge_fairly(&mut state, uid, bytes) {
+                    Some(charge) => charge,
+                    None => {
+                        stats.memory_budget_by_kind.add(kind, 1);
+                        return Offered::MemoryBudget;
+                    }
+                }
+            }
         };
-        state.own += usize::from(kind.is_none());
-        state.records.push_back(Queued { record: record.clone(), kind, _charge: charge });
+        let critical = kind == Some(EventKind::ModuleLoad) || record.attribute(schema::KSENSE_MEMORY_WX) == Some(&Value::Bool(true));
+        state.push(Queued { record: record.clone(), kind, uid, critical, bytes, _charge: charge });
         let wake = std::mem::take(&mut state.idle);
         drop(state);
         if wake {
             self.queue.changed.notify_all();
         }
         Offered::Queued
+    }
+
+    /// Charges `bytes` of a record of `uid` to the memory share; when it is used up and `uid`
+    /// holds no more than an equal share of it with them, the oldest records of the user holding
+    /// the most bytes give way (each counted as `memory_budget`), if that makes room: never more.
+    fn charge_fairly(&self, state: &mut State, uid: Option<u32>, bytes: usize) -> Option<Charge> {
+        let held = &self.queue.stats.held;
+        if let Some(charge) = held.try_charge(bytes) {
+            return Some(charge);
+        }
+        let most = state.displaced_for(uid?, Bound::Bytes, held.limit(), bytes)?;
+        let needed = (held.used() + bytes).saturating_sub(held.limit());
+        let evictable: usize = state.records.iter().filter(|q| q.uid == Some(most) && !q.critical).map(|q| q.bytes).sum();
+        if evictable < needed {
+            return None;
+        }
+        let mut freed = 0;
+        while freed < needed
+            && let Some((kind, dropped)) = state.drop_oldest_of(most)
+        {
+            if let Some(kind) = kind {
+                self.queue.stats.memory_budget_by_kind.add(kind, 1);
+            }
+            freed += dropped;
+        }
+        held.try_charge(bytes)
     }
 
     /// Starts closing: the thread delivers what is queued, closes the sink and ends.
@@ -243,8 +374,7 @@ fn drain(mut sink: Box<dyn Sink>, queue: &Queue, reader_gone: &AtomicBool) {
         let step = {
             let mut state = queue.lock();
             loop {
-                if let Some(queued) = state.records.pop_front() {
-                    state.own -= usize::from(queued.kind.is_none());
+                if let Some(queued) = state.take(0) {
                     state.writing = Some(queued.kind);
                     break Step::Write(queued);
                 }
@@ -432,5 +562,68 @@ mod tests {
         worker.finish(Duration::from_millis(100));
         assert_eq!(*sink.written.lock().unwrap(), 20);
         assert_eq!(stats.failed_by_kind.read(), [0; EventKind::ALL.len()]);
+    }
+
+    /// A record about `uid`'s process, of `kind`; W^X when `wx`.
+    fn record_of(uid: u32, kind: EventKind, wx: bool) -> Arc<LogRecord> {
+        let mut attributes = vec![(schema::PROCESS_USER_ID, Value::Int(i64::from(uid)))];
+        if wx {
+            attributes.push((schema::KSENSE_MEMORY_WX, Value::Bool(true)));
+        }
+        let now = std::time::SystemTime::now();
+        Arc::new(LogRecord {
+            event_name: kind.name(),
+            severity: crate::record::Severity::Info,
+            time: now,
+            observed_time: now,
+            body: String::new(),
+            attributes,
+        })
+    }
+
+    /// The users whose records are queued, oldest first.
+    fn queued_uids(worker: &Worker) -> Vec<Option<u32>> {
+        worker.queue.lock().records.iter().map(|q| q.uid).collect()
+    }
+
+    /// In a queue full of one user's records, another user's record takes the place of the
+    /// oldest of them (counted as queue_full), up to an equal share; then that user's own
+    /// records are the ones dropped. A W^X change is never the one that gives way.
+    #[test]
+    fn a_full_queue_makes_room_for_a_user_below_an_equal_share() {
+        let stats = Arc::new(SinkStats::default());
+        let worker = Worker::queued("recorder", stats.clone(), 4);
+        assert_eq!(worker.offer(&record_of(65534, EventKind::MemoryProtect, true), Some(EventKind::MemoryProtect), 10), Offered::Queued);
+        for _ in 0..3 {
+            assert_eq!(worker.offer(&record_of(65534, EventKind::Exec, false), Some(EventKind::Exec), 10), Offered::Queued);
+        }
+        assert_eq!(worker.offer(&record_of(65534, EventKind::Exec, false), Some(EventKind::Exec), 10), Offered::QueueFull, "the storm's own record is dropped");
+        for _ in 0..2 {
+            assert_eq!(worker.offer(&record_of(0, EventKind::Exit, false), Some(EventKind::Exit), 10), Offered::Queued, "root is below its share");
+        }
+        assert_eq!(worker.offer(&record_of(0, EventKind::Exit, false), Some(EventKind::Exit), 10), Offered::QueueFull, "root has its equal share");
+        assert_eq!(queued_uids(&worker), [Some(65534), Some(65534), Some(0), Some(0)]);
+        assert!(worker.queue.lock().records[0].critical, "the W^X change stayed");
+        let full = stats.queue_full_by_kind.read();
+        assert_eq!((full[EventKind::Exec as usize - 1], full[EventKind::Exit as usize - 1]), (3, 1), "one storm record arrived to a full queue, two gave way");
+        assert_eq!(stats.held.used(), 40, "the bytes of those that gave way are released");
+    }
+
+    /// When the memory share is used up by one user's records, another user's record takes the
+    /// place of as many of the oldest of them as it needs (counted as memory_budget), not more.
+    #[test]
+    fn a_used_up_memory_share_makes_room_for_a_user_below_an_equal_share() {
+        let stats = Arc::new(SinkStats::default());
+        stats.held.set_limit(100);
+        let worker = Worker::queued("recorder", stats.clone(), 100);
+        for _ in 0..3 {
+            assert_eq!(worker.offer(&record_of(65534, EventKind::Exec, false), Some(EventKind::Exec), 30), Offered::Queued);
+        }
+        assert_eq!(worker.offer(&record_of(65534, EventKind::Exec, false), Some(EventKind::Exec), 30), Offered::MemoryBudget);
+        assert_eq!(worker.offer(&record_of(0, EventKind::Exec, false), Some(EventKind::Exec), 45), Offered::Queued);
+        assert_eq!(queued_uids(&worker), [Some(65534), Some(0)], "two of the storm's records made room for 45 bytes");
+        assert_eq!(stats.memory_budget_by_kind.read()[EventKind::Exec as usize - 1], 3);
+        assert_eq!(stats.held.used(), 75);
+        assert_eq!(worker.offer(&record_of(0, EventKind::Exec, false), Some(EventKind::Exec), 45), Offered::MemoryBudget, "root is at its share");
     }
 }

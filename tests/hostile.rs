@@ -227,6 +227,8 @@ fn argv_with_every_byte_value_round_trips_in_every_sink() {
     assert_eq!(record.severity, "INFO", "{record:?}");
     let otlp_args = record.attributes.get("process.command_args").unwrap_or_else(|| panic!("no argv: {record:?}"));
     assert!(otlp_args.starts_with("Slice(Str(") && otlp_args.contains("Str(marker)"), "{otlp_args}");
+    let otlp_escaped = record.attributes.get("ksense.escaped").unwrap_or_else(|| panic!("no ksense.escaped: {record:?}"));
+    assert!(otlp_escaped.starts_with("Slice(Str(") && otlp_escaped.contains("Str(process.command_args)"), "{otlp_escaped}");
     let kinds: BTreeSet<String> = collector.received().iter().map(|r: &Received| r.event_name.clone()).collect();
     assert!(!kinds.contains("forged"), "{kinds:?}");
 

@@ -1,8 +1,9 @@
 //! Hostile input end to end: strings a monitored process chooses (argv, executable names and
 //! paths, the comm the kernel derives from them) cannot break or inject a JSON line, a journald
-//! entry or an OTLP record, and come back byte for byte: exactly when valid UTF-8, else through
-//! `ksense::text::lossless_bytes` (the escaped form's inverse) of the values `ksense.escaped` names. Also: an argv far beyond what the probe copies, a deep process
-//! chain, and processes gone from /proc before the pipeline sees their events.
+//! entry or an OTLP record, and come back byte for byte: as they are when valid UTF-8, else
+//! through `ksense::text::lossless_bytes` (the escaped form's inverse) of the values that
+//! `ksense.escaped` names. Also: an argv far beyond what the probe copies, a deep process chain,
+//! and processes gone from /proc before the pipeline sees their events.
 use std::{
     collections::BTreeSet,
     ffi::OsStr,

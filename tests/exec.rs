@@ -1,12 +1,20 @@
-//! `process.exec` end to end: argv and the execve path exactly as the process passed them, and
-//! the canonical path of the file the kernel executed.
+//! `process.exec` end to end: argv and the execve path exactly as the process passed them (the
+//! escaped form only for bytes that are not UTF-8), and the canonical path of the file the
+//! kernel executed.
 use std::{
+    collections::BTreeSet,
     ffi::OsStr,
     os::unix::ffi::OsStrExt,
     process::Command,
 };
 
-use ksense_e2e::{Ksense, attr, is, workload_bin};
+use ksense::text::lossless_bytes;
+use ksense_e2e::{
+    Ksense, attr, is,
+    journald::{Run, short, values},
+    workload_bin,
+};
+use serde_json::{Value, json};
 
 #[test]
 fn exec_reports_exact_argv_and_path() {
@@ -40,6 +48,55 @@ fn exec_reports_exact_argv_and_path() {
     assert!(0 < start && start < end, "{exec}");
     assert!(attr(&exec, "process.linux.cgroup").is_string(), "{exec}");
     ksense.stop();
+}
+
+/// Runs the workload with `args`, checks it succeeded, and returns its exec record and journal
+/// entry.
+fn exec_in(run: &Run, args: &[&[u8]]) -> (Value, Value) {
+    let child = Command::new(workload_bin()).args(args.iter().map(|a| OsStr::from_bytes(a))).spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let exec = run.ksense.wait_for("exec of the marker", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
+    let entry = run.entry(&["SYSLOG_IDENTIFIER=ksense", "KSENSE_EVENT=process.exec", &format!("PROCESS_PID={pid}")]);
+    (exec, entry)
+}
+
+/// The values of a repeated journal field, as a set (journald keeps each distinct value once).
+fn journal_set(entry: &Value, field: &str) -> BTreeSet<Vec<u8>> {
+    values(entry, field).into_iter().collect()
+}
+
+/// Backslashes in valid UTF-8 arguments come out as typed (a search for the command as it ran
+/// finds it); one argument that is not UTF-8 makes argv escaped, said in `ksense.escaped`, and
+/// decoding gives back every argument's bytes. In the JSON line and the journal entry alike.
+#[test]
+fn argv_is_exact_and_escaped_only_when_not_utf8() {
+    let run = Run::start("exec-exact-argv");
+    let bin = workload_bin();
+    let bin = bin.to_str().unwrap();
+
+    let (exec, entry) = exec_in(&run, &[b"marker", b"C:\\Windows\\path", b"\\d+"]);
+    let typed = [bin, "marker", "C:\\Windows\\path", "\\d+"];
+    assert_eq!(attr(&exec, "process.command_args"), &json!(typed), "{exec}");
+    assert_eq!(attr(&exec, "process.command_line"), typed.join(" ").as_str(), "{exec}");
+    assert!(exec["attributes"].get("ksense.escaped").is_none(), "nothing is escaped: {exec}");
+    assert_eq!(journal_set(&entry, "PROCESS_COMMAND_ARGS"), typed.map(|a| a.as_bytes().to_vec()).into(), "{}", short(&entry));
+    assert!(values(&entry, "KSENSE_ESCAPED").is_empty(), "{}", short(&entry));
+
+    let (exec, entry) = exec_in(&run, &[b"marker", b"C:\\Windows\\path", b"\\d+", b"\xff"]);
+    let escaped = [bin, "marker", "C:\\\\Windows\\\\path", "\\\\d+", "\\xff"];
+    assert_eq!(attr(&exec, "process.command_args"), &json!(escaped), "{exec}");
+    assert_eq!(attr(&exec, "process.command_line"), escaped.join(" ").as_str(), "{exec}");
+    let names = json!(["process.command_line", "process.command_args"]);
+    assert_eq!(attr(&exec, "ksense.escaped"), &names, "{exec}");
+    let decoded: Vec<Vec<u8>> = escaped.iter().map(|a| lossless_bytes(a).unwrap()).collect();
+    let ran: [&[u8]; 5] = [bin.as_bytes(), b"marker", b"C:\\Windows\\path", b"\\d+", b"\xff"];
+    assert_eq!(decoded, ran);
+    assert_eq!(journal_set(&entry, "PROCESS_COMMAND_ARGS"), escaped.map(|a| a.as_bytes().to_vec()).into(), "{}", short(&entry));
+    let journal_names = journal_set(&entry, "KSENSE_ESCAPED");
+    assert_eq!(journal_names, [b"process.command_line".to_vec(), b"process.command_args".to_vec()].into(), "{}", short(&entry));
+    let stopped = run.ksense.stop();
+    assert_eq!(stopped.counter("sink_journald_failed"), 0, "{}", stopped.stderr);
 }
 
 #[test]

@@ -83,3 +83,25 @@ fn burst_of_2000_forks_is_accounted_for() {
     assert_eq!(seqs.last().copied(), Some(read), "last seq is the number of records read");
     assert_eq!(read - seqs.len() as u64, stopped.counter("decode_errors"), "every record read is shipped or counted");
 }
+
+/// A process's fork, exec, memory change and exit: read by the reader in different batches,
+/// all carry the very same `process.creation.time` string, so (host, pid, creation time) joins
+/// them.
+#[test]
+fn every_record_of_a_process_has_the_same_creation_time() {
+    let ksense = Ksense::start(&[]);
+    let child = std::process::Command::new(ksense_e2e::workload_bin()).arg("mprotect-text-rwx").spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let kinds = ["process.fork", "process.exec", "process.memory.protect", "process.exit"];
+    let times: Vec<(&str, String)> = kinds
+        .iter()
+        .map(|&kind| {
+            let event = ksense.wait_for(kind, |e| is(e, kind) && attr(e, "process.pid") == pid);
+            let time = attr(&event, "process.creation.time").as_str().unwrap_or_else(|| panic!("no creation time: {event}"));
+            (kind, time.to_owned())
+        })
+        .collect();
+    assert!(times.iter().all(|(_, time)| *time == times[0].1), "{times:?}");
+    ksense.stop();
+}

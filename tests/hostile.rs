@@ -1,8 +1,9 @@
 //! Hostile input end to end: strings a monitored process chooses (argv, executable names and
 //! paths, the comm the kernel derives from them) cannot break or inject a JSON line, a journald
-//! entry or an OTLP record, and come back byte for byte through `ksense::text::lossless_bytes`
-//! (the rendering's inverse). Also: an argv far beyond what the probe copies, a deep process
-//! chain, and processes gone from /proc before the pipeline sees their events.
+//! entry or an OTLP record, and come back byte for byte: as they are when valid UTF-8, else
+//! through `ksense::text::lossless_bytes` (the escaped form's inverse) of the values that
+//! `ksense.escaped` names. Also: an argv far beyond what the probe copies, a deep process chain,
+//! and processes gone from /proc before the pipeline sees their events.
 use std::{
     collections::BTreeSet,
     ffi::OsStr,
@@ -55,23 +56,45 @@ fn hostile_argv() -> Vec<Vec<u8>> {
     argv
 }
 
-/// The bytes behind a rendered string value of a JSON line.
-fn json_bytes(value: &Value) -> Vec<u8> {
+/// The bytes behind `text`, a value of attribute `name`: `text` itself, or what it stands for
+/// when `escaped` (the record's `ksense.escaped`) names the attribute.
+fn value_bytes(text: &str, name: &str, escaped: &[String]) -> Vec<u8> {
+    if !escaped.iter().any(|e| e == name) {
+        return text.as_bytes().to_vec();
+    }
+    lossless_bytes(text).unwrap_or_else(|| panic!("{name}: not an escaped text: {text:?}"))
+}
+
+/// The names in a JSON line's `ksense.escaped` (none when absent).
+fn json_escaped(event: &Value) -> Vec<String> {
+    let names = event["attributes"]["ksense.escaped"].as_array().map(Vec::as_slice).unwrap_or_default();
+    names.iter().map(|n| n.as_str().unwrap_or_else(|| panic!("ksense.escaped: {n}")).to_owned()).collect()
+}
+
+/// The bytes behind a string value (`value`) of attribute `name` of a JSON line.
+fn json_bytes(event: &Value, name: &str, value: &Value) -> Vec<u8> {
     let text = value.as_str().unwrap_or_else(|| panic!("not a string: {value}"));
-    lossless_bytes(text).unwrap_or_else(|| panic!("not a rendering of bytes: {text:?}"))
+    value_bytes(text, name, &json_escaped(event))
 }
 
-/// The bytes behind a rendered journal field value.
-fn journal_bytes(value: &[u8]) -> Vec<u8> {
+/// The bytes behind the string value of attribute `name` of a JSON line.
+fn json_attr_bytes(event: &Value, name: &str) -> Vec<u8> {
+    json_bytes(event, name, attr(event, name))
+}
+
+/// The bytes behind a value of attribute `name` in a journal entry.
+fn journal_bytes(entry: &Value, name: &str, value: &[u8]) -> Vec<u8> {
     let text = std::str::from_utf8(value).unwrap_or_else(|e| panic!("journal value {value:?} is not UTF-8: {e}"));
-    lossless_bytes(text).unwrap_or_else(|| panic!("not a rendering of bytes: {text:?}"))
+    let escaped: Vec<String> =
+        values(entry, "KSENSE_ESCAPED").into_iter().map(|n| String::from_utf8(n).unwrap()).collect();
+    value_bytes(text, name, &escaped)
 }
 
-/// The one value of journal field `field`, as the bytes it renders.
-fn journal_value(entry: &Value, field: &str) -> Vec<u8> {
-    match values(entry, field).as_slice() {
-        [v] => journal_bytes(v),
-        other => panic!("{field}: expected one value, got {} in {}", other.len(), short(entry)),
+/// The one value of attribute `name` in a journal entry, as the bytes it stands for.
+fn journal_value(entry: &Value, name: &str) -> Vec<u8> {
+    match values(entry, &field_name(name)).as_slice() {
+        [v] => journal_bytes(entry, name, v),
+        other => panic!("{name}: expected one value, got {} in {}", other.len(), short(entry)),
     }
 }
 
@@ -90,10 +113,12 @@ fn check_json_shape(event: &Value, plain: &Value) {
     let body = event["body"].as_str().unwrap();
     assert!(!body.chars().any(char::is_control), "the body is one printable line: {body:?}");
     let (mut names, mut plain_names) = (attribute_names(event), attribute_names(plain));
-    // Present only when argv was cut (the long-argv test checks it).
-    let truncated = "ksense.process.command_args.truncated".to_owned();
-    names.remove(&truncated);
-    plain_names.remove(&truncated);
+    // Present only when argv was cut (the long-argv test checks it), or when a value is escaped
+    // (what it names is checked value by value).
+    for optional in ["ksense.process.command_args.truncated", "ksense.escaped"] {
+        names.remove(optional);
+        plain_names.remove(optional);
+    }
     assert_eq!(names, plain_names, "same attributes as for a plain process: {event}");
 }
 
@@ -145,17 +170,22 @@ fn exec_entry(run: &Run, pid: u32) -> Value {
 fn check_argv(run: &Run, pid: u32, plain: &Value, expected: &[Vec<u8>]) -> (Value, Value) {
     let event = exec_of(&run.ksense, pid);
     check_json_shape(&event, plain);
-    let args: Vec<Vec<u8>> = attr(&event, "process.command_args").as_array().unwrap().iter().map(json_bytes).collect();
+    let args: Vec<Vec<u8>> = attr(&event, "process.command_args")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|arg| json_bytes(&event, "process.command_args", arg))
+        .collect();
     assert_eq!(args, expected, "{event}");
-    let line = json_bytes(attr(&event, "process.command_line"));
+    let line = json_attr_bytes(&event, "process.command_line");
     assert_eq!(line, expected.join(&b' '), "{event}");
 
     let entry = exec_entry(run, pid);
     check_entry_fields(&entry, &event);
     let journal_args: BTreeSet<Vec<u8>> =
-        values(&entry, "PROCESS_COMMAND_ARGS").iter().map(|v| journal_bytes(v)).collect();
+        values(&entry, "PROCESS_COMMAND_ARGS").iter().map(|v| journal_bytes(&entry, "process.command_args", v)).collect();
     assert_eq!(journal_args, expected.iter().cloned().collect(), "{}", short(&entry));
-    assert_eq!(journal_value(&entry, "PROCESS_COMMAND_LINE"), line, "{}", short(&entry));
+    assert_eq!(journal_value(&entry, "process.command_line"), line, "{}", short(&entry));
     (event, entry)
 }
 
@@ -186,6 +216,8 @@ fn argv_with_every_byte_value_round_trips_in_every_sink() {
     let (event, _) = check_argv(&run, pid, &plain, &expected);
     let rendered = attr(&event, "process.command_args");
     assert_ne!(rendered[7], rendered[8], "the typed \\xff and the byte 0xff render the same");
+    let escaped = json_escaped(&event);
+    assert!(escaped.iter().any(|n| n == "process.command_args") && escaped.iter().any(|n| n == "process.command_line"), "{event}");
     check_nothing_forged(&run);
 
     // OTLP: the record, its arguments still an array.
@@ -196,6 +228,8 @@ fn argv_with_every_byte_value_round_trips_in_every_sink() {
     assert_eq!(record.severity, "INFO", "{record:?}");
     let otlp_args = record.attributes.get("process.command_args").unwrap_or_else(|| panic!("no argv: {record:?}"));
     assert!(otlp_args.starts_with("Slice(Str(") && otlp_args.contains("Str(marker)"), "{otlp_args}");
+    let otlp_escaped = record.attributes.get("ksense.escaped").unwrap_or_else(|| panic!("no ksense.escaped: {record:?}"));
+    assert!(otlp_escaped.starts_with("Slice(Str(") && otlp_escaped.contains("Str(process.command_args)"), "{otlp_escaped}");
     let kinds: BTreeSet<String> = collector.received().iter().map(|r: &Received| r.event_name.clone()).collect();
     assert!(!kinds.contains("forged"), "{kinds:?}");
 
@@ -250,14 +284,15 @@ fn check_exec_of_path(run: &Run, pid: u32, path: &Path, plain: &Value) {
     let comm = comm_of(path);
     let event = exec_of(&run.ksense, pid);
     check_json_shape(&event, plain);
-    assert_eq!(json_bytes(attr(&event, "process.executable.path")), path_bytes, "{event}");
-    assert_eq!(json_bytes(attr(&event, "process.executable.name")), comm, "{event}");
-    assert_eq!(json_bytes(&attr(&event, "process.command_args")[0]), path_bytes, "{event}");
+    assert_eq!(json_attr_bytes(&event, "process.executable.path"), path_bytes, "{event}");
+    assert_eq!(json_attr_bytes(&event, "process.executable.name"), comm, "{event}");
+    let arg0 = &attr(&event, "process.command_args")[0];
+    assert_eq!(json_bytes(&event, "process.command_args", arg0), path_bytes, "{event}");
 
     let entry = exec_entry(run, pid);
     check_entry_fields(&entry, &event);
-    assert_eq!(journal_value(&entry, "PROCESS_EXECUTABLE_PATH"), path_bytes, "{}", short(&entry));
-    assert_eq!(journal_value(&entry, "PROCESS_EXECUTABLE_NAME"), comm, "{}", short(&entry));
+    assert_eq!(journal_value(&entry, "process.executable.path"), path_bytes, "{}", short(&entry));
+    assert_eq!(journal_value(&entry, "process.executable.name"), comm, "{}", short(&entry));
 }
 
 /// Checks the change `pid` (running `path mprotect-text-rwx`) made to its own code page: it
@@ -266,8 +301,8 @@ fn check_code_change(ksense: &Ksense, pid: u32, path: &Path) {
     let change = ksense.wait_for("the code page made writable", |e| {
         is(e, "process.memory.protect") && attr(e, "process.pid") == pid
     });
-    assert_eq!(json_bytes(attr(&change, "process.executable.name")), comm_of(path), "{change}");
-    assert_eq!(json_bytes(attr(&change, "ksense.memory.file.path")), path.as_os_str().as_bytes(), "{change}");
+    assert_eq!(json_attr_bytes(&change, "process.executable.name"), comm_of(path), "{change}");
+    assert_eq!(json_attr_bytes(&change, "ksense.memory.file.path"), path.as_os_str().as_bytes(), "{change}");
 }
 
 /// The comm the kernel gives a process exec'd from `path`: the file name, cut to 15 bytes.

@@ -1,33 +1,57 @@
 //! Kernel timestamps to wall-clock time.
 //!
-//! `bpf_ktime_get_ns()` and `task->start_time` count CLOCK_MONOTONIC nanoseconds. The offset to
-//! CLOCK_REALTIME is sampled when needed (it moves when the wall clock is stepped), so an event
-//! gets the wall time it had when it happened, give or take the sampling interval.
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+//! `bpf_ktime_get_ns()` and `task->start_time` count CLOCK_MONOTONIC nanoseconds. For event
+//! times the offset to CLOCK_REALTIME is sampled when needed (it moves when the wall clock is
+//! stepped), so an event gets the wall time it had when it happened, give or take the sampling
+//! interval. A process's creation time is an identity, not a measurement: it uses one offset,
+//! sampled once per run, so every record of one process carries the same
+//! `process.creation.time` (a sample's sub-microsecond jitter would otherwise show in its
+//! nanoseconds).
+use std::{
+    sync::OnceLock,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 /// Converts CLOCK_MONOTONIC nanoseconds to wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    /// CLOCK_REALTIME - CLOCK_MONOTONIC, in ns.
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC, in ns, as sampled now.
     offset_ns: i128,
+    /// The same, as sampled the first time in this run: for creation times.
+    run_offset_ns: i128,
 }
 
+/// The offset of the first [`Clock::sample`] of this run.
+static RUN_OFFSET_NS: OnceLock<i128> = OnceLock::new();
+
 impl Clock {
-    /// Samples the current offset.
+    /// Samples the current offset (the first call also fixes the run's offset).
     pub fn sample() -> Clock {
         // Read monotonic on both sides of realtime and take the midpoint: the offset is then
         // off by at most half the (sub-microsecond) gap.
         let before = monotonic_ns();
         let real = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
         let after = monotonic_ns();
-        Clock { offset_ns: real - (before + after) / 2 }
+        let offset_ns = real - (before + after) / 2;
+        Clock { offset_ns, run_offset_ns: *RUN_OFFSET_NS.get_or_init(|| offset_ns) }
     }
 
-    /// The wall-clock time of a CLOCK_MONOTONIC timestamp.
+    /// The wall-clock time of a CLOCK_MONOTONIC timestamp (an event's).
     pub fn wall(&self, monotonic_ns: u64) -> SystemTime {
-        let ns = self.offset_ns + monotonic_ns as i128;
-        if ns <= 0 { UNIX_EPOCH } else { UNIX_EPOCH + Duration::from_nanos(ns as u64) }
+        wall(self.offset_ns, monotonic_ns)
     }
+
+    /// The wall-clock time a task started (`task->start_time`), with the run's one offset: the
+    /// same for every record of the task, whichever sample read it.
+    pub fn creation_time(&self, start_ns: u64) -> SystemTime {
+        wall(self.run_offset_ns, start_ns)
+    }
+}
+
+/// `monotonic_ns` plus `offset_ns` as wall-clock time (the epoch for times before it).
+fn wall(offset_ns: i128, monotonic_ns: u64) -> SystemTime {
+    let ns = offset_ns + monotonic_ns as i128;
+    if ns <= 0 { UNIX_EPOCH } else { UNIX_EPOCH + Duration::from_nanos(ns as u64) }
 }
 
 /// CLOCK_MONOTONIC now, in ns (the clock `bpf_ktime_get_ns` reads).
@@ -129,6 +153,18 @@ mod tests {
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000000000Z");
         let far = UNIX_EPOCH + Duration::new(253_402_300_800, 7); // 10000-01-01
         assert_eq!(rfc3339(far), "10000-01-01T00:00:00.000000007Z");
+    }
+
+    #[test]
+    fn creation_time_ignores_a_later_sample() {
+        let first = Clock::sample();
+        // A later sample whose offset moved (jitter, or the wall clock stepped).
+        let later = Clock { offset_ns: first.offset_ns + 1_234, ..Clock::sample() };
+        let start_ns = monotonic_ns() as u64;
+        assert_eq!(rfc3339(first.creation_time(start_ns)), rfc3339(later.creation_time(start_ns)));
+        assert_ne!(first.wall(start_ns), later.wall(start_ns), "event times follow the sample");
+        let diff = first.creation_time(start_ns).duration_since(first.wall(start_ns)).unwrap_or_else(|e| e.duration());
+        assert!(diff < Duration::from_secs(1), "the run's offset is a real one: {diff:?}");
     }
 
     #[test]

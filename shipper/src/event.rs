@@ -9,9 +9,9 @@ use crate::{
         exec::ProcessExec, exit::ProcessExit, fork::ProcessFork, memory::ProcessMemoryProtect,
         module::KernelModuleLoad,
     },
-    record::{LogRecord, Severity, Value},
+    record::{LogRecord, Severity, Value, mark_escaped, push_text},
     schema,
-    text::{lossless, one_line},
+    text::{lossless, one_line, rendered_all},
 };
 
 /// The acting process of an event: the one that forked (for a fork, the new child), exec'd or
@@ -125,14 +125,18 @@ impl Event {
         attrs.push((schema::PROCESS_PID, int(p.pid)));
         attrs.push((schema::PROCESS_PARENT_PID, int(p.parent_pid)));
         attrs.push((schema::THREAD_ID, int(p.tid)));
-        attrs.push((schema::PROCESS_EXECUTABLE_NAME, Value::Str(lossless(&p.comm))));
+        push_text(&mut attrs, schema::PROCESS_EXECUTABLE_NAME, &p.comm);
         if let Some(exe) = &p.exe {
-            attrs.push((schema::PROCESS_EXECUTABLE_PATH, Value::Str(lossless(exe))));
+            push_text(&mut attrs, schema::PROCESS_EXECUTABLE_PATH, exe);
         }
         if let Some(args) = &p.args {
-            let args: Vec<String> = args.iter().map(|a| lossless(a)).collect();
+            let (args, escaped) = rendered_all(args);
             attrs.push((schema::PROCESS_COMMAND_LINE, Value::Str(args.join(" "))));
             attrs.push((schema::PROCESS_COMMAND_ARGS, Value::StrArray(args)));
+            if escaped {
+                mark_escaped(&mut attrs, schema::PROCESS_COMMAND_LINE);
+                mark_escaped(&mut attrs, schema::PROCESS_COMMAND_ARGS);
+            }
             if p.args_truncated {
                 attrs.push((schema::KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED, Value::Bool(true)));
             }

@@ -2,6 +2,8 @@
 //! (`docs/EVENTS.md`, "The three renderings").
 use std::time::SystemTime;
 
+use crate::{schema, text};
+
 /// Severity of a record, in increasing order (`info`, `warn` in a configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,7 +47,8 @@ pub enum Value {
     Int(i64),
     /// A flag.
     Bool(bool),
-    /// Text. Bytes from the kernel that are not UTF-8 are rendered by [`crate::text::lossless`].
+    /// Text. Bytes from a monitored process are rendered by [`crate::text::rendered`]
+    /// ([`push_text`]).
     Str(String),
     /// A list of texts (argv).
     StrArray(Vec<String>),
@@ -72,5 +75,41 @@ impl LogRecord {
     /// The value of attribute `name`, if present.
     pub fn attribute(&self, name: &str) -> Option<&Value> {
         self.attributes.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+}
+
+/// Appends attribute `name` holding `bytes` from a monitored process as text
+/// ([`text::rendered`]): exactly when valid UTF-8, else escaped and named in `ksense.escaped`.
+pub fn push_text(attrs: &mut Vec<(&'static str, Value)>, name: &'static str, bytes: &[u8]) {
+    let (text, escaped) = text::rendered(bytes);
+    attrs.push((name, Value::Str(text)));
+    if escaped {
+        mark_escaped(attrs, name);
+    }
+}
+
+/// Names attribute `name` in `ksense.escaped` (added on the first escaped value).
+pub fn mark_escaped(attrs: &mut Vec<(&'static str, Value)>, name: &'static str) {
+    match attrs.iter_mut().find(|(key, _)| *key == schema::KSENSE_ESCAPED) {
+        Some((_, Value::StrArray(names))) => names.push(name.to_owned()),
+        _ => attrs.push((schema::KSENSE_ESCAPED, Value::StrArray(vec![name.to_owned()]))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_escaped_values_are_named_in_ksense_escaped() {
+        let mut attrs = Vec::new();
+        push_text(&mut attrs, schema::PROCESS_EXECUTABLE_NAME, b"C:\\x");
+        assert_eq!(attrs, [(schema::PROCESS_EXECUTABLE_NAME, Value::Str("C:\\x".into()))]);
+        push_text(&mut attrs, schema::PROCESS_EXECUTABLE_PATH, b"/tmp/\xff\\");
+        mark_escaped(&mut attrs, schema::PROCESS_COMMAND_ARGS);
+        assert_eq!(attrs[1], (schema::PROCESS_EXECUTABLE_PATH, Value::Str("/tmp/\\xff\\\\".into())));
+        let names = [schema::PROCESS_EXECUTABLE_PATH, schema::PROCESS_COMMAND_ARGS].map(str::to_owned).to_vec();
+        assert_eq!(attrs[2], (schema::KSENSE_ESCAPED, Value::StrArray(names)));
+        assert_eq!(attrs.len(), 3);
     }
 }

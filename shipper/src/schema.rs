@@ -57,6 +57,9 @@ pub const KSENSE_PROBE: &str = "ksense.probe";
 /// Per-agent sequence number, one more per event read from the kernel; on ksense's own records
 /// (`ksense.loss`, `ksense.status`), the number of the last event read before it.
 pub const KSENSE_EVENT_SEQ: &str = "ksense.event.seq";
+/// The names of the attributes whose text is in the escaped form (`text::escaped`): they held
+/// bytes that are not valid UTF-8. Absent when none is.
+pub const KSENSE_ESCAPED: &str = "ksense.escaped";
 /// argv was longer than the cap ([`ksense_abi::exec::ARGS_CAP`] bytes, in the probe or when read
 /// from `/proc/<pid>/cmdline`) and was cut.
 pub const KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED: &str = "ksense.process.command_args.truncated";

@@ -10,7 +10,7 @@ use super::{DecodeError, process_from, read};
 use crate::{
     clock::Clock,
     event::{Detail, Event, Process, Render, hex},
-    record::{Severity, Value},
+    record::{Severity, Value, push_text},
     schema,
     text::{lossless, one_line},
 };
@@ -108,7 +108,7 @@ impl Render for ProcessExec {
         attrs.push((schema::KSENSE_PROCESS_CODE_START, hex(self.code_start)));
         attrs.push((schema::KSENSE_PROCESS_CODE_END, hex(self.code_end)));
         if let Some(path) = &self.exec_path {
-            attrs.push((schema::KSENSE_PROCESS_EXEC_PATH, Value::Str(lossless(path))));
+            push_text(attrs, schema::KSENSE_PROCESS_EXEC_PATH, path);
         }
         let p = &event.process;
         // The command line is among the attributes already (Event::to_record) when argv is known.

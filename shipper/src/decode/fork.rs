@@ -37,7 +37,7 @@ pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), D
     process.pid = rec.child_tgid;
     process.tid = rec.child_tid;
     process.parent_pid = rec.parent.tgid;
-    process.start_time = (rec.child_start_ns != 0).then(|| clock.wall(rec.child_start_ns));
+    process.start_time = (rec.child_start_ns != 0).then(|| clock.creation_time(rec.child_start_ns));
     process.start_ns = rec.child_start_ns;
     if rec.clone_flags & CLONE_INTO_CGROUP != 0 {
         // The parent's cgroup, which the record carries, is not the child's.

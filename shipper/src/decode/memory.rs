@@ -7,7 +7,7 @@ use super::{DecodeError, process_from, read_whole};
 use crate::{
     clock::Clock,
     event::{Detail, Event, Process, Render, hex},
-    record::{Severity, Value},
+    record::{Severity, Value, push_text},
     schema,
     text::{lossless, one_line},
 };
@@ -86,7 +86,7 @@ impl Render for ProcessMemoryProtect {
         let region = self.region.unwrap_or(Region::Unknown).name();
         attrs.push((schema::KSENSE_MEMORY_REGION, Value::Str(region.to_owned())));
         if let Some(file) = &self.file {
-            attrs.push((schema::KSENSE_MEMORY_FILE_PATH, Value::Str(lossless(file))));
+            push_text(attrs, schema::KSENSE_MEMORY_FILE_PATH, file);
         }
         attrs.push((schema::KSENSE_MEMORY_WX, Value::Bool(self.wx())));
         if let Some(result) = self.result {

@@ -125,7 +125,7 @@ pub(crate) fn process_from(task: &Task, clock: &Clock) -> Process {
         uid: task.uid,
         euid: task.euid,
         kernel_thread: task.flags & PF_KTHREAD != 0,
-        start_time: (task.start_ns != 0).then(|| clock.wall(task.start_ns)),
+        start_time: (task.start_ns != 0).then(|| clock.creation_time(task.start_ns)),
         start_ns: task.start_ns,
         // 0 is unknown: the probes could not read them (a kernel thread's are 0, and /proc
         // says so too).

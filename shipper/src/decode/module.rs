@@ -5,7 +5,7 @@ use super::{DecodeError, process_from, read_whole};
 use crate::{
     clock::Clock,
     event::{Detail, Event, Process, Render},
-    record::{Severity, Value},
+    record::{Severity, Value, push_text},
     schema,
     text::{lossless, one_line},
 };
@@ -36,8 +36,7 @@ pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), D
 
 impl Render for KernelModuleLoad {
     fn render(&self, event: &Event, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
-        let name = lossless(&self.name);
-        attrs.push((schema::KSENSE_KERNEL_MODULE_NAME, Value::Str(name.clone())));
+        push_text(attrs, schema::KSENSE_KERNEL_MODULE_NAME, &self.name);
         if let Some(size) = self.size {
             attrs.push((schema::KSENSE_KERNEL_MODULE_SIZE, Value::Int(size as i64)));
         }
@@ -45,6 +44,6 @@ impl Render for KernelModuleLoad {
             attrs.push((schema::KSENSE_KERNEL_MODULE_TAINTS, Value::Int(taints as i64)));
         }
         let size = self.size.map(|s| format!(" ({s} bytes)")).unwrap_or_default();
-        (Severity::Warn, format!("{} loaded kernel module {}{size}", event.who(), one_line(&name)))
+        (Severity::Warn, format!("{} loaded kernel module {}{size}", event.who(), one_line(&lossless(&self.name))))
     }
 }

@@ -142,11 +142,21 @@ pub fn encode(record: &LogRecord, object_pid: bool, out: &mut Vec<u8>) {
         put(out, "OBJECT_PID", pid.to_string().as_bytes());
     }
 
-    // What is left of journald's field budget for array elements (one field is kept for the
-    // truncation mark, written last: it is also set when this cuts an array).
+    // What is left of journald's field budget for argv (one field is kept for the truncation
+    // mark, written last: it is also set when this cuts argv). Every other array is a short list
+    // kept whole like a scalar: `ksense.escaped` must survive a cut argv.
     let truncated = schema::KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED;
-    let scalars = record.attributes.iter().filter(|(_, v)| !matches!(v, Value::StrArray(_))).count();
-    let mut budget = MAX_FIELDS.saturating_sub(FIXED_FIELDS + scalars + 1);
+    let argv = schema::PROCESS_COMMAND_ARGS;
+    let kept_whole: usize = record
+        .attributes
+        .iter()
+        .map(|(name, v)| match v {
+            Value::StrArray(_) if *name == argv => 0,
+            Value::StrArray(items) => items.len(),
+            _ => 1,
+        })
+        .sum();
+    let mut budget = MAX_FIELDS.saturating_sub(FIXED_FIELDS + kept_whole + 1);
     let mut cut = matches!(record.attribute(truncated), Some(Value::Bool(true)));
     for (name, value) in &record.attributes {
         let field = field_name(name);
@@ -155,6 +165,11 @@ pub fn encode(record: &LogRecord, object_pid: bool, out: &mut Vec<u8>) {
             Value::Int(v) => put(out, &field, v.to_string().as_bytes()),
             Value::Bool(v) => put(out, &field, if *v { b"true" } else { b"false" }),
             Value::Str(v) => put(out, &field, v.as_bytes()),
+            Value::StrArray(items) if *name != argv => {
+                for item in items {
+                    put(out, &field, item.as_bytes());
+                }
+            }
             Value::StrArray(items) => {
                 let kept = items.len().min(budget);
                 cut |= kept < items.len();
@@ -529,12 +544,17 @@ mod tests {
     #[test]
     fn too_many_arguments_are_cut_to_journald_field_limit() {
         let argv: Vec<String> = (0..3000).map(|i| i.to_string()).collect();
-        let fields = encoded(&exec_record(argv));
+        let mut record = exec_record(argv);
+        // Named after argv: the list of escaped attributes is kept whole all the same.
+        let escaped = vec![schema::PROCESS_COMMAND_LINE.to_owned(), schema::PROCESS_COMMAND_ARGS.to_owned()];
+        record.attributes.push((schema::KSENSE_ESCAPED, Value::StrArray(escaped.clone())));
+        let fields = encoded(&record);
         assert!(fields.len() <= MAX_FIELDS, "{} fields", fields.len());
         let args = values(&fields, &field_name(schema::PROCESS_COMMAND_ARGS));
         assert!(args.len() > 900, "{}", args.len());
         assert_eq!(args[..3], [b"0".as_slice(), b"1", b"2"]);
         assert_eq!(one(&fields, &field_name(schema::KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED)), "true");
+        assert_eq!(values(&fields, &field_name(schema::KSENSE_ESCAPED)), escaped.iter().map(|e| e.as_bytes()).collect::<Vec<_>>());
 
         // A record already marked truncated by the probe keeps one mark.
         let mut record = exec_record(vec!["marker".into()]);

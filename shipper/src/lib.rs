@@ -30,16 +30,19 @@ pub mod decode;
 pub mod enrich;
 pub mod event;
 pub mod filter;
+pub mod kinds;
 pub mod loss;
 pub mod notify;
 pub mod offsets;
 pub mod pipeline;
+pub mod process;
 pub mod record;
 pub mod ringbuf;
 pub mod schema;
 pub mod sinks;
 pub mod telemetry;
 pub mod text;
+pub mod wire;
 
 use attach::{AttachOptions, Outcome, Probes};
 use config::{AttachMode, Config, OutputFormat};
@@ -135,7 +138,7 @@ async fn run_async(
     let mut probes = Probes::attach(&attach_options(config, attach))?;
     for kind in &probes.report {
         if let Some(hook) = kind.chosen() {
-            tracing::info!(event = kind.kind.name(), probe = %attach::probe_name(hook), "attached");
+            tracing::info!(event = kind.kind.name(), probe = %hook, "attached");
         }
     }
     // Loading parsed the kernel's BTF (10-20 MiB, freed by now): give that memory back to the
@@ -151,7 +154,7 @@ async fn run_async(
     let attached: Vec<String> = probes
         .report
         .iter()
-        .filter_map(|k| Some(format!("{}={}", k.kind.name(), attach::probe_name(k.chosen()?))))
+        .filter_map(|k| Some(format!("{}={}", k.kind.name(), k.chosen()?)))
         .collect();
     let memory_budget_bytes = *config.limits.memory_budget_bytes.get_ref();
     // SIGHUP's new outputs and the requests for ksense's own records ride the event queue:
@@ -186,6 +189,7 @@ async fn run_async(
     let watchdog_on = notify::Notifier::watchdog_interval().is_some();
     let mut heartbeat = notify::Heartbeat::default();
     let window = Duration::from_millis(config.memory.coalesce_window_ms);
+    let mut coalesced = kinds::memory::Coalesced::new(probes.take_map(ksense_abi::memory::COALESCE_MAP)?);
     // Coalesced memory repeats are swept at the window's pace (never if coalescing is off).
     let mut sweep = tokio::time::interval(window.max(Duration::from_millis(100)));
     // Reading at most once per interval turns one wakeup per event into one per batch under
@@ -227,7 +231,7 @@ async fn run_async(
                 }
             }
             _ = sweep.tick(), if !window.is_zero() => {
-                if reader.inject(probes.take_idle_coalesced(window.as_nanos() as u64)).await == Flow::Stop {
+                if reader.inject(coalesced.take_idle(window.as_nanos() as u64)).await == Flow::Stop {
                     break;
                 }
             }
@@ -248,7 +252,7 @@ async fn run_async(
     probes.detach();
     if reader.drain().await == Flow::Continue {
         // Repeats still counted in the kernel are reported rather than lost with it.
-        reader.inject(probes.take_idle_coalesced(0)).await;
+        reader.inject(coalesced.take_idle(0)).await;
     }
     // The last reports, after the last event: every loss until now is in them. (A sink that
     // fails while delivering what it still holds after this is counted in the stopped line.)
@@ -327,18 +331,13 @@ pub fn probes(config: &Config, attach: Option<AttachMode>, json: bool) -> anyhow
                     .hooks
                     .iter()
                     .map(|(hook, outcome)| {
-                        let (status, reason) = match outcome {
-                            Outcome::Attached => ("attached", None),
-                            Outcome::Refused(why) => ("refused", Some(why)),
-                            Outcome::Skipped(why) => ("skipped", Some(why)),
-                        };
-                        serde_json::json!({"probe": attach::probe_name(*hook), "status": status, "reason": reason})
+                        serde_json::json!({"probe": hook.to_string(), "status": outcome.status(), "reason": outcome.reason()})
                     })
                     .collect();
                 serde_json::json!({
                     "event": r.kind.name(),
                     "enabled": r.enabled,
-                    "chosen": r.chosen().map(attach::probe_name),
+                    "chosen": r.chosen().map(|hook| hook.to_string()),
                     "hooks": hooks,
                 })
             })
@@ -361,12 +360,8 @@ pub fn probes(config: &Config, attach: Option<AttachMode>, json: bool) -> anyhow
     for r in &probes.report {
         for (i, (hook, outcome)) in r.hooks.iter().enumerate() {
             let kind = if i == 0 { r.kind.name() } else { "" };
-            let status = match outcome {
-                Outcome::Attached => "CHOSEN".to_owned(),
-                Outcome::Refused(why) => format!("refused: {why}"),
-                Outcome::Skipped(why) => format!("not tried: {why}"),
-            };
-            println!("{kind:<24} {:<40} {status}", attach::probe_name(*hook));
+            let status = if *outcome == Outcome::Attached { "CHOSEN".to_owned() } else { outcome.to_string() };
+            println!("{kind:<24} {:<40} {status}", hook.to_string());
         }
     }
     Ok(())

@@ -180,8 +180,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        decode::fork::ProcessFork,
-        event::{Detail, Process},
+        kinds::{Detail, fork::ProcessFork},
+        process::Process,
         loss::Cause,
         record::Value,
         schema,

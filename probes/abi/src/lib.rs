@@ -247,6 +247,14 @@ impl Hook {
     }
 }
 
+/// `family/target`, e.g. `tracepoint/sched/sched_process_exec`: the hook's `ksense.probe`
+/// value, and its name everywhere ksense reports on hooks.
+impl core::fmt::Display for Hook {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}/{}", self.family().name(), self.target())
+    }
+}
+
 /// The kinds of BPF attachment ksense uses, in the order `auto` mode prefers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HookFamily {
@@ -350,3 +358,10 @@ pub(crate) use assert_size;
 
 assert_size!(Header, 24);
 assert_size!(Task, 64);
+
+// SAFETY (both): plain old data, integers and byte arrays only, no padding (the sizes asserted
+// above are the sums of the fields): every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Header {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Task {}

@@ -10,7 +10,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use ksense_abi::memory::MEMORY_FILE_CAP;
 
-use crate::event::{Detail, Event, Process};
+use crate::{event::Event, kinds::Detail, process::Process};
 
 mod cgroups;
 mod procfs;
@@ -228,7 +228,7 @@ fn fill(p: &mut Process, info: &ProcInfo) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{exec::ProcessExec, exit::ProcessExit, fork::ProcessFork, memory::ProcessMemoryProtect};
+    use crate::kinds::{exec::ProcessExec, exit::ProcessExit, fork::ProcessFork, memory::ProcessMemoryProtect};
     use ksense_abi::Hook;
     use std::time::SystemTime;
 

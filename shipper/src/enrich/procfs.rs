@@ -7,7 +7,7 @@ use std::{
 use ksense_abi::exec::ARGS_CAP;
 
 use super::{ProcInfo, cgroups::Cgroup};
-use crate::decode::exec::{FileId, split_args};
+use crate::kinds::exec::{FileId, split_args};
 
 /// Reads what `/proc/<pid>` tells of a process; `None` when it is gone, or when it is not the
 /// process `task` (see [`is_task`]) describes. `with_image` also reads the executable path and

@@ -1,18 +1,23 @@
 //! `process.exec` records (variable size: the fixed part, then argv).
-use std::mem::{offset_of, size_of};
+use std::{
+    mem::{offset_of, size_of},
+    time::SystemTime,
+};
 
 use ksense_abi::{
-    Task,
+    EventKind, Hook, Task,
     exec::{ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED, Exec, FILENAME_CAP},
 };
 
-use super::{DecodeError, process_from, read};
+use super::{Detail, KindSpec, Payload};
 use crate::{
     clock::Clock,
-    event::{Detail, Event, Process, Render, hex},
-    record::{Severity, Value},
+    offsets::Resolver,
+    process::Process,
+    record::{Severity, Value, hex},
     schema,
     text::{lossless, one_line},
+    wire::{DecodeError, read},
 };
 
 /// A process exec'd. The event's [`Process`] carries argv, and, once enrichment established
@@ -57,7 +62,7 @@ impl FileId {
     }
 }
 
-pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
+fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
     let fixed = Exec::fixed_size();
     if bytes.len() < fixed {
         return Err(DecodeError::Short { len: bytes.len(), need: fixed });
@@ -76,7 +81,7 @@ pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), D
     let (filename, args) = bytes[fixed..].split_at(filename_len);
     let args = split_args(args);
 
-    let mut process = process_from(&task, clock);
+    let mut process = Process::from_task(&task, clock);
     // An empty argv area means the probe could not read it (no BTF offsets, or the page was
     // not resident): leave argv to enrichment rather than report an empty command line.
     process.args = (!args.is_empty()).then(|| args.into());
@@ -103,21 +108,72 @@ pub fn split_args(area: &[u8]) -> Vec<Vec<u8>> {
     area.split(|&b| b == 0).map(<[u8]>::to_vec).collect()
 }
 
-impl Render for ProcessExec {
-    fn render(&self, event: &Event, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
+/// `process.exec` in the table of kinds.
+pub(super) static KIND: KindSpec = KindSpec {
+    kind: EventKind::Exec,
+    config_key: "exec",
+    decode,
+    offsets,
+    message_id: "40c8251563fd4f72b506462540d4bb5e",
+    catalog: CATALOG,
+};
+
+/// The journald catalog entry (`journalctl -x`).
+const CATALOG: &str = r#"Subject: Process @PROCESS_PID@ executed @PROCESS_EXECUTABLE_PATH@
+Defined-By: ksense
+Support: https://example.invalid/ksense
+
+ksense saw a process.exec event: process @PROCESS_PID@ replaced its program
+with @PROCESS_EXECUTABLE_PATH@ by execve().
+
+PROCESS_EXECUTABLE_PATH is the canonical path of the file the kernel executed
+(symlinks and .. resolved, as /proc/<pid>/exe shows it; absent when it could
+not be established, e.g. a memfd of a process already gone);
+KSENSE_PROCESS_EXEC_PATH is the path as the process gave it to execve().
+
+PROCESS_COMMAND_LINE is the argument vector joined with spaces, in order.
+PROCESS_COMMAND_ARGS repeats once per argument; the journal stores the values
+of a repeated field as a set (a repeated value once, in no particular order),
+so it tells which arguments there were but not their order or how often one
+occurred. Arguments are kept byte for byte (newlines included), except that
+a backslash is written as \\ and a byte that is not UTF-8 as \xNN. When the
+argument vector was longer than ksense copies, or had more arguments than a
+journal entry can hold, KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED=true.
+PROCESS_USER_ID, PROCESS_REAL_USER_ID and PROCESS_OWNER give who ran it,
+PROCESS_PARENT_PID its parent, PROCESS_LINUX_CGROUP and CONTAINER_ID where it
+runs.
+
+This is routine activity, logged at priority info.
+
+Only an entry with _UID=0 (or _SYSTEMD_UNIT=ksense.service) was written by
+ksense: any local user can write one with SYSLOG_IDENTIFIER=ksense and this
+MESSAGE_ID. Query with journalctl SYSLOG_IDENTIFIER=ksense _UID=0.
+"#;
+
+/// The fields of the plain `sched_process_exec` tracepoint (the BTF hooks read what every
+/// kind shares).
+fn offsets(r: &mut Resolver<'_>) {
+    r.tracepoint_fields(Hook::TracepointSchedProcessExec, 0, &[
+        ("filename", |c| &mut c.tracepoint.exec_filename),
+        ("old_pid", |c| &mut c.tracepoint.exec_old_pid),
+    ]);
+}
+
+impl Payload for ProcessExec {
+    fn render(&self, process: &Process, _time: SystemTime, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
         attrs.push((schema::KSENSE_PROCESS_CODE_START, hex(self.code_start)));
         attrs.push((schema::KSENSE_PROCESS_CODE_END, hex(self.code_end)));
         if let Some(path) = &self.exec_path {
             attrs.push((schema::KSENSE_PROCESS_EXEC_PATH, Value::Str(lossless(path))));
         }
-        let p = &event.process;
+        let p = process;
         // The command line is among the attributes already (Event::to_record) when argv is known.
         let command_line = attrs.iter().find(|(name, _)| *name == schema::PROCESS_COMMAND_LINE);
         let command = match command_line {
             Some((_, Value::Str(line))) if p.args.as_ref().is_some_and(|args| !args.is_empty()) => one_line(line),
             _ => one_line(&p.exe.as_deref().or(self.exec_path.as_deref()).map(lossless).unwrap_or_default()),
         };
-        (Severity::Info, format!("{} executed {command}", event.who()))
+        (Severity::Info, format!("{} executed {command}", process.who()))
     }
 }
 
@@ -125,7 +181,6 @@ impl Render for ProcessExec {
 mod tests {
     use super::*;
     use crate::decode::{decode as decode_record, tests};
-    use std::time::SystemTime;
 
     fn exec_record(filename: &[u8], args: &[u8]) -> Vec<u8> {
         let mut task = Task { tgid: 42, tid: 42, ..Task::default() };

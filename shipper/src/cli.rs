@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{AttachMode, OutputFormat};
+use crate::{config::AttachMode, sinks::OutputFormat};
 
 /// ksense: process, exec and exit events from the kernel (eBPF), as JSON lines, journald
 /// entries and OpenTelemetry logs.

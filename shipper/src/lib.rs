@@ -45,7 +45,8 @@ pub mod text;
 pub mod wire;
 
 use attach::{AttachOptions, Outcome, Probes};
-use config::{AttachMode, Config, OutputFormat};
+use config::{AttachMode, Config};
+use sinks::OutputFormat;
 use ringbuf::{Flow, Reader};
 use telemetry::{Counters, LossReporter};
 
@@ -72,16 +73,7 @@ pub fn main(cli: cli::Cli) -> anyhow::Result<()> {
 
 fn attach_options(config: &Config, attach: Option<AttachMode>) -> AttachOptions {
     let p = &config.probes;
-    let kinds = [
-        (EventKind::Fork, p.fork),
-        (EventKind::Exec, p.exec),
-        (EventKind::Exit, p.exit),
-        (EventKind::ModuleLoad, p.module),
-        (EventKind::MemoryProtect, p.memory),
-    ]
-    .into_iter()
-        .filter_map(|(kind, on)| on.then_some(kind))
-        .collect();
+    let kinds = EventKind::ALL.into_iter().filter(|&kind| p.enabled(kind)).collect();
     AttachOptions {
         mode: attach.unwrap_or(p.attach),
         kinds,
@@ -272,7 +264,7 @@ fn outputs(config: &Config, output: Option<OutputFormat>, counters: &Counters) -
     Ok(pipeline::Outputs {
         filter: filter::Filter::new(config.filters.clone()),
         limiter: filter::rate::RateLimiter::new(&config.limits.rate_per_second),
-        sinks: sinks::build(config, output, counters)?,
+        sinks: sinks::build(&config.sinks, output.or(config.output.format), counters)?,
     })
 }
 

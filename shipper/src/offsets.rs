@@ -104,7 +104,7 @@ impl<'a> Resolver<'a> {
 }
 
 /// Resolves everything: the offsets every kind shares, then each kind's (`kinds`: each
-/// kind's resolution, see `crate::kinds::KindSpec::offsets`). `btf` is the kernel's BTF or why
+/// kind's resolution, the `offsets` of its entry in the table of kinds). `btf` is the kernel's BTF or why
 /// it is unavailable; `tracefs` the tracefs mount, if any.
 pub fn resolve<'a>(
     btf: Result<&'a Btf, &BtfError>,

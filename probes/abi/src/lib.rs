@@ -36,7 +36,7 @@ pub const EXCLUDE_MAX: u32 = 1024;
 /// Name of the read-only global holding the [`config::ProbeConfig`].
 pub const CONFIG_GLOBAL: &str = "KSENSE_CONFIG";
 /// Number of slots in [`LOST_MAP`]: one per [`EventKind`] value (slot 0 is unused).
-pub const LOST_SLOTS: u32 = 6;
+pub const LOST_SLOTS: u32 = EventKind::ALL.len() as u32 + 1;
 
 /// Length of `task_struct::comm`, including its terminating NUL.
 pub const TASK_COMM_LEN: usize = 16;

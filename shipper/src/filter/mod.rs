@@ -12,7 +12,7 @@
 use ksense_abi::EventKind;
 use serde::Deserialize;
 
-use crate::{config::EventName, event::Event, process::Process};
+use crate::{event::Event, kinds::EventName, process::Process};
 
 pub mod comm;
 pub mod container;

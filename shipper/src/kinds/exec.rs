@@ -1,24 +1,12 @@
 //! `process.exec` records (variable size: the fixed part, then argv).
-use std::{
-    mem::{offset_of, size_of},
-    time::SystemTime,
-};
+use std::mem::{offset_of, size_of};
 
 use ksense_abi::{
-    EventKind, Hook, Task,
+    Task,
     exec::{ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED, Exec, FILENAME_CAP},
 };
 
-use super::{Detail, KindSpec, Payload};
-use crate::{
-    clock::Clock,
-    offsets::Resolver,
-    process::Process,
-    record::{Severity, Value, hex},
-    schema,
-    text::{lossless, one_line},
-    wire::{DecodeError, read},
-};
+use super::prelude::*;
 
 /// A process exec'd. The event's [`Process`] carries argv, and, once enrichment established
 /// it, the canonical path of the file the kernel executed.
@@ -115,15 +103,12 @@ pub(super) static KIND: KindSpec = KindSpec {
     decode,
     offsets,
     message_id: "40c8251563fd4f72b506462540d4bb5e",
+    catalog_subject: "Process @PROCESS_PID@ executed @PROCESS_EXECUTABLE_PATH@",
     catalog: CATALOG,
 };
 
-/// The journald catalog entry (`journalctl -x`).
-const CATALOG: &str = r#"Subject: Process @PROCESS_PID@ executed @PROCESS_EXECUTABLE_PATH@
-Defined-By: ksense
-Support: https://example.invalid/ksense
-
-ksense saw a process.exec event: process @PROCESS_PID@ replaced its program
+/// The journald catalog entry (`journalctl -x`): what the event is and what its fields say.
+const CATALOG: &str = r#"ksense saw a process.exec event: process @PROCESS_PID@ replaced its program
 with @PROCESS_EXECUTABLE_PATH@ by execve().
 
 PROCESS_EXECUTABLE_PATH is the canonical path of the file the kernel executed
@@ -144,10 +129,6 @@ PROCESS_PARENT_PID its parent, PROCESS_LINUX_CGROUP and CONTAINER_ID where it
 runs.
 
 This is routine activity, logged at priority info.
-
-Only an entry with _UID=0 (or _SYSTEMD_UNIT=ksense.service) was written by
-ksense: any local user can write one with SYSLOG_IDENTIFIER=ksense and this
-MESSAGE_ID. Query with journalctl SYSLOG_IDENTIFIER=ksense _UID=0.
 "#;
 
 /// The fields of the plain `sched_process_exec` tracepoint (the BTF hooks read what every

@@ -1,17 +1,8 @@
 //! `process.exit` records.
-use std::time::SystemTime;
+use ksense_abi::exit::Exit;
 
-use ksense_abi::{EventKind, Hook, exit::Exit};
-
-use super::{Detail, KindSpec, Payload};
-use crate::{
-    clock::{Clock, rfc3339},
-    offsets::Resolver,
-    process::Process,
-    record::{Severity, Value},
-    schema,
-    wire::{DecodeError, read_whole},
-};
+use super::prelude::*;
+use crate::clock::rfc3339;
 
 /// A task exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,15 +44,12 @@ pub(super) static KIND: KindSpec = KindSpec {
     decode,
     offsets,
     message_id: "2dee3ba51e464cb9b57f6bf8db8fffb6",
+    catalog_subject: "Process @PROCESS_PID@ (@PROCESS_EXECUTABLE_NAME@) exited",
     catalog: CATALOG,
 };
 
-/// The journald catalog entry (`journalctl -x`).
-const CATALOG: &str = r#"Subject: Process @PROCESS_PID@ (@PROCESS_EXECUTABLE_NAME@) exited
-Defined-By: ksense
-Support: https://example.invalid/ksense
-
-ksense saw a process.exit event: process @PROCESS_PID@ ended.
+/// The journald catalog entry (`journalctl -x`): what the event is and what its fields say.
+const CATALOG: &str = r#"ksense saw a process.exit event: process @PROCESS_PID@ ended.
 
 PROCESS_EXIT_CODE is its exit status (0-255) when it exited by itself;
 KSENSE_PROCESS_EXIT_SIGNAL is the signal that killed it otherwise, and
@@ -71,10 +59,6 @@ exit is reported only when ksense is configured to (probes.thread_exits).
 
 An exit is logged at priority info, or warning when a signal killed the
 process.
-
-Only an entry with _UID=0 (or _SYSTEMD_UNIT=ksense.service) was written by
-ksense: any local user can write one with SYSLOG_IDENTIFIER=ksense and this
-MESSAGE_ID. Query with journalctl SYSLOG_IDENTIFIER=ksense _UID=0.
 "#;
 
 /// Where `do_exit` takes the exit code (fentry).

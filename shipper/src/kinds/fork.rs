@@ -1,20 +1,7 @@
 //! `process.fork` records.
-use std::time::SystemTime;
+use ksense_abi::fork::{CLONE_INTO_CGROUP, CLONE_THREAD, Fork};
 
-use ksense_abi::{
-    EventKind, Hook,
-    fork::{CLONE_INTO_CGROUP, CLONE_THREAD, Fork},
-};
-
-use super::{Detail, KindSpec, Payload};
-use crate::{
-    clock::Clock,
-    offsets::Resolver,
-    process::Process,
-    record::{Severity, Value, hex},
-    schema,
-    wire::{DecodeError, read_whole},
-};
+use super::prelude::*;
 
 /// A new task. The event's [`Process`] is the child; its `parent_pid` the forking process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,15 +54,12 @@ pub(super) static KIND: KindSpec = KindSpec {
     decode,
     offsets,
     message_id: "a11761e9a509483797e71c7de1d363fa",
+    catalog_subject: "Process @PROCESS_PARENT_PID@ created process or thread @PROCESS_PID@",
     catalog: CATALOG,
 };
 
-/// The journald catalog entry (`journalctl -x`).
-const CATALOG: &str = r#"Subject: Process @PROCESS_PARENT_PID@ created process or thread @PROCESS_PID@
-Defined-By: ksense
-Support: https://example.invalid/ksense
-
-ksense saw a process.fork event: process @PROCESS_PARENT_PID@ created
+/// The journald catalog entry (`journalctl -x`): what the event is and what its fields say.
+const CATALOG: &str = r#"ksense saw a process.fork event: process @PROCESS_PARENT_PID@ created
 @PROCESS_PID@ with clone(), fork() or vfork().
 
 PROCESS_PID is the new child (for a thread, THREAD_ID is the new task and
@@ -89,10 +73,6 @@ the kernel hook that reported it, and KSENSE_EVENT_SEQ grows by one per event
 ksense read, so a gap shows a loss.
 
 This is routine activity, logged at priority info.
-
-Only an entry with _UID=0 (or _SYSTEMD_UNIT=ksense.service) was written by
-ksense: any local user can write one with SYSLOG_IDENTIFIER=ksense and this
-MESSAGE_ID. Query with journalctl SYSLOG_IDENTIFIER=ksense _UID=0.
 "#;
 
 /// Where `kernel_clone` keeps the clone flags and its return value (fexit), and the fields of

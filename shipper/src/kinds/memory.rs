@@ -1,8 +1,5 @@
 //! `process.memory.protect` records.
-use std::time::SystemTime;
-
 use ksense_abi::{
-    EventKind, Hook,
     config::MemoryOffsets,
     memory::{
         CoalesceKey, CoalesceState, MEMORY_FILE_CAP, MEMORY_OLD_KNOWN, MEMORY_RESULT_KNOWN, Memory, PROT_EXEC, PROT_READ,
@@ -10,16 +7,10 @@ use ksense_abi::{
     },
 };
 
-use super::{Detail, KindSpec, Payload};
+use super::prelude::*;
 use crate::{
     btf::{Btf, BtfError},
-    clock::Clock,
-    offsets::Resolver,
-    process::Process,
-    record::{Severity, Value, hex},
-    schema,
-    text::{lossless, one_line},
-    wire::{DecodeError, as_bytes, read_whole},
+    wire::as_bytes,
 };
 
 /// A protection change (or `count` identical ones, coalesced in the kernel).
@@ -92,15 +83,12 @@ pub(super) static KIND: KindSpec = KindSpec {
     decode,
     offsets,
     message_id: "450bd3ca132e4701bb08514634b315d2",
+    catalog_subject: "Process @PROCESS_PID@ changed memory protection to @KSENSE_MEMORY_PROTECTION_NEW@",
     catalog: CATALOG,
 };
 
-/// The journald catalog entry (`journalctl -x`).
-const CATALOG: &str = r#"Subject: Process @PROCESS_PID@ changed memory protection to @KSENSE_MEMORY_PROTECTION_NEW@
-Defined-By: ksense
-Support: https://example.invalid/ksense
-
-ksense saw a process.memory.protect event: process @PROCESS_PID@ changed the
+/// The journald catalog entry (`journalctl -x`): what the event is and what its fields say.
+const CATALOG: &str = r#"ksense saw a process.memory.protect event: process @PROCESS_PID@ changed the
 protection of @KSENSE_MEMORY_LENGTH@ bytes at @KSENSE_MEMORY_START@ with
 mprotect() or pkey_mprotect().
 
@@ -114,10 +102,6 @@ call's return value (0, or -errno when it failed) and KSENSE_EVENT_COUNT how
 many identical changes this entry stands for.
 
 Logged at priority warning when the change is W^X-relevant, else info.
-
-Only an entry with _UID=0 (or _SYSTEMD_UNIT=ksense.service) was written by
-ksense: any local user can write one with SYSLOG_IDENTIFIER=ksense and this
-MESSAGE_ID. Query with journalctl SYSLOG_IDENTIFIER=ksense _UID=0.
 "#;
 
 /// VMA, `mm_struct` and file fields, where `mprotect_fixup` and `do_mprotect_pkey` take their

@@ -1,5 +1,5 @@
 //! The event kinds, one module each: a kind's module owns its payload (the kind-specific part
-//! of an [`Event`](crate::event::Event)), the decoding of its kernel record, the rendering of
+//! of an event), the decoding of its kernel record, the rendering of
 //! its attributes and body, the offsets its probes ask for, its journald `MESSAGE_ID` and the
 //! text of its catalog entry. [`KINDS`] is the one table every other part of ksense walks;
 //! the payloads' behaviour is reached through [`Payload`].
@@ -10,6 +10,7 @@
 use std::{path::Path, time::SystemTime};
 
 use ksense_abi::EventKind;
+use serde::Deserialize;
 
 use crate::{
     btf::{Btf, BtfError},
@@ -26,6 +27,24 @@ pub mod fork;
 pub mod memory;
 pub mod module;
 
+/// What every kind's module works with.
+mod prelude {
+    pub(super) use std::time::SystemTime;
+
+    pub(super) use ksense_abi::{EventKind, Hook};
+
+    pub(super) use super::{Detail, KindSpec, Payload};
+    pub(super) use crate::{
+        clock::Clock,
+        offsets::Resolver,
+        process::Process,
+        record::{Severity, Value, hex},
+        schema,
+        text::{lossless, one_line},
+        wire::{DecodeError, read, read_whole},
+    };
+}
+
 /// What ksense knows of an event kind, in one place.
 #[derive(Debug)]
 pub struct KindSpec {
@@ -40,8 +59,10 @@ pub struct KindSpec {
     pub offsets: fn(&mut Resolver<'_>),
     /// Its journald `MESSAGE_ID` (fixed: catalogs and saved queries depend on it).
     pub message_id: &'static str,
-    /// Its journald catalog entry, after the `-- MESSAGE_ID` line (`packaging/ksense.catalog`
-    /// is made of these).
+    /// The `Subject:` of its journald catalog entry (`packaging/ksense.catalog` is made of
+    /// these entries).
+    pub catalog_subject: &'static str,
+    /// The text of its catalog entry: what the event is and what its fields say.
     pub catalog: &'static str,
 }
 
@@ -57,6 +78,22 @@ pub fn spec(kind: EventKind) -> &'static KindSpec {
 /// (see [`offsets::resolve`]).
 pub fn resolve_offsets<'a>(btf: Result<&'a Btf, &BtfError>, tracefs: Option<&'a Path>, switches: &Switches) -> Resolved {
     offsets::resolve(btf, tracefs, switches, KINDS.iter().map(|kind| kind.offsets))
+}
+
+/// An event kind named in a configuration, e.g. `"process.exec"`; any other string is refused
+/// with the place it is at and the names there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventName(pub EventKind);
+
+impl<'de> Deserialize<'de> for EventName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        let kinds = EventKind::ALL;
+        kinds.into_iter().find(|k| k.name() == name).map(EventName).ok_or_else(|| {
+            let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+            serde::de::Error::custom(format!("unknown event kind {name:?}, expected one of {names:?}"))
+        })
+    }
 }
 
 /// What happened, per kind.

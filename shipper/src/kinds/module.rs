@@ -1,23 +1,13 @@
 //! `kernel.module.load` records.
-use std::{path::Path, time::SystemTime};
+use std::path::Path;
 
 use ksense_abi::{
-    EventKind, Hook,
     config::ModuleOffsets,
     module::{MODULE_NAME_CAP, MODULE_SIZE_KNOWN, MODULE_TAINTS_KNOWN, ModuleLoad},
 };
 
-use super::{Detail, KindSpec, Payload};
-use crate::{
-    btf::{Btf, BtfError},
-    clock::Clock,
-    offsets::Resolver,
-    process::Process,
-    record::{Severity, Value},
-    schema,
-    text::{lossless, one_line},
-    wire::{DecodeError, read_whole},
-};
+use super::prelude::*;
+use crate::btf::{Btf, BtfError};
 
 /// A kernel module is being initialised. The event's [`Process`] is the loader.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,15 +40,12 @@ pub(super) static KIND: KindSpec = KindSpec {
     decode,
     offsets,
     message_id: "d39d8dbbf76d457d97ca879021e1eb97",
+    catalog_subject: "Kernel module @KSENSE_KERNEL_MODULE_NAME@ was loaded",
     catalog: CATALOG,
 };
 
-/// The journald catalog entry (`journalctl -x`).
-const CATALOG: &str = r#"Subject: Kernel module @KSENSE_KERNEL_MODULE_NAME@ was loaded
-Defined-By: ksense
-Support: https://example.invalid/ksense
-
-ksense saw a kernel.module.load event: process @PROCESS_PID@
+/// The journald catalog entry (`journalctl -x`): what the event is and what its fields say.
+const CATALOG: &str = r#"ksense saw a kernel.module.load event: process @PROCESS_PID@
 (@PROCESS_EXECUTABLE_NAME@) loaded the kernel module
 @KSENSE_KERNEL_MODULE_NAME@ into the running kernel.
 
@@ -68,10 +55,6 @@ full privilege: check that the module and the process that loaded it are
 expected on this host.
 
 Logged at priority warning.
-
-Only an entry with _UID=0 (or _SYSTEMD_UNIT=ksense.service) was written by
-ksense: any local user can write one with SYSLOG_IDENTIFIER=ksense and this
-MESSAGE_ID. Query with journalctl SYSLOG_IDENTIFIER=ksense _UID=0.
 "#;
 
 /// `struct module` fields, where `do_init_module` takes the module (fentry), and the fields of

@@ -231,7 +231,9 @@ impl Payload for ProcessMemoryProtect {
 /// transition) within the window are counted there, and the probes write a record for them
 /// only when one more repeat arrives after the window. This takes the tail of each burst: every
 /// entry idle for a while that still holds repeats becomes one record (its last record, with
-/// the repeats as its count), for the reader to ship as if the probes had written it.
+/// the repeats as its count), for the reader to ship as if the probes had written it. Every
+/// idle entry is removed: the table never evicts one itself (its repeats would be lost), so
+/// this is what makes room.
 pub struct Coalesced {
     table: aya::maps::HashMap<aya::maps::MapData, CoalesceKey, CoalesceState>,
 }
@@ -242,20 +244,24 @@ impl Coalesced {
         Coalesced { table }
     }
 
-    /// Takes the repeats of every entry not seen for `idle_ns` (0: all, at exit), each as the
-    /// bytes of the record the probes would have written.
+    /// Removes every entry not seen for `idle_ns` (0: all, at exit) and takes the repeats of
+    /// those that hold some, each as the bytes of the record the probes would have written.
     pub fn take_idle(&mut self, idle_ns: u64) -> Vec<Vec<u8>> {
         let now = crate::clock::monotonic_ns() as u64;
         let idle: Vec<(CoalesceKey, CoalesceState)> = self
             .table
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, state)| state.pending > 0 && now.saturating_sub(state.seen_ns) >= idle_ns)
+            .filter(|(_, state)| now.saturating_sub(state.seen_ns) >= idle_ns)
             .collect();
         idle.into_iter()
             .filter_map(|(key, state)| {
-                // Idle for a whole window: a concurrent repeat is all but impossible here.
+                // Idle for a whole window: a concurrent change of its key is all but impossible
+                // here (and the probes would write it as a record of its own, not count it).
                 self.table.remove(&key).ok()?;
+                if state.pending == 0 {
+                    return None;
+                }
                 let mut record = state.record;
                 record.count = state.pending;
                 record.header.ktime_ns = state.seen_ns;

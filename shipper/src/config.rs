@@ -26,8 +26,6 @@ pub struct Config {
     pub probes: ProbesConfig,
     /// Memory-protection reporting.
     pub memory: MemoryConfig,
-    /// Terminal output.
-    pub output: crate::sinks::OutputConfig,
     /// Backends.
     pub sinks: crate::sinks::SinksConfig,
     /// Which events go on to the sinks.

@@ -1,5 +1,6 @@
-//! ksense: a host-state sensor. eBPF probes in the kernel report process creation, exec and
-//! exit; this library loads them and runs the pipeline
+//! ksense: a host-state sensor. eBPF probes in the kernel report process fork, exec and exit,
+//! kernel module loads and memory-protection changes; this library loads them and runs the
+//! pipeline:
 //!
 //! ```text
 //! probes (kernel) -> ring buffer -> ringbuf::Reader -> decode -> queue -> pipeline thread:
@@ -7,8 +8,10 @@
 //! ```
 //!
 //! Main types: [`attach::Probes`] (load, choose and attach hooks), [`ringbuf::Reader`],
-//! [`decode::decode`] (bytes to [`event::Event`]), [`enrich::Enricher`], [`record::LogRecord`]
-//! (the one shape every sink takes) and the [`sinks`]. Attribute names live in [`schema`].
+//! [`decode::decode`] (bytes to [`event::Event`]), the table of event kinds [`kinds::KINDS`]
+//! (each kind's decoding, rendering and offsets), [`enrich::Enricher`], [`record::LogRecord`]
+//! (the one shape every sink takes) and the [`sinks`]. Attribute names live in [`schema`];
+//! ksense's own counters and records in [`telemetry`] and [`loss`].
 #![deny(missing_docs)]
 
 use std::{path::Path, sync::Arc, time::Duration};
@@ -264,7 +267,7 @@ fn outputs(config: &Config, output: Option<OutputFormat>, counters: &Counters) -
     Ok(pipeline::Outputs {
         filter: filter::Filter::new(config.filters.clone()),
         limiter: filter::rate::RateLimiter::new(&config.limits.rate_per_second),
-        sinks: sinks::build(&config.sinks, output.or(config.output.format), counters)?,
+        sinks: sinks::build(&config.sinks, output.or(config.sinks.stdout.format), counters)?,
     })
 }
 

@@ -40,12 +40,14 @@ pub struct SinksConfig {
     pub otlp: otlp::config::OtlpConfig,
     /// `[sinks.file]`.
     pub file: file::FileConfig,
+    /// `[sinks.stdout]`.
+    pub stdout: StdoutConfig,
 }
 
-/// `[output]`: events as text on standard output.
+/// `[sinks.stdout]`: events as text on standard output.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct OutputConfig {
+pub struct StdoutConfig {
     /// `json`, `pretty` or `none`; `--output` overrides it. Unset: JSON lines when no other sink is on.
     pub format: Option<OutputFormat>,
 }
@@ -129,9 +131,13 @@ impl Selection {
     }
 }
 
+/// The name of the sink that writes to standard output (JSON lines or readable lines).
+pub const STDOUT: &str = "stdout";
+
 /// A destination for records.
 pub trait Sink: Send {
-    /// Short name for diagnostics, e.g. `stdout-json`.
+    /// Its name in its counters (`sink_<name>_delivered`), `ksense.loss` records and its
+    /// thread, as in its configuration section (`[sinks.<name>]`).
     fn name(&self) -> &'static str;
     /// Writes (or buffers) one record.
     fn write(&mut self, record: &LogRecord) -> io::Result<()>;
@@ -144,7 +150,7 @@ pub trait Sink: Send {
 }
 
 /// The sinks a configuration asks for, each with its counters. Text output runs when asked for
-/// (`text`: `--output`, else `[output] format`); journald when its socket exists, OTLP when an endpoint is
+/// (`text`: `--output`, else `[sinks.stdout] format`); journald when its socket exists, OTLP when an endpoint is
 /// configured (`[sinks.otlp]` or `OTEL_EXPORTER_OTLP_ENDPOINT`), or as configured. If
 /// nothing at all is enabled, JSON lines go to stdout, so a bare `ksense run` shows something;
 /// `none` turns that off too.
@@ -170,7 +176,7 @@ pub fn build(config: &SinksConfig, text: Option<OutputFormat>, counters: &Counte
     }
     let text = text.or(sinks.is_empty().then_some(OutputFormat::Json));
     if let Some(format) = text.filter(|&f| f != OutputFormat::None) {
-        let stats = counters.register_sink("stdout");
+        let stats = counters.register_sink(STDOUT);
         let sink: Box<dyn Sink> = if format == OutputFormat::Pretty {
             Box::new(pretty::PrettySink::stdout(stats.clone()))
         } else {

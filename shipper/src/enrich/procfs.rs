@@ -142,41 +142,6 @@ fn exe_at(dir: &Path) -> Option<Vec<u8>> {
     Some(target.as_os_str().as_bytes().to_vec())
 }
 
-/// The path of the file mapped at `addr` in process `pid`, from `/proc/<pid>/maps`. The kernel
-/// writes a newline in the path as `\012` there (and nothing else escaped): that is undone, so
-/// a name holding the four characters `\012` comes back as a newline (the caller checks the
-/// name against the kernel record's).
-pub(super) fn mapping_path(proc_root: &Path, pid: u32, addr: u64) -> Option<Vec<u8>> {
-    let maps = std::fs::read(proc_root.join(pid.to_string()).join("maps")).ok()?;
-    maps.split(|&b| b == b'\n').find_map(|line| {
-        // start-end perms offset dev inode path
-        let text = std::str::from_utf8(line.get(..line.iter().position(|&b| b == b' ')?)?).ok()?;
-        let (start, end) = text.split_once('-')?;
-        let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
-        if !(start..end).contains(&addr) {
-            return None;
-        }
-        let path_at = line.iter().position(|&b| b == b'/')?;
-        Some(unescape_newlines(&line[path_at..]))
-    })
-}
-
-/// `path` with each `\012` (how `/proc/<pid>/maps` writes a newline) made a newline again.
-fn unescape_newlines(path: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(path.len());
-    let mut rest = path;
-    while !rest.is_empty() {
-        if let Some(tail) = rest.strip_prefix(b"\\012") {
-            out.push(b'\n');
-            rest = tail;
-        } else {
-            out.push(rest[0]);
-            rest = &rest[1..];
-        }
-    }
-    out
-}
-
 /// What ksense reads from `/proc/<pid>/stat`.
 #[derive(Debug, PartialEq, Eq)]
 struct Stat {
@@ -336,12 +301,6 @@ mod tests {
         std::os::unix::fs::symlink(&real, root.join("40/exe")).unwrap();
         assert_eq!(executed_path(&root, 40, None, file), Some(canonical));
         std::fs::remove_dir_all(root).unwrap();
-    }
-
-    #[test]
-    fn maps_newline_escape_is_undone() {
-        assert_eq!(unescape_newlines(b"/tmp/a\\012b\\012"), b"/tmp/a\nb\n");
-        assert_eq!(unescape_newlines(b"/tmp/a\\01b\\x\\"), b"/tmp/a\\01b\\x\\");
     }
 
     #[test]

@@ -1,4 +1,6 @@
 //! `process.memory.protect` records.
+use std::path::Path;
+
 use ksense_abi::{
     config::MemoryOffsets,
     memory::{
@@ -47,6 +49,61 @@ impl ProcessMemoryProtect {
     pub fn code_made_writable(&self) -> bool {
         self.old_prot.is_some_and(|old| old & PROT_EXEC != 0 && old & PROT_WRITE == 0) && self.new_prot & PROT_WRITE != 0
     }
+}
+
+impl ProcessMemoryProtect {
+    /// Replaces the backing file's basename, as the kernel gave it, by its full path: from
+    /// `/proc/<pid>/maps` (under `proc_root`) while the process lives, else the process's
+    /// executable `exe` (its own code). Either only when its name agrees with the kernel's:
+    /// the basename stays otherwise.
+    pub(crate) fn resolve_file(&mut self, proc_root: &Path, pid: u32, exe: Option<&[u8]>) {
+        let Some(basename) = &self.file else { return };
+        // The kernel record holds the file's basename, exact but cut to MEMORY_FILE_CAP - 1
+        // bytes.
+        let agrees = |path: &[u8]| {
+            let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+            name == &basename[..] || (basename.len() == MEMORY_FILE_CAP - 1 && name.starts_with(basename))
+        };
+        let mapped = mapping_path(proc_root, pid, self.start).filter(|path| agrees(path));
+        if let Some(path) = mapped.or_else(|| exe.filter(|exe| agrees(exe)).map(<[u8]>::to_vec)) {
+            self.file = Some(path);
+        }
+    }
+}
+
+/// The path of the file mapped at `addr` in process `pid`, from `/proc/<pid>/maps`. The kernel
+/// writes a newline in the path as `\012` there (and nothing else escaped): that is undone, so
+/// a name holding the four characters `\012` comes back as a newline (the caller checks the
+/// name against the kernel record's).
+fn mapping_path(proc_root: &Path, pid: u32, addr: u64) -> Option<Vec<u8>> {
+    let maps = std::fs::read(proc_root.join(pid.to_string()).join("maps")).ok()?;
+    maps.split(|&b| b == b'\n').find_map(|line| {
+        // start-end perms offset dev inode path
+        let text = std::str::from_utf8(line.get(..line.iter().position(|&b| b == b' ')?)?).ok()?;
+        let (start, end) = text.split_once('-')?;
+        let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+        if !(start..end).contains(&addr) {
+            return None;
+        }
+        let path_at = line.iter().position(|&b| b == b'/')?;
+        Some(unescape_newlines(&line[path_at..]))
+    })
+}
+
+/// `path` with each `\012` (how `/proc/<pid>/maps` writes a newline) made a newline again.
+fn unescape_newlines(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(tail) = rest.strip_prefix(b"\\012") {
+            out.push(b'\n');
+            rest = tail;
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    out
 }
 
 /// `rwx`-style rendering of `PROT_*` bits, e.g. `r-x`.
@@ -289,5 +346,11 @@ mod tests {
         assert!(!change(Some(r | w), r | x).code_made_writable());
         assert_eq!(prot_string(r | x), "r-x");
         assert_eq!(prot_string(0), "---");
+    }
+
+    #[test]
+    fn maps_newline_escape_is_undone() {
+        assert_eq!(unescape_newlines(b"/tmp/a\\012b\\012"), b"/tmp/a\nb\n");
+        assert_eq!(unescape_newlines(b"/tmp/a\\01b\\x\\"), b"/tmp/a\\01b\\x\\");
     }
 }

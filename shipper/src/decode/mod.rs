@@ -33,8 +33,16 @@ pub fn decode(bytes: &[u8], seq: u64, clock: &Clock, observed_time: SystemTime) 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::wire::as_bytes;
-    use ksense_abi::{Task, exec::Exec};
+    use crate::{
+        record::Value,
+        schema,
+        wire::as_bytes,
+    };
+    use ksense_abi::{
+        Task,
+        exec::{Exec, FILENAME_CAP},
+        fork::Fork,
+    };
     use proptest::prelude::*;
     use std::mem::offset_of;
 
@@ -99,6 +107,67 @@ pub(crate) mod tests {
         for len in 0..good.len() {
             assert!(decode_bytes(&good[..len]).is_err(), "a {len}-byte prefix was accepted");
         }
+    }
+
+    #[test]
+    fn a_fork_has_the_child_as_the_acting_process() {
+        let mut rec = Fork::default();
+        rec.parent.tgid = 100;
+        rec.parent.tid = 101;
+        rec.parent.comm[..4].copy_from_slice(b"bash");
+        rec.child_tid = 200;
+        rec.child_tgid = 200;
+        rec.clone_flags = 0x11; // SIGCHLD
+        let bytes = record(Hook::TpBtfTaskNewtask, &as_bytes(&rec)[24..]);
+        let event = decode(&bytes, 7, &Clock::sample(), SystemTime::now()).unwrap();
+        assert_eq!((event.process.pid, event.process.tid, event.process.parent_pid), (200, 200, 100));
+        let record = event.to_record();
+        assert_eq!(record.attribute(schema::KSENSE_CLONE_THREAD), Some(&Value::Bool(false)));
+        assert_eq!(record.attribute(schema::KSENSE_EVENT_SEQ), Some(&Value::Int(7)));
+        assert_eq!(record.body, "bash[100] forked child 200");
+        assert!(record.attribute(schema::PROCESS_CREATION_TIME).is_some());
+    }
+
+    fn marker_exec_record(filename: &[u8], args: &[u8]) -> Vec<u8> {
+        let mut task = Task { tgid: 42, tid: 42, ..Task::default() };
+        task.comm[..6].copy_from_slice(b"marker");
+        exec_record(task, filename, args)
+    }
+
+    #[test]
+    fn exec_argv_is_kept_exactly() {
+        let bytes = marker_exec_record(b"/usr/bin/marker", b"marker\0a b\0\"q\"\0line\nbreak\0\0\xff\0");
+        let event = decode(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap();
+        let record = event.to_record();
+        assert_eq!(
+            record.attribute(schema::PROCESS_COMMAND_ARGS),
+            Some(&Value::StrArray(vec![
+                "marker".into(),
+                "a b".into(),
+                "\"q\"".into(),
+                "line\nbreak".into(),
+                "".into(),
+                "\\xff".into()
+            ]))
+        );
+        // The string given to execve; the canonical path is enrichment's (from /proc/<pid>/exe).
+        assert_eq!(record.attribute(schema::KSENSE_PROCESS_EXEC_PATH), Some(&Value::Str("/usr/bin/marker".into())));
+        assert_eq!(record.attribute(schema::PROCESS_EXECUTABLE_PATH), None);
+        assert!(!record.body.contains('\n'), "{}", record.body);
+    }
+
+    #[test]
+    fn exec_with_inconsistent_lengths_is_rejected() {
+        let mut bytes = marker_exec_record(b"/bin/true", b"true\0");
+        let at = offset_of!(Exec, args_len);
+        bytes[at..at + 4].copy_from_slice(&99u32.to_ne_bytes());
+        let err = decode(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap_err();
+        assert_eq!(err, DecodeError::Field("args_len"));
+        let mut bytes = marker_exec_record(b"/bin/true", b"true\0");
+        let at = offset_of!(Exec, filename_len);
+        bytes[at..at + 4].copy_from_slice(&(FILENAME_CAP as u32).to_ne_bytes());
+        let err = decode(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap_err();
+        assert_eq!(err, DecodeError::Field("filename_len"));
     }
 
     proptest! {

@@ -161,49 +161,6 @@ impl Payload for ProcessExec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{decode as decode_record, tests};
-
-    fn exec_record(filename: &[u8], args: &[u8]) -> Vec<u8> {
-        let mut task = Task { tgid: 42, tid: 42, ..Task::default() };
-        task.comm[..6].copy_from_slice(b"marker");
-        tests::exec_record(task, filename, args)
-    }
-
-    #[test]
-    fn argv_is_kept_exactly() {
-        let bytes = exec_record(b"/usr/bin/marker", b"marker\0a b\0\"q\"\0line\nbreak\0\0\xff\0");
-        let event = decode_record(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap();
-        let record = event.to_record();
-        assert_eq!(
-            record.attribute(schema::PROCESS_COMMAND_ARGS),
-            Some(&Value::StrArray(vec![
-                "marker".into(),
-                "a b".into(),
-                "\"q\"".into(),
-                "line\nbreak".into(),
-                "".into(),
-                "\\xff".into()
-            ]))
-        );
-        // The string given to execve; the canonical path is enrichment's (from /proc/<pid>/exe).
-        assert_eq!(record.attribute(schema::KSENSE_PROCESS_EXEC_PATH), Some(&Value::Str("/usr/bin/marker".into())));
-        assert_eq!(record.attribute(schema::PROCESS_EXECUTABLE_PATH), None);
-        assert!(!record.body.contains('\n'), "{}", record.body);
-    }
-
-    #[test]
-    fn rejects_inconsistent_lengths() {
-        let mut bytes = exec_record(b"/bin/true", b"true\0");
-        let at = offset_of!(Exec, args_len);
-        bytes[at..at + 4].copy_from_slice(&99u32.to_ne_bytes());
-        let err = decode_record(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap_err();
-        assert_eq!(err, DecodeError::Field("args_len"));
-        let mut bytes = exec_record(b"/bin/true", b"true\0");
-        let at = offset_of!(Exec, filename_len);
-        bytes[at..at + 4].copy_from_slice(&(FILENAME_CAP as u32).to_ne_bytes());
-        let err = decode_record(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap_err();
-        assert_eq!(err, DecodeError::Field("filename_len"));
-    }
 
     #[test]
     fn split_args_cases() {

@@ -120,29 +120,6 @@ impl Payload for ProcessFork {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        decode::{decode as decode_record, tests::record},
-        wire::as_bytes,
-    };
-
-    #[test]
-    fn child_is_the_acting_process() {
-        let mut rec = Fork::default();
-        rec.parent.tgid = 100;
-        rec.parent.tid = 101;
-        rec.parent.comm[..4].copy_from_slice(b"bash");
-        rec.child_tid = 200;
-        rec.child_tgid = 200;
-        rec.clone_flags = 0x11; // SIGCHLD
-        let bytes = record(Hook::TpBtfTaskNewtask, &as_bytes(&rec)[24..]);
-        let event = decode_record(&bytes, 7, &Clock::sample(), SystemTime::now()).unwrap();
-        assert_eq!((event.process.pid, event.process.tid, event.process.parent_pid), (200, 200, 100));
-        let record = event.to_record();
-        assert_eq!(record.attribute(schema::KSENSE_CLONE_THREAD), Some(&Value::Bool(false)));
-        assert_eq!(record.attribute(schema::KSENSE_EVENT_SEQ), Some(&Value::Int(7)));
-        assert_eq!(record.body, "bash[100] forked child 200");
-        assert!(record.attribute(schema::PROCESS_CREATION_TIME).is_some());
-    }
 
     #[test]
     fn thread_flag_follows_clone_thread() {

@@ -71,7 +71,7 @@ impl Enricher {
                 let exec_path = exec.exec_path.as_deref();
                 p.exe = exec
                     .executed_file
-                    .and_then(|file| procfs::executed_path(&self.proc_root, pid, exec_path, file))
+                    .and_then(|file| crate::kinds::exec::executed_path(&self.proc_root, pid, exec_path, file))
                     .map(Into::into);
                 // Only what neither the kernel (process group and session, on most kernels) nor
                 // the cgroup cache told is read from /proc: on the hot path, nothing. What is

@@ -1,5 +1,9 @@
 //! `process.exec` records (variable size: the fixed part, then argv).
-use std::mem::{offset_of, size_of};
+use std::{
+    mem::{offset_of, size_of},
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
 
 use ksense_abi::{
     Task,
@@ -86,6 +90,61 @@ fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError>
     Ok((process, Detail::Exec(exec)))
 }
 
+/// The canonical path of `file`, the file the kernel said process `pid` executed, as
+/// `/proc/<pid>/exe` shows it: from `/proc/<pid>/exe` while the process still runs it, else
+/// (the process is gone, or runs another file by now) from `exec_path`, the absolute path given
+/// to execve, resolved here (`..` and symlinks), or for a script the interpreter its `#!` line
+/// names, each accepted only if it leads to `file`. `None` when none establishes it (a relative
+/// path or a memfd of a process gone, a file since replaced, a path that only resolves in
+/// another mount namespace).
+pub(crate) fn executed_path(proc_root: &Path, pid: u32, exec_path: Option<&[u8]>, file: FileId) -> Option<Vec<u8>> {
+    let exe = proc_root.join(pid.to_string()).join("exe");
+    let absolute = exec_path.filter(|path| path.starts_with(b"/")).map(|path| Path::new(std::ffi::OsStr::from_bytes(path)));
+    canonical_if(&exe, file).or_else(|| {
+        let given = absolute?;
+        canonical_if(given, file).or_else(|| canonical_if(&interpreter(given)?, file))
+    })
+}
+
+/// The absolute interpreter path of the `#!` line of `script`, if it is a regular file that
+/// has one (only the first 256 bytes count, as for the kernel). The file is opened for reading
+/// only once known to be a regular file (through the `O_PATH` descriptor that told so): a path
+/// swapped for a FIFO or a device cannot block ksense or open a device.
+fn interpreter(script: &Path) -> Option<PathBuf> {
+    use std::{io::Read, os::fd::AsRawFd};
+    let opened = open_path(script)?;
+    if !opened.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut head = Vec::new();
+    std::fs::File::open(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?.take(256).read_to_end(&mut head).ok()?;
+    let line = head.strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = &line[line.iter().position(|&b| b != b' ' && b != b'\t')?..];
+    let interpreter = &line[..line.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(line.len())];
+    interpreter.starts_with(b"/").then(|| PathBuf::from(std::ffi::OsStr::from_bytes(interpreter)))
+}
+
+/// `path` opened `O_PATH`: resolved, but neither read nor opened as a device.
+fn open_path(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_CLOEXEC).open(path).ok()
+}
+
+/// The canonical path of what `path` leads to, if that is `file`. The file is opened once
+/// (`O_PATH`: no I/O, no device opened) and both its identity and its path are taken from that
+/// one open file, so a rename or an exec in between cannot pair one file's path with another's
+/// identity.
+fn canonical_if(path: &Path, file: FileId) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let opened = open_path(path)?;
+    if FileId::of(&opened.metadata().ok()?) != file {
+        return None;
+    }
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?;
+    Some(path.as_os_str().as_bytes().to_vec())
+}
+
 /// Splits the argv area: NUL-terminated strings back to back. Empty arguments are kept; a cut
 /// last argument (no final NUL) is kept as far as it goes.
 pub fn split_args(area: &[u8]) -> Vec<Vec<u8>> {
@@ -168,5 +227,44 @@ mod tests {
         assert_eq!(split_args(b"a\0"), vec![b"a".to_vec()]);
         assert_eq!(split_args(b"a\0\0"), vec![b"a".to_vec(), b"".to_vec()]);
         assert_eq!(split_args(b"a\0bc"), vec![b"a".to_vec(), b"bc".to_vec()]);
+    }
+
+    /// The executed file's canonical path: `..` and symlinks resolved, and only for the file the
+    /// kernel named.
+    #[test]
+    fn executed_path_is_canonical_and_of_the_executed_file() {
+        let root = std::env::temp_dir().join(format!("ksense-exec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let real = root.join("bin/evil");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("excluded")).unwrap();
+        std::fs::write(&real, b"x").unwrap();
+        std::fs::write(root.join("bin/other"), b"y").unwrap();
+        std::os::unix::fs::symlink(&real, root.join("excluded/x")).unwrap();
+        let file = FileId::of(&std::fs::metadata(&real).unwrap());
+        let canonical = std::fs::canonicalize(&real).unwrap().into_os_string().into_vec();
+        use std::os::unix::ffi::OsStringExt;
+        let via = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        // The process is gone (no /proc/40): the execve path, resolved.
+        let dotdot = via(&root.join("excluded/../bin/evil"));
+        assert_eq!(executed_path(&root, 40, Some(&dotdot), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("excluded/x"))), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/other"))), file), None, "another file");
+        assert_eq!(executed_path(&root, 40, Some(b"bin/evil"), file), None, "relative: cwd unknown");
+        // A script: the kernel executed its interpreter (here `evil`), which may have moved on.
+        std::fs::write(root.join("bin/script"), format!("#! {} -x\nexit 0\n", root.join("excluded/x").display())).unwrap();
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/script"))), file), Some(canonical.clone()));
+        std::fs::write(root.join("bin/script"), b"#!bin/evil\n").unwrap();
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/script"))), file), None, "relative interpreter");
+        // A path swapped for a FIFO since: not read (which would block).
+        let fifo = root.join("bin/fifo");
+        let fifo_c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
+        assert_eq!(executed_path(&root, 40, Some(&via(&fifo)), file), None);
+        // Alive: /proc/<pid>/exe, when it is the file.
+        std::fs::create_dir_all(root.join("40")).unwrap();
+        std::os::unix::fs::symlink(&real, root.join("40/exe")).unwrap();
+        assert_eq!(executed_path(&root, 40, None, file), Some(canonical));
+        std::fs::remove_dir_all(root).unwrap();
     }
 }

@@ -46,6 +46,9 @@ pub fn tracefs_root() -> Option<PathBuf> {
         .find(|p| p.join("events").is_dir())
 }
 
+/// Where in the [`ProbeConfig`] a tracepoint field's offset goes.
+pub type Slot = fn(&mut ProbeConfig) -> &mut u32;
+
 /// What the kinds' offset resolution works with and on: the running kernel's BTF (when the
 /// offsets every kind shares resolved), tracefs, the configuration being built, and the hooks
 /// found unusable so far.
@@ -87,7 +90,7 @@ impl<'a> Resolver<'a> {
     /// Sets each `(field, slot)` from the record format of the plain tracepoint that
     /// `hook.attachments()[attachment]` names; refuses `hook` when one cannot be read (without
     /// tracefs, [`resolve`] refuses every plain tracepoint).
-    pub fn tracepoint_fields(&mut self, hook: Hook, attachment: usize, fields: &[(&str, fn(&mut ProbeConfig) -> &mut u32)]) {
+    pub fn tracepoint_fields(&mut self, hook: Hook, attachment: usize, fields: &[(&str, Slot)]) {
         let Some(root) = self.tracefs else { return };
         let tracepoint = hook.attachments()[attachment].1;
         let format = match format_of(root, tracepoint) {

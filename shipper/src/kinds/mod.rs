@@ -45,6 +45,9 @@ mod prelude {
     };
 }
 
+/// A record's acting process and payload.
+pub type Decoded = (Process, Detail);
+
 /// What ksense knows of an event kind, in one place.
 #[derive(Debug)]
 pub struct KindSpec {
@@ -53,7 +56,7 @@ pub struct KindSpec {
     /// Its switch in `[probes]` (`fork = true`).
     pub config_key: &'static str,
     /// Its kernel record (header checked) to the acting process and the payload.
-    pub decode: fn(&[u8], &Clock) -> Result<(Process, Detail), DecodeError>,
+    pub decode: fn(&[u8], &Clock) -> Result<Decoded, DecodeError>,
     /// Resolves the offsets and argument positions its probes read (after the ones every
     /// kind shares), refusing its hooks that cannot work on this kernel.
     pub offsets: fn(&mut Resolver<'_>),

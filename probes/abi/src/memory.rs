@@ -127,7 +127,7 @@ pub struct CoalesceState {
     pub record: Memory,
 }
 
-/// Name of the coalescing map (a hash of [`CoalesceKey`] -> [`CoalesceState`]).
+/// Name of the coalescing map (an LRU hash of [`CoalesceKey`] -> [`CoalesceState`]).
 pub const COALESCE_MAP: &str = "MEMORY_COALESCE";
 
 // SAFETY: plain old data, no padding (u32/u64 fields in size order).

@@ -13,7 +13,7 @@ use aya_ebpf::{
         generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_ktime_get_ns},
     },
     macros::{fentry, fexit, map, tracepoint},
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::{FEntryContext, FExitContext, TracePointContext},
 };
 use core::{
@@ -36,12 +36,9 @@ use crate::{
 /// Low `vm_flags`/`PROT_*` bits: read, write, exec.
 const PROT_MASK: u32 = 7;
 
-/// One entry per (process, range, transition) recently reported. Not an LRU map: one would
-/// evict an entry with its pending repeats, which would then go unreported and uncounted.
-/// When it is full, a new key is not coalesced (each change is written); user space removes
-/// the entries idle for a window.
+/// One entry per (process, range, transition) recently reported.
 #[map]
-static MEMORY_COALESCE: HashMap<CoalesceKey, CoalesceState> = HashMap::with_max_entries(8192, 0);
+static MEMORY_COALESCE: LruHashMap<CoalesceKey, CoalesceState> = LruHashMap::with_max_entries(8192, 0);
 
 /// Records begun at syscall entry, by task id, finished at exit.
 #[map]

@@ -360,9 +360,11 @@ pub(crate) use assert_size;
 assert_size!(Header, 24);
 assert_size!(Task, 64);
 
-// SAFETY (both): plain old data, integers and byte arrays only, no padding (the sizes asserted
-// above are the sums of the fields): every bit pattern is a valid value.
+// SAFETY: plain old data, integers only, no padding (the size asserted above is the sum of the
+// fields): every bit pattern is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Header {}
+// SAFETY: plain old data, integers and byte arrays only, no padding (the size asserted above is
+// the sum of the fields): every bit pattern is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Task {}

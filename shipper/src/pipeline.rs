@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 
 use crate::{
     budget::{Charge, record_bytes, sink_share},
+    decode::exec::ReportedVariables,
     enrich::Enricher,
-    event::Event,
+    event::{Detail, Event},
     filter::{Filter, rate::RateLimiter},
     loss::{Ledger, State, Status, loss_record, status_record},
     record::LogRecord,
@@ -67,6 +68,8 @@ pub struct Context {
     pub sink_queue_records: usize,
     /// `[limits] memory_budget_bytes`: the sinks share three quarters of it.
     pub memory_budget_bytes: usize,
+    /// `[probes] environment`: what an exec reports of its environment.
+    pub environment: ReportedVariables,
 }
 
 /// The outputs at work: the sinks are running, each on its thread.
@@ -88,7 +91,12 @@ pub fn run(mut queue: mpsc::Receiver<Input>, mut enricher: Enricher, outputs: Ou
     while let Some(input) = queue.blocking_recv() {
         Counters::bump(&counters.heartbeat);
         match input {
-            Input::Event(event, _charge) => ship(event, &mut enricher, &mut running, counters),
+            Input::Event(mut event, _charge) => {
+                if let Detail::Exec(exec) = &mut event.detail {
+                    context.environment.pick(exec);
+                }
+                ship(event, &mut enricher, &mut running, counters)
+            }
             Input::Reload(new) => {
                 close_all(std::mem::take(&mut running.workers));
                 running = start(*new, &context, &reader_gone);
@@ -186,7 +194,7 @@ mod tests {
     use super::*;
     use crate::{
         decode::{exit::ProcessExit, fork::ProcessFork},
-        event::{Detail, Process},
+        event::Process,
         loss::Cause,
         record::Value,
         schema,
@@ -243,7 +251,7 @@ mod tests {
         let proc_root = std::env::temp_dir().join("ksense-pipeline-test-no-proc");
         let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), Default::default());
         let context =
-            Context { counters, probes: vec!["process.fork=test".into()], sink_queue_records: 64, memory_budget_bytes: 1 << 20 };
+            Context { counters, probes: vec!["process.fork=test".into()], sink_queue_records: 64, memory_budget_bytes: 1 << 20, environment: Default::default() };
         run(queue, enricher, outputs, context);
     }
 
@@ -349,7 +357,7 @@ mod tests {
         let mut enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), Default::default());
         let limits = [("process.fork".to_owned(), 1), ("process.exit".to_owned(), 1)].into();
         let outputs = Outputs { filter: Filter::new(Default::default()), limiter: RateLimiter::new(&limits), sinks: Vec::new() };
-        let context = Context { counters: Arc::default(), probes: Vec::new(), sink_queue_records: 64, memory_budget_bytes: 1 << 20 };
+        let context = Context { counters: Arc::default(), probes: Vec::new(), sink_queue_records: 64, memory_budget_bytes: 1 << 20, environment: Default::default() };
         let mut running = start(outputs, &context, &Arc::default());
         let event = |pid: u32, detail: Detail, hook: Hook| Event {
             seq: 0,

@@ -480,7 +480,7 @@ mod tests {
     fn environment_names_are_checked() {
         let names = parse("[probes]\nenvironment = [\"LD_PRELOAD\", \"http_proxy\"]").unwrap().probes.environment.into_inner();
         assert_eq!(names, ["LD_PRELOAD", "http_proxy"]);
-        for bad in ["", "A=B", "A.B", "1A", "\u00e9", &"A".repeat(36)] {
+        for bad in ["", "A=B", "A.B", "1A", "\u{e9}", &"A".repeat(36)] {
             let err = parse(&format!("[probes]\nenvironment = [{bad:?}]")).unwrap_err().to_string();
             assert!(err.contains("ksense.toml:2:15: probes.environment:"), "{bad:?}: {err}");
         }

@@ -1,6 +1,10 @@
 //! `process.exec` records (variable size: the fixed part, then the execve path, argv and the
 //! environment).
-use std::mem::{offset_of, size_of};
+use std::{
+    mem::{offset_of, size_of},
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
 
 use ksense_abi::{
     Task,
@@ -10,14 +14,7 @@ use ksense_abi::{
     },
 };
 
-use super::{DecodeError, process_from, read};
-use crate::{
-    clock::Clock,
-    event::{Detail, Event, Process, Render, hex},
-    record::{Severity, Value, push_text},
-    schema,
-    text::{lossless, one_line},
-};
+use super::prelude::*;
 
 /// A process exec'd. The event's [`Process`] carries argv, and, once enrichment established
 /// it, the canonical path of the file the kernel executed.
@@ -112,7 +109,7 @@ impl FileId {
     }
 }
 
-pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
+fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
     let fixed = Exec::fixed_size();
     if bytes.len() < fixed {
         return Err(DecodeError::Short { len: bytes.len(), need: fixed });
@@ -136,7 +133,7 @@ pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), D
     let (args, environment) = rest.split_at(args_len);
     let args = split_args(args);
 
-    let mut process = process_from(&task, clock);
+    let mut process = Process::from_task(&task, clock);
     // An empty argv area means the probe could not read it (no BTF offsets, or the page was
     // not resident): leave argv to enrichment rather than report an empty command line.
     process.args = (!args.is_empty()).then(|| args.into());
@@ -158,6 +155,61 @@ pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), D
     Ok((process, Detail::Exec(exec)))
 }
 
+/// The canonical path of `file`, the file the kernel said process `pid` executed, as
+/// `/proc/<pid>/exe` shows it: from `/proc/<pid>/exe` while the process still runs it, else
+/// (the process is gone, or runs another file by now) from `exec_path`, the absolute path given
+/// to execve, resolved here (`..` and symlinks), or for a script the interpreter its `#!` line
+/// names, each accepted only if it leads to `file`. `None` when none establishes it (a relative
+/// path or a memfd of a process gone, a file since replaced, a path that only resolves in
+/// another mount namespace).
+pub(crate) fn executed_path(proc_root: &Path, pid: u32, exec_path: Option<&[u8]>, file: FileId) -> Option<Vec<u8>> {
+    let exe = proc_root.join(pid.to_string()).join("exe");
+    let absolute = exec_path.filter(|path| path.starts_with(b"/")).map(|path| Path::new(std::ffi::OsStr::from_bytes(path)));
+    canonical_if(&exe, file).or_else(|| {
+        let given = absolute?;
+        canonical_if(given, file).or_else(|| canonical_if(&interpreter(given)?, file))
+    })
+}
+
+/// The absolute interpreter path of the `#!` line of `script`, if it is a regular file that
+/// has one (only the first 256 bytes count, as for the kernel). The file is opened for reading
+/// only once known to be a regular file (through the `O_PATH` descriptor that told so): a path
+/// swapped for a FIFO or a device cannot block ksense or open a device.
+fn interpreter(script: &Path) -> Option<PathBuf> {
+    use std::{io::Read, os::fd::AsRawFd};
+    let opened = open_path(script)?;
+    if !opened.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut head = Vec::new();
+    std::fs::File::open(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?.take(256).read_to_end(&mut head).ok()?;
+    let line = head.strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = &line[line.iter().position(|&b| b != b' ' && b != b'\t')?..];
+    let interpreter = &line[..line.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(line.len())];
+    interpreter.starts_with(b"/").then(|| PathBuf::from(std::ffi::OsStr::from_bytes(interpreter)))
+}
+
+/// `path` opened `O_PATH`: resolved, but neither read nor opened as a device.
+fn open_path(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_CLOEXEC).open(path).ok()
+}
+
+/// The canonical path of what `path` leads to, if that is `file`. The file is opened once
+/// (`O_PATH`: no I/O, no device opened) and both its identity and its path are taken from that
+/// one open file, so a rename or an exec in between cannot pair one file's path with another's
+/// identity.
+fn canonical_if(path: &Path, file: FileId) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let opened = open_path(path)?;
+    if FileId::of(&opened.metadata().ok()?) != file {
+        return None;
+    }
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?;
+    Some(path.as_os_str().as_bytes().to_vec())
+}
+
 /// Splits the argv area: NUL-terminated strings back to back. Empty arguments are kept; a cut
 /// last argument (no final NUL) is kept as far as it goes.
 pub fn split_args(area: &[u8]) -> Vec<Vec<u8>> {
@@ -168,8 +220,59 @@ pub fn split_args(area: &[u8]) -> Vec<Vec<u8>> {
     area.split(|&b| b == 0).map(<[u8]>::to_vec).collect()
 }
 
-impl Render for ProcessExec {
-    fn render(&self, event: &Event, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
+/// `process.exec` in the table of kinds.
+pub(super) static KIND: KindSpec = KindSpec {
+    kind: EventKind::Exec,
+    config_key: "exec",
+    decode,
+    offsets,
+    message_id: "40c8251563fd4f72b506462540d4bb5e",
+    catalog_subject: "Process @PROCESS_PID@ executed @PROCESS_EXECUTABLE_PATH@",
+    catalog: CATALOG,
+};
+
+/// The journald catalog entry (`journalctl -x`): what the event is and what its fields say.
+const CATALOG: &str = r#"ksense saw a process.exec event: process @PROCESS_PID@ replaced its program
+with @PROCESS_EXECUTABLE_PATH@ by execve().
+
+PROCESS_EXECUTABLE_PATH is the canonical path of the file the kernel executed
+(symlinks and .. resolved, as /proc/<pid>/exe shows it; absent when it could
+not be established, e.g. a memfd of a process already gone);
+KSENSE_PROCESS_EXEC_PATH is the path as the process gave it to execve().
+
+PROCESS_COMMAND_LINE is the argument vector joined with spaces, in order.
+PROCESS_COMMAND_ARGS repeats once per argument; the journal stores the values
+of a repeated field as a set (a repeated value once, in no particular order),
+so it tells which arguments there were but not their order or how often one
+occurred. Arguments are kept byte for byte (newlines included), except that
+a backslash is written as \\ and a byte that is not UTF-8 as \xNN. When the
+argument vector was longer than ksense copies, or had more arguments than a
+journal entry can hold, KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED=true.
+PROCESS_USER_ID, PROCESS_REAL_USER_ID and PROCESS_OWNER give who ran it,
+PROCESS_PARENT_PID its parent, PROCESS_LINUX_CGROUP and CONTAINER_ID where it
+runs, PROCESS_INTERACTIVE whether it has a controlling terminal.
+
+KSENSE_PROCESS_EXECUTABLE_FILELESS=true says the executed file has no name on
+any file system (a memfd, or a file deleted before the exec), as the kernel
+saw it. PROCESS_ENVIRONMENT_VARIABLE_<NAME> holds the value of each variable of
+[probes] environment (default LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT) the new
+program started with.
+
+This is routine activity, logged at priority info; an exec of a fileless
+program, or with LD_PRELOAD or LD_AUDIT set, is logged at priority warning.
+"#;
+
+/// The fields of the plain `sched_process_exec` tracepoint (the BTF hooks read what every
+/// kind shares).
+fn offsets(r: &mut Resolver<'_>) {
+    r.tracepoint_fields(Hook::TracepointSchedProcessExec, 0, &[
+        ("filename", |c| &mut c.tracepoint.exec_filename),
+        ("old_pid", |c| &mut c.tracepoint.exec_old_pid),
+    ]);
+}
+
+impl Payload for ProcessExec {
+    fn render(&self, process: &Process, _time: SystemTime, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
         attrs.push((schema::KSENSE_PROCESS_CODE_START, hex(self.code_start)));
         attrs.push((schema::KSENSE_PROCESS_CODE_END, hex(self.code_end)));
         if let Some(path) = &self.exec_path {
@@ -194,59 +297,29 @@ impl Render for ProcessExec {
             !value.is_empty() && LOADER_VARIABLES.contains(&name)
         });
         let severity = if self.fileless == Some(true) || loader_hooked { Severity::Warn } else { Severity::Info };
-        let p = &event.process;
+        let p = process;
         // The command line is among the attributes already (Event::to_record) when argv is known.
         let command_line = attrs.iter().find(|(name, _)| *name == schema::PROCESS_COMMAND_LINE);
         let command = match command_line {
             Some((_, Value::Str(line))) if p.args.as_ref().is_some_and(|args| !args.is_empty()) => one_line(line),
             _ => one_line(&p.exe.as_deref().or(self.exec_path.as_deref()).map(lossless).unwrap_or_default()),
         };
-        (severity, format!("{} executed {command}", event.who()))
+        (severity, format!("{} executed {command}", process.who()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        decode::{decode as decode_record, tests},
-        record::LogRecord,
-    };
-    use std::time::SystemTime;
 
-    fn exec_record(filename: &[u8], args: &[u8]) -> Vec<u8> {
-        let mut task = Task { tgid: 42, tid: 42, ..Task::default() };
-        task.comm[..6].copy_from_slice(b"marker");
-        tests::exec_record(task, filename, args)
-    }
-
-    #[test]
-    fn argv_is_kept_exactly() {
-        let bytes = exec_record(b"/usr/bin/marker", b"marker\0a b\0\"q\"\0line\nbreak\0\0\xff\0");
-        let event = decode_record(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap();
-        let record = event.to_record();
-        assert_eq!(
-            record.attribute(schema::PROCESS_COMMAND_ARGS),
-            Some(&Value::StrArray(vec![
-                "marker".into(),
-                "a b".into(),
-                "\"q\"".into(),
-                "line\nbreak".into(),
-                "".into(),
-                "\\xff".into()
-            ]))
-        );
-        // The string given to execve; the canonical path is enrichment's (from /proc/<pid>/exe).
-        assert_eq!(record.attribute(schema::KSENSE_PROCESS_EXEC_PATH), Some(&Value::Str("/usr/bin/marker".into())));
-        assert_eq!(record.attribute(schema::PROCESS_EXECUTABLE_PATH), None);
-        assert!(!record.body.contains('\n'), "{}", record.body);
-    }
+    use crate::{decode::tests::exec_record, record::LogRecord};
+    use std::mem::offset_of;
 
     /// An exec record of the marker whose executed inode has `nlink` links (no inode read when
     /// `None`) and whose environment is `environment`; its record after picking `names`.
     fn exec_with(nlink: Option<u32>, environment: &[u8], names: &[&str]) -> LogRecord {
         let args = b"marker\0";
-        let mut bytes = exec_record(b"/usr/bin/marker", &[args.as_slice(), environment].concat());
+        let mut bytes = exec_record(Task { tgid: 42, tid: 42, ..Task::default() }, b"/usr/bin/marker", &[args.as_slice(), environment].concat());
         let mut put = |at: usize, value: &[u8]| bytes[at..at + value.len()].copy_from_slice(value);
         put(offset_of!(Exec, args_len), &(args.len() as u32).to_ne_bytes());
         put(offset_of!(Exec, env_len), &(environment.len() as u32).to_ne_bytes());
@@ -254,7 +327,7 @@ mod tests {
             put(offset_of!(Exec, exe_ino), &42u64.to_ne_bytes());
             put(offset_of!(Exec, exe_nlink), &nlink.to_ne_bytes());
         }
-        let mut event = decode_record(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap();
+        let mut event = crate::decode::decode(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap();
         let Detail::Exec(exec) = &mut event.detail else { panic!("not an exec: {event:?}") };
         ReportedVariables::new(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).pick(exec);
         event.to_record()
@@ -298,24 +371,49 @@ mod tests {
     }
 
     #[test]
-    fn rejects_inconsistent_lengths() {
-        let mut bytes = exec_record(b"/bin/true", b"true\0");
-        let at = offset_of!(Exec, args_len);
-        bytes[at..at + 4].copy_from_slice(&99u32.to_ne_bytes());
-        let err = decode_record(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap_err();
-        assert_eq!(err, DecodeError::Field("args_len"));
-        let mut bytes = exec_record(b"/bin/true", b"true\0");
-        let at = offset_of!(Exec, filename_len);
-        bytes[at..at + 4].copy_from_slice(&(FILENAME_CAP as u32).to_ne_bytes());
-        let err = decode_record(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap_err();
-        assert_eq!(err, DecodeError::Field("filename_len"));
-    }
-
-    #[test]
     fn split_args_cases() {
         assert_eq!(split_args(b""), Vec::<Vec<u8>>::new());
         assert_eq!(split_args(b"a\0"), vec![b"a".to_vec()]);
         assert_eq!(split_args(b"a\0\0"), vec![b"a".to_vec(), b"".to_vec()]);
         assert_eq!(split_args(b"a\0bc"), vec![b"a".to_vec(), b"bc".to_vec()]);
+    }
+
+    /// The executed file's canonical path: `..` and symlinks resolved, and only for the file the
+    /// kernel named.
+    #[test]
+    fn executed_path_is_canonical_and_of_the_executed_file() {
+        let root = std::env::temp_dir().join(format!("ksense-exec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let real = root.join("bin/evil");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("excluded")).unwrap();
+        std::fs::write(&real, b"x").unwrap();
+        std::fs::write(root.join("bin/other"), b"y").unwrap();
+        std::os::unix::fs::symlink(&real, root.join("excluded/x")).unwrap();
+        let file = FileId::of(&std::fs::metadata(&real).unwrap());
+        let canonical = std::fs::canonicalize(&real).unwrap().into_os_string().into_vec();
+        use std::os::unix::ffi::OsStringExt;
+        let via = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        // The process is gone (no /proc/40): the execve path, resolved.
+        let dotdot = via(&root.join("excluded/../bin/evil"));
+        assert_eq!(executed_path(&root, 40, Some(&dotdot), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("excluded/x"))), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/other"))), file), None, "another file");
+        assert_eq!(executed_path(&root, 40, Some(b"bin/evil"), file), None, "relative: cwd unknown");
+        // A script: the kernel executed its interpreter (here `evil`), which may have moved on.
+        std::fs::write(root.join("bin/script"), format!("#! {} -x\nexit 0\n", root.join("excluded/x").display())).unwrap();
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/script"))), file), Some(canonical.clone()));
+        std::fs::write(root.join("bin/script"), b"#!bin/evil\n").unwrap();
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/script"))), file), None, "relative interpreter");
+        // A path swapped for a FIFO since: not read (which would block).
+        let fifo = root.join("bin/fifo");
+        let fifo_c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
+        assert_eq!(executed_path(&root, 40, Some(&via(&fifo)), file), None);
+        // Alive: /proc/<pid>/exe, when it is the file.
+        std::fs::create_dir_all(root.join("40")).unwrap();
+        std::os::unix::fs::symlink(&real, root.join("40/exe")).unwrap();
+        assert_eq!(executed_path(&root, 40, None, file), Some(canonical));
+        std::fs::remove_dir_all(root).unwrap();
     }
 }

@@ -5,7 +5,7 @@ use std::{
     collections::BTreeSet,
     ffi::OsStr,
     os::unix::ffi::OsStrExt,
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use ksense::text::lossless_bytes;
@@ -136,6 +136,103 @@ fn exec_after_setsid_has_the_new_session_and_the_cgroup() {
         assert_eq!(attr(&event, "process.session_leader.pid"), pid, "{event}");
         let cgroup = attr(&event, "process.linux.cgroup").as_str().unwrap_or_else(|| panic!("no cgroup: {event}"));
         assert!(own_cgroups.lines().any(|line| line == cgroup), "{cgroup:?} is not one of\n{own_cgroups}");
+    }
+    ksense.stop();
+}
+
+/// Runs the workload with `args` (with `env` added to the environment and `unset` removed from
+/// it) in a session of its own, so without a controlling terminal; checks it succeeded and
+/// returns its pid.
+fn run_detached(args: &[&str], env: &[(&str, &str)], unset: &[&str]) -> u32 {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(workload_bin());
+    command.args(args).envs(env.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for name in unset {
+        command.env_remove(name);
+    }
+    // SAFETY: setsid is async-signal-safe.
+    unsafe { command.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }) };
+    let child = command.spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "workload {args:?}: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    pid
+}
+
+/// An exec of a program with no name on any file system (a memfd, a deleted file; both run
+/// through execveat(AT_EMPTY_PATH)) is fileless and WARN, in the JSON line and the journal; the
+/// exec of the same program from its file before it is neither.
+#[test]
+fn an_exec_of_a_memfd_or_a_deleted_file_is_fileless_and_warn() {
+    let run = Run::start("exec-fileless");
+    for command in ["memfd-exec", "deleted-exec"] {
+        let pid = run_detached(&[command], &[], &["LD_PRELOAD", "LD_AUDIT"]);
+        let fileless = run.ksense.wait_for("the fileless exec", |e| {
+            is(e, "process.exec") && attr(e, "process.pid") == pid && attr(e, "process.command_args") == &json!(["ksense-workload", "marker"])
+        });
+        assert_eq!(attr(&fileless, "ksense.process.executable.fileless"), true, "{command}: {fileless}");
+        assert_eq!(fileless["severity"], "WARN", "{command}: {fileless}");
+        let entry = run.entry(&[
+            "SYSLOG_IDENTIFIER=ksense",
+            "KSENSE_EVENT=process.exec",
+            &format!("PROCESS_PID={pid}"),
+            "KSENSE_PROCESS_EXECUTABLE_FILELESS=true",
+        ]);
+        assert_eq!(entry["PRIORITY"], "4", "{command}: {}", short(&entry));
+
+        let from_file = run.ksense.wait_for("the exec from the file", |e| {
+            is(e, "process.exec") && attr(e, "process.pid") == pid && attr(e, "process.command_args")[1] == command
+        });
+        assert_eq!(attr(&from_file, "ksense.process.executable.fileless"), false, "{command}: {from_file}");
+        assert_eq!(from_file["severity"], "INFO", "{command}: {from_file}");
+    }
+    run.ksense.stop();
+}
+
+/// LD_PRELOAD is reported with the exec it applies to and makes it WARN; LD_LIBRARY_PATH alone
+/// is reported and does not. Both in the JSON line and the journal.
+#[test]
+fn loader_variables_are_reported_and_ld_preload_is_warn() {
+    let run = Run::start("exec-environment");
+    let preload = "/nonexistent/ksense-test-preload.so";
+    let pid = run_detached(&["marker", "preload"], &[("LD_PRELOAD", preload)], &["LD_AUDIT"]);
+    let exec = run.ksense.wait_for("the exec with LD_PRELOAD", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
+    assert_eq!(attr(&exec, "process.environment_variable.LD_PRELOAD"), preload, "{exec}");
+    assert_eq!(exec["severity"], "WARN", "{exec}");
+    let entry = run.entry(&["SYSLOG_IDENTIFIER=ksense", "KSENSE_EVENT=process.exec", &format!("PROCESS_PID={pid}")]);
+    assert_eq!(values(&entry, "PROCESS_ENVIRONMENT_VARIABLE_LD_PRELOAD"), [preload.as_bytes()], "{}", short(&entry));
+
+    let library_path = "/opt/ksense-test/lib:/tmp/a b";
+    let pid = run_detached(&["marker", "library-path"], &[("LD_LIBRARY_PATH", library_path)], &["LD_PRELOAD", "LD_AUDIT"]);
+    let exec = run.ksense.wait_for("the exec with LD_LIBRARY_PATH", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
+    assert_eq!(attr(&exec, "process.environment_variable.LD_LIBRARY_PATH"), library_path, "{exec}");
+    assert!(exec["attributes"].get("process.environment_variable.LD_PRELOAD").is_none(), "{exec}");
+    assert_eq!(exec["severity"], "INFO", "{exec}");
+    let entry = run.entry(&["SYSLOG_IDENTIFIER=ksense", "KSENSE_EVENT=process.exec", &format!("PROCESS_PID={pid}")]);
+    assert_eq!(values(&entry, "PROCESS_ENVIRONMENT_VARIABLE_LD_LIBRARY_PATH"), [library_path.as_bytes()], "{}", short(&entry));
+    run.ksense.stop();
+}
+
+/// A process in a session without a terminal is not interactive; one run under a pseudo-terminal
+/// (`script`) is.
+#[test]
+fn interactive_is_whether_the_process_has_a_controlling_terminal() {
+    let ksense = Ksense::start(&[]);
+    let pid = run_detached(&["marker", "detached"], &[], &[]);
+    let exec = ksense.wait_for("the detached exec", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
+    assert_eq!(attr(&exec, "process.interactive"), false, "{exec}");
+
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("skipped the pseudo-terminal half: `script` (util-linux) is not installed");
+    } else {
+        let bin = workload_bin();
+        let command = format!("exec {} marker under-a-pty", bin.to_str().unwrap());
+        let out = Command::new("script").args(["-qec", &command, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "script: {out:?}");
+        let exec = ksense.wait_for("the exec under a pty", |e| {
+            is(e, "process.exec") && attr(e, "process.command_args") == &json!([bin.to_str().unwrap(), "marker", "under-a-pty"])
+        });
+        assert_eq!(attr(&exec, "process.interactive"), true, "{exec}");
     }
     ksense.stop();
 }

@@ -9,6 +9,10 @@
 //! ksense-workload chain N             run `chain N-1` as a child and wait for it, down to
 //!                                     `chain 0`: N+1 nested processes, alive until the leaf exits
 //! ksense-workload sleep SECONDS       sleep (a target for kill -9)
+//! ksense-workload memfd-exec          copy this program into a memfd and exec it from there
+//!                                     (execveat(fd, "", AT_EMPTY_PATH)) as `marker`
+//! ksense-workload deleted-exec        copy this program into a file, delete the file, and exec
+//!                                     it through its open fd as `marker`
 //! ksense-workload exec-flood N BYTES  exec `marker` with BYTES bytes of argv (16 arguments) N
 //!                                     times, 4 at a time, waiting for each; prints "execs=N"
 //! ksense-workload mprotect-text-rwx [hold]
@@ -25,7 +29,11 @@
 //!                                     seen twice)
 //! ```
 //! The mprotect commands print `page=0x<address>`; the toggler also `ns_per_call=<n>`.
-use std::{io::Write, time::Duration};
+use std::{
+    io::Write,
+    os::fd::{AsRawFd, FromRawFd},
+    time::Duration,
+};
 
 fn main() {
     // args_os: the marker is exec'd with bytes that are not UTF-8.
@@ -110,6 +118,24 @@ fn main() {
         }
         Some("chain") => chain(args[1].parse().expect("chain N")),
         Some("exec-flood") => exec_flood(args[1].parse().expect("exec-flood N"), args[2].parse().expect("exec-flood N BYTES")),
+        Some("memfd-exec") => {
+            // SAFETY: a plain syscall; the name is a NUL-terminated literal.
+            let fd = unsafe { libc::memfd_create(c"ksense-memfd".as_ptr(), 0) };
+            assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+            // SAFETY: a new fd this function owns.
+            let mut copy = unsafe { std::fs::File::from_raw_fd(fd) };
+            copy.write_all(&std::fs::read("/proc/self/exe").expect("read /proc/self/exe")).expect("write the memfd");
+            exec_fd(copy);
+        }
+        Some("deleted-exec") => {
+            let path = std::env::temp_dir().join(format!("ksense-deleted-exec-{}", std::process::id()));
+            std::fs::copy("/proc/self/exe", &path).expect("copy this program");
+            // Opened read-only after the copy is closed (a file open for writing cannot be
+            // exec'd), then unlinked: the fd is its only way in.
+            let file = std::fs::File::open(&path).expect("open the copy");
+            std::fs::remove_file(&path).expect("delete the copy");
+            exec_fd(file);
+        }
         Some("sleep") => std::thread::sleep(Duration::from_secs(args[1].parse().expect("sleep SECONDS"))),
         other => {
             eprintln!("ksense-workload: unknown command {other:?}");
@@ -120,6 +146,20 @@ fn main() {
 }
 
 /// One link of a process chain: the next link is this binary run as `chain depth-1`.
+/// Execs the program open as `file` as `marker` with this environment, without a path:
+/// execveat(fd, "", AT_EMPTY_PATH). Returns only by failing.
+fn exec_fd(file: std::fs::File) -> ! {
+    let argv = [c"ksense-workload".as_ptr(), c"marker".as_ptr(), std::ptr::null()];
+    unsafe extern "C" {
+        static environ: *const *const libc::c_char;
+    }
+    // SAFETY: NUL-terminated argv, the process's own environment; on success this never returns.
+    unsafe {
+        libc::syscall(libc::SYS_execveat, file.as_raw_fd(), c"".as_ptr(), argv.as_ptr(), environ, libc::AT_EMPTY_PATH);
+    }
+    panic!("execveat: {}", std::io::Error::last_os_error());
+}
+
 fn chain(depth: u32) {
     if depth == 0 {
         return;

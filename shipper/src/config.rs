@@ -64,11 +64,21 @@ pub struct ProbesConfig {
     /// Report ksense's own events (its threads starting and ending). Off by default: they are
     /// dropped in the probes, so ksense's own work cannot feed back into what it reports.
     pub report_self: bool,
+    /// Environment variables whose value at exec is reported as
+    /// `process.environment_variable.<NAME>` (read by the exec probe from the new image, up to
+    /// [`ksense_abi::exec::ENV_CAP`] bytes of environment; empty: the environment is not read).
+    pub environment: Spanned<Vec<String>>,
 }
 
 impl Default for ProbesConfig {
     fn default() -> Self {
-        ProbesConfig { attach: AttachMode::Auto, kinds: [true; EventKind::ALL.len()], thread_exits: false, report_self: false }
+        ProbesConfig {
+            attach: AttachMode::Auto,
+            kinds: [true; EventKind::ALL.len()],
+            thread_exits: false,
+            report_self: false,
+            environment: Spanned::new(0..0, ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"].map(str::to_owned).to_vec()),
+        }
     }
 }
 
@@ -79,10 +89,10 @@ impl ProbesConfig {
     }
 }
 
-/// The keys of `[probes]`: `attach`, each kind's, `thread_exits`, `report_self`.
+/// The keys of `[probes]`: `attach`, each kind's, `thread_exits`, `report_self`, `environment`.
 static PROBES_KEYS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
     let kinds = KINDS.iter().map(|kind| kind.config_key);
-    std::iter::once("attach").chain(kinds).chain(["thread_exits", "report_self"]).collect()
+    std::iter::once("attach").chain(kinds).chain(["thread_exits", "report_self", "environment"]).collect()
 });
 
 /// A key of `[probes]`; refused, as a key (so the error points at it), when it is none.
@@ -120,6 +130,7 @@ impl<'de> Deserialize<'de> for ProbesConfig {
                         "attach" => probes.attach = map.next_value()?,
                         "thread_exits" => probes.thread_exits = map.next_value()?,
                         "report_self" => probes.report_self = map.next_value()?,
+                        "environment" => probes.environment = map.next_value()?,
                         kind => {
                             let at = KINDS.iter().position(|k| k.config_key == kind).expect("a key of PROBES_KEYS");
                             probes.kinds[at] = map.next_value()?;
@@ -290,12 +301,34 @@ impl Config {
                 format!("limits.memory_budget_bytes = {}: expected at least {MIN_MEMORY_BUDGET} (1 MiB)", budget.get_ref()),
             ));
         }
+        let environment = &config.probes.environment;
+        if let Some(bad) = environment.get_ref().iter().find(|name| !is_variable_name(name)) {
+            return Err(error(
+                Some(environment.span()),
+                format!(
+                    "probes.environment: {bad:?} is not a variable name ksense reports: expected 1 to \
+                     {MAX_VARIABLE_NAME} letters, digits and underscores, not starting with a digit"
+                ),
+            ));
+        }
         let status = &config.telemetry.status_interval_s;
         if *status.get_ref() == 0 {
             return Err(error(Some(status.span()), "telemetry.status_interval_s must be at least 1".to_owned()));
         }
         Ok(config)
     }
+}
+
+/// Longest `[probes] environment` name: its journald field,
+/// `PROCESS_ENVIRONMENT_VARIABLE_<NAME>`, stays within journald's 64 characters.
+const MAX_VARIABLE_NAME: usize = 35;
+
+/// Whether `name` can be reported: a portable variable name (letters, digits and `_`, not
+/// starting with a digit) whose attribute name is unambiguous (no `.`) and short enough.
+fn is_variable_name(name: &str) -> bool {
+    (1..=MAX_VARIABLE_NAME).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
 }
 
 /// Sections of earlier releases and where their keys are now.
@@ -353,6 +386,16 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/ksense/ksense.toml"))
+    }
+
+    #[test]
+    fn environment_names_are_checked() {
+        let names = parse("[probes]\nenvironment = [\"LD_PRELOAD\", \"http_proxy\"]").unwrap().probes.environment.into_inner();
+        assert_eq!(names, ["LD_PRELOAD", "http_proxy"]);
+        for bad in ["", "A=B", "A.B", "1A", "\u{e9}", &"A".repeat(36)] {
+            let err = parse(&format!("[probes]\nenvironment = [{bad:?}]")).unwrap_err().to_string();
+            assert!(err.contains("ksense.toml:2:15: probes.environment:"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub mod wire;
 
 use attach::{AttachOptions, Outcome, Probes};
 use config::{AttachMode, Config};
+use kinds::exec::ReportedVariables;
 use sinks::OutputFormat;
 use ringbuf::{Flow, Reader};
 use telemetry::{Counters, LossReporter};
@@ -88,6 +89,7 @@ fn attach_options(config: &Config, attach: Option<AttachMode>) -> AttachOptions 
             memory_coalesce_ns: config.memory.coalesce_window_ms * 1_000_000,
             ignore_tgid: if p.report_self { 0 } else { std::process::id() },
             process_data_max: process_data_max(*config.limits.ring_buffer_bytes.get_ref()),
+            exec_environment: !p.environment.get_ref().is_empty(),
         },
     }
 }
@@ -162,6 +164,7 @@ async fn run_async(
             probes: attached.clone(),
             sink_queue_records: *config.limits.queue_events.get_ref(),
             memory_budget_bytes,
+            environment: ReportedVariables::new(config.probes.environment.get_ref()),
         };
         std::thread::Builder::new()
             .name("ksense-pipeline".into())

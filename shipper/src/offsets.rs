@@ -27,6 +27,8 @@ pub struct Switches {
     pub ignore_tgid: u32,
     /// Unread bytes in the ring buffer beyond which process events are not written (0: no limit).
     pub process_data_max: u32,
+    /// Copy each exec's environment into its record (some variable is to be reported).
+    pub exec_environment: bool,
 }
 
 /// The resolved configuration and why some hooks cannot be used.
@@ -133,6 +135,10 @@ pub fn resolve<'a>(
                 r.config.have_btf_offsets = 1;
                 r.config.task = task;
                 r.config.mm = mm;
+                if !switches.exec_environment {
+                    // The probe reads the environment only where this offset is set.
+                    r.config.mm.env_end = 0;
+                }
                 r.config.misc = misc;
                 r.btf = Some(btf);
             }
@@ -183,6 +189,8 @@ fn core_offsets(btf: &Btf) -> Result<(TaskOffsets, MmOffsets, MiscOffsets), BtfE
             end_code: mm("end_code")?,
             arg_start: mm("arg_start")?,
             arg_end: mm("arg_end")?,
+            env_start: mm("env_start")?,
+            env_end: mm("env_end")?,
         },
         MiscOffsets {
             cred_uid: btf.field_offset("cred", "uid.val")?,
@@ -197,6 +205,8 @@ fn core_offsets(btf: &Btf) -> Result<(TaskOffsets, MmOffsets, MiscOffsets), BtfE
             inode_ino: btf.field_offset("inode", "i_ino")?,
             inode_sb: btf.field_offset("inode", "i_sb")?,
             sb_dev: btf.field_offset("super_block", "s_dev")?,
+            inode_nlink: btf.field_offset("inode", "i_nlink")?,
+            signal_tty: btf.field_offset("signal_struct", "tty")?,
             ..MiscOffsets::default()
         },
     ))

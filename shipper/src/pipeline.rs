@@ -16,6 +16,7 @@ use crate::{
     budget::{Charge, record_bytes, sink_share},
     enrich::Enricher,
     event::Event,
+    kinds::{Detail, exec::ReportedVariables},
     filter::{Filter, rate::RateLimiter},
     loss::{Ledger, State, Status, loss_record, status_record},
     record::LogRecord,
@@ -64,6 +65,8 @@ pub struct Context {
     pub sink_queue_records: usize,
     /// `[limits] memory_budget_bytes`: the sinks share three quarters of it.
     pub memory_budget_bytes: usize,
+    /// `[probes] environment`: what an exec reports of its environment.
+    pub environment: ReportedVariables,
 }
 
 /// The outputs at work: the sinks are running, each on its thread.
@@ -85,7 +88,12 @@ pub fn run(mut queue: mpsc::Receiver<Input>, mut enricher: Enricher, outputs: Ou
     while let Some(input) = queue.blocking_recv() {
         Counters::bump(&counters.heartbeat);
         match input {
-            Input::Event(event, _charge) => ship(event, &mut enricher, &mut running, counters),
+            Input::Event(mut event, _charge) => {
+                if let Detail::Exec(exec) = &mut event.detail {
+                    context.environment.pick(exec);
+                }
+                ship(event, &mut enricher, &mut running, counters)
+            }
             Input::Reload(new) => {
                 close_all(std::mem::take(&mut running.workers));
                 running = start(*new, &context, &reader_gone);
@@ -182,7 +190,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        kinds::{Detail, exit::ProcessExit, fork::ProcessFork},
+        kinds::{exit::ProcessExit, fork::ProcessFork},
         loss::Cause,
         process::Process,
         record::Value,
@@ -241,7 +249,7 @@ mod tests {
         let proc_root = std::env::temp_dir().join("ksense-pipeline-test-no-proc");
         let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), Default::default());
         let context =
-            Context { counters, probes: vec!["process.fork=test".into()], sink_queue_records: 64, memory_budget_bytes: 1 << 20 };
+            Context { counters, probes: vec!["process.fork=test".into()], sink_queue_records: 64, memory_budget_bytes: 1 << 20, environment: Default::default() };
         run(queue, enricher, outputs, context);
     }
 
@@ -347,7 +355,7 @@ mod tests {
         let mut enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), Default::default());
         let limits = [("process.fork".to_owned(), 1), ("process.exit".to_owned(), 1)].into();
         let outputs = Outputs { filter: Filter::new(Default::default()), limiter: RateLimiter::new(&limits), sinks: Vec::new() };
-        let context = Context { counters: Arc::default(), probes: Vec::new(), sink_queue_records: 64, memory_budget_bytes: 1 << 20 };
+        let context = Context { counters: Arc::default(), probes: Vec::new(), sink_queue_records: 64, memory_budget_bytes: 1 << 20, environment: Default::default() };
         let mut running = start(outputs, &context, &Arc::default());
         let event = |pid: u32, detail: Detail, hook: Hook| Event {
             seq: 0,

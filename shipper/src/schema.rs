@@ -60,6 +60,18 @@ pub const KSENSE_EVENT_SEQ: &str = "ksense.event.seq";
 /// The names of the attributes whose text is in the escaped form (`text::escaped`): they held
 /// bytes that are not valid UTF-8. Absent when none is.
 pub const KSENSE_ESCAPED: &str = "ksense.escaped";
+/// The executed file has no name on any file system (a memfd, a deleted file), as the kernel
+/// saw it at exec (`process.exec` only).
+pub const KSENSE_PROCESS_EXECUTABLE_FILELESS: &str = "ksense.process.executable.fileless";
+/// The process has a controlling terminal (`process.exec` only).
+pub const PROCESS_INTERACTIVE: &str = "process.interactive";
+/// The value of environment variable `<NAME>` when the new image started, one attribute per
+/// variable of `[probes] environment` that was set (`process.exec` only): a pattern, made into
+/// a name by [`environment_variable`].
+pub const PROCESS_ENVIRONMENT_VARIABLE: &str = "process.environment_variable.<NAME>";
+/// The environment was longer than [`ksense_abi::exec::ENV_CAP`] bytes and only its start was
+/// read: a variable after the cut is missing.
+pub const KSENSE_PROCESS_ENVIRONMENT_TRUNCATED: &str = "ksense.process.environment.truncated";
 /// argv was longer than the cap ([`ksense_abi::exec::ARGS_CAP`] bytes, in the probe or when read
 /// from `/proc/<pid>/cmdline`) and was cut.
 pub const KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED: &str = "ksense.process.command_args.truncated";
@@ -112,3 +124,9 @@ pub const KSENSE_STATUS_EVENTS_WRITTEN: &str = "ksense.status.events_written";
 pub const KSENSE_STATUS_LOST_TOTAL: &str = "ksense.status.lost_total";
 /// `<event name>=<probe>` of every attached kind.
 pub const KSENSE_STATUS_PROBES: &str = "ksense.status.probes";
+
+/// The attribute name of environment variable `name`: [`PROCESS_ENVIRONMENT_VARIABLE`] with
+/// `<NAME>` replaced.
+pub fn environment_variable(name: &str) -> String {
+    PROCESS_ENVIRONMENT_VARIABLE.replace("<NAME>", name)
+}

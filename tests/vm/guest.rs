@@ -312,6 +312,19 @@ fn check_exec(ksense: &Ksense) {
     assert_eq!(attr(&exec, "ksense.process.exec.path"), bin, "path given to execve: {exec}");
     let canonical = std::fs::canonicalize(bin).unwrap();
     assert_eq!(attr(&exec, "process.executable.path"), canonical.to_str().unwrap(), "canonical path: {exec}");
+    // What the exec probe reads at offsets from this kernel's BTF: the executed inode's link
+    // count, the controlling terminal and the environment.
+    assert_eq!(attr(&exec, "ksense.process.executable.fileless"), false, "a file with a name: {exec}");
+    assert!(attr(&exec, "process.interactive").is_boolean(), "interactive: {exec}");
+
+    let preload = "/nonexistent/ksense-vm-preload.so";
+    let out = Command::new(bin).args(["memfd-exec"]).env("LD_PRELOAD", preload).stderr(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{bin} memfd-exec: {}", out.status);
+    let fileless = ksense.wait_for("the exec from a memfd", |e| {
+        is(e, "process.exec") && attr(e, "ksense.process.executable.fileless") == true
+            && attr(e, "process.environment_variable.LD_PRELOAD") == preload
+    });
+    assert_eq!(fileless["severity"], "WARN", "{fileless}");
 }
 
 fn check_exit(ksense: &Ksense) {

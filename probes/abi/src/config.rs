@@ -44,6 +44,10 @@ pub struct MmOffsets {
     pub arg_start: u32,
     /// `arg_end`.
     pub arg_end: u32,
+    /// `env_start`.
+    pub env_start: u32,
+    /// `env_end`; 0 when the environment is not to be read (no variable is reported).
+    pub env_end: u32,
 }
 
 /// Offsets and argument positions the fork/exec/exit hooks need beyond task and mm.
@@ -77,6 +81,10 @@ pub struct MiscOffsets {
     pub inode_sb: u32,
     /// `super_block.s_dev`.
     pub sb_dev: u32,
+    /// `inode.i_nlink` (0: the executed file has no name on any file system).
+    pub inode_nlink: u32,
+    /// `signal_struct.tty` (a `tty_struct *`, null without a controlling terminal).
+    pub signal_tty: u32,
     /// Position of `kernel_clone`'s `struct kernel_clone_args *` parameter.
     pub kernel_clone_args_arg: u32,
     /// Position of `do_exit`'s `code` parameter.
@@ -217,7 +225,7 @@ pub struct ProbeConfig {
 }
 
 // No padding: the daemon and the probes must agree byte for byte.
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 74 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 78 * 4 + 8);
 
 // SAFETY: plain old data: u32 fields, then one u64 at an offset divisible by 8, so no padding
 // (the size assert above proves it); every bit pattern is a valid value.

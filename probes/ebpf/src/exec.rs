@@ -1,6 +1,8 @@
 //! `process.exec` hooks: the `sched_process_exec` tracepoint, BTF-typed else plain (the seed had
 //! no exec hook; there is no fentry choice because the tracepoint already fires at the one
 //! point where the new image, its argv and the old task id are all known).
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext,
     helpers::generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
@@ -10,7 +12,10 @@ use aya_ebpf::{
 };
 use ksense_abi::{
     EventKind, Hook,
-    exec::{ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_ARGS_UNREADABLE, EXEC_FILENAME_TRUNCATED, Exec, FILENAME_CAP},
+    exec::{
+        ARGS_CAP, ENV_CAP, EXEC_ARGS_TRUNCATED, EXEC_ARGS_UNREADABLE, EXEC_ENV_TRUNCATED, EXEC_FILENAME_TRUNCATED,
+        EXEC_TTY, EXEC_TTY_KNOWN, Exec, FILENAME_CAP,
+    },
 };
 
 use crate::{
@@ -81,33 +86,41 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
 
     let task = current();
     (ev.code_start, ev.code_end) = code_range(task);
-    (ev.exe_ino, ev.exe_dev) = (0, 0);
+    (ev.exe_ino, ev.exe_dev, ev.exe_nlink) = (0, 0, 0);
     let mut args_len = 0usize;
+    let mut env_len = 0usize;
     if have_offsets() {
         let mm = read_ptr(task, config!(task.mm));
         // The file the kernel executed (set by this exec), as user space can check it
         // against /proc/<pid>/exe: the execve string may name it through `..` or a symlink.
+        // Its link count says whether it has a name at all: 0 for a memfd (created unlinked)
+        // and for a file deleted before the exec, whatever path string named it.
         // (The `mm_struct` offset is 0 only when the memory offsets were not resolved.)
         let exe_file_at = config!(memory.mm_exe_file);
         if exe_file_at != 0 {
             let inode = read_ptr(read_ptr(mm, exe_file_at), config!(misc.file_inode));
             ev.exe_ino = read(inode, config!(misc.inode_ino));
             ev.exe_dev = u64::from(read::<u32>(read_ptr(inode, config!(misc.inode_sb)), config!(misc.sb_dev)));
+            ev.exe_nlink = read(inode, config!(misc.inode_nlink));
         }
-        let start: u64 = read(mm, config!(mm.arg_start));
-        let end: u64 = read(mm, config!(mm.arg_end));
-        let len = end.saturating_sub(start) as usize;
-        if len > ARGS_CAP {
+        let signal = read_ptr(task, config!(task.signal));
+        if !signal.is_null() {
+            ev.flags |= EXEC_TTY_KNOWN;
+            if !read_ptr(signal, config!(misc.signal_tty)).is_null() {
+                ev.flags |= EXEC_TTY;
+            }
+        }
+        let (start, len, cut) = user_range(mm, config!(mm.arg_start), config!(mm.arg_end), ARGS_CAP);
+        if cut {
             ev.flags |= EXEC_ARGS_TRUNCATED;
         }
-        let len = if len > ARGS_CAP { ARGS_CAP } else { len };
         if len > 0 {
             // SAFETY: writes `len` bytes from `filename_len`: inside `data`, as filename_len <
-            // FILENAME_CAP and len <= ARGS_CAP. The user address range `start..start + len` is
-            // not trusted: `bpf_probe_read_user` fails with an error on any unmapped page.
+            // FILENAME_CAP and len <= ARGS_CAP. The user address range is not trusted:
+            // `bpf_probe_read_user` fails with an error on any unmapped page.
             let read = unsafe {
                 let at = ev.data.as_mut_ptr().add(filename_len);
-                bpf_probe_read_user(at.cast(), len as u32, start as *const core::ffi::c_void)
+                bpf_probe_read_user(at.cast(), len as u32, start as *const c_void)
             };
             if read == 0 {
                 args_len = len;
@@ -115,14 +128,51 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
                 ev.flags |= EXEC_ARGS_UNREADABLE;
             }
         }
+        // The environment the new image starts with, read here rather than from
+        // /proc/<pid>/environ later: by then a short-lived process is gone, or has rewritten
+        // its environment, or exec'd again. Only when the daemon reports some variable
+        // (`env_end` is 0 otherwise); a read that fails leaves it out.
+        let env_end_at = config!(mm.env_end);
+        if env_end_at != 0 {
+            let (start, len, cut) = user_range(mm, config!(mm.env_start), env_end_at, ENV_CAP);
+            if cut {
+                ev.flags |= EXEC_ENV_TRUNCATED;
+            }
+            if len > 0 {
+                // SAFETY: writes `len` <= ENV_CAP bytes from `filename_len + args_len`, with
+                // filename_len < FILENAME_CAP and args_len <= ARGS_CAP: inside `data`. The user
+                // range is untrusted: a bad page fails the read.
+                let read = unsafe {
+                    bpf_probe_read_user(
+                        ev.data.as_mut_ptr().add(filename_len + args_len).cast(),
+                        len as u32,
+                        start as *const c_void,
+                    )
+                };
+                if read == 0 {
+                    env_len = len;
+                }
+            }
+        }
     }
     ev.args_len = args_len as u32;
+    ev.env_len = env_len as u32;
 
-    let size = Exec::fixed_size() + filename_len + args_len;
+    let size = Exec::fixed_size() + filename_len + args_len + env_len;
     ev.header = header(hook, size);
     // SAFETY: the first `size` bytes of `*ev`, all initialized (the fixed fields were written
-    // above, `data` up to `filename_len + args_len` by the reads), and size <= size_of::<Exec>()
-    // as filename_len < FILENAME_CAP and args_len <= ARGS_CAP.
+    // above, `data` up to `filename_len + args_len + env_len` by the reads), and size <=
+    // size_of::<Exec>() as filename_len < FILENAME_CAP, args_len <= ARGS_CAP, env_len <= ENV_CAP.
     let bytes = unsafe { core::slice::from_raw_parts((ev as *const Exec).cast::<u8>(), size) };
     output(EventKind::Exec, bytes);
+}
+
+/// Start and length of the user range `mm->[start_at]..mm->[end_at]` to copy, at most `cap`
+/// bytes, and whether it was cut to `cap`.
+#[inline(always)]
+fn user_range(mm: *const u8, start_at: u32, end_at: u32, cap: usize) -> (u64, usize, bool) {
+    let start: u64 = read(mm, start_at);
+    let end: u64 = read(mm, end_at);
+    let len = end.saturating_sub(start) as usize;
+    if len > cap { (start, cap, true) } else { (start, len, false) }
 }

@@ -326,7 +326,7 @@ mod tests {
         std::fs::write(proc_dir.join("20/cgroup"), format!("0::/{scope}\n")).unwrap();
         let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Mounts { v2: Some(cgroup_root), v1: Vec::new() });
         let exec = |pid: u32| {
-            let detail = ProcessExec { old_tid: pid, code_start: 0, code_end: 0, exec_path: Some(b"/bin/true".to_vec()), executed_file: None };
+            let detail = ProcessExec { old_tid: pid, code_start: 0, code_end: 0, exec_path: Some(b"/bin/true".to_vec()), executed_file: None, ..Default::default() };
             let mut e = event(pid, 1, Detail::Exec(detail), Hook::TpBtfSchedProcessExec);
             (e.process.pgid, e.process.sid, e.process.cgroup_id) = (Some(pid), Some(7), cgroup_id);
             e
@@ -363,7 +363,7 @@ mod tests {
             (e.process.tid, e.process.start_ns) = (tid, start_ns);
             e
         };
-        let detail = ProcessExec { old_tid: 30, code_start: 0, code_end: 0, exec_path: Some(b"/bin/old".to_vec()), executed_file: None };
+        let detail = ProcessExec { old_tid: 30, code_start: 0, code_end: 0, exec_path: Some(b"/bin/old".to_vec()), executed_file: None, ..Default::default() };
         let mut exec = with_start(event(30, 1, Detail::Exec(detail), Hook::TpBtfSchedProcessExec), 30, 1_000);
         exec.process.args = Some(vec![b"old".to_vec()].into());
         enricher.enrich(&mut exec);
@@ -374,7 +374,7 @@ mod tests {
         let mut reused = with_start(event(30, 1, exit(), Hook::TpBtfSchedProcessExit), 30, 9_000);
         enricher.enrich(&mut reused);
         assert_eq!(reused.process.args, None, "another process with the same pid and task id");
-        let mut exec = with_start(event(30, 1, Detail::Exec(ProcessExec { old_tid: 30, code_start: 0, code_end: 0, exec_path: None, executed_file: None }), Hook::TpBtfSchedProcessExec), 30, 1_000);
+        let mut exec = with_start(event(30, 1, Detail::Exec(ProcessExec { old_tid: 30, code_start: 0, code_end: 0, exec_path: None, executed_file: None, ..Default::default() }), Hook::TpBtfSchedProcessExec), 30, 1_000);
         exec.process.args = Some(vec![b"old".to_vec()].into());
         enricher.enrich(&mut exec);
         let mut thread = with_start(event(30, 1, exit(), Hook::TpBtfSchedProcessExit), 31, 5_000);

@@ -137,7 +137,7 @@ mod tests {
     }
 
     fn exec_of(process: Process) -> Event {
-        let detail = ProcessExec { old_tid: 0, code_start: 0, code_end: 0, exec_path: None, executed_file: None };
+        let detail = ProcessExec { old_tid: 0, code_start: 0, code_end: 0, exec_path: None, executed_file: None, ..Default::default() };
         event(process, Detail::Exec(detail), Hook::TpBtfSchedProcessExec)
     }
 

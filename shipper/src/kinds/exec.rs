@@ -1,4 +1,5 @@
-//! `process.exec` records (variable size: the fixed part, then argv).
+//! `process.exec` records (variable size: the fixed part, then the execve path, argv and the
+//! environment).
 use std::{
     mem::{offset_of, size_of},
     os::unix::ffi::OsStrExt,
@@ -7,14 +8,17 @@ use std::{
 
 use ksense_abi::{
     Task,
-    exec::{ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED, Exec, FILENAME_CAP},
+    exec::{
+        ARGS_CAP, ENV_CAP, EXEC_ARGS_TRUNCATED, EXEC_ENV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EXEC_TTY, EXEC_TTY_KNOWN,
+        Exec, FILENAME_CAP,
+    },
 };
 
 use super::prelude::*;
 
 /// A process exec'd. The event's [`Process`] carries argv, and, once enrichment established
 /// it, the canonical path of the file the kernel executed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessExec {
     /// Task id before the exec (a non-leader thread that execs takes over the leader's id).
     pub old_tid: u32,
@@ -27,6 +31,57 @@ pub struct ProcessExec {
     pub exec_path: Option<Vec<u8>>,
     /// The file the kernel executed, when the probe could read it.
     pub executed_file: Option<FileId>,
+    /// The executed file has no name on any file system (its link count is 0: a memfd, or a
+    /// file deleted before the exec), as the kernel saw it; `None` when the probe could not
+    /// read its inode.
+    pub fileless: Option<bool>,
+    /// The process has a controlling terminal; `None` when the probe could not tell.
+    pub interactive: Option<bool>,
+    /// The environment as the probe copied it (`NAME=value` strings, each ending in NUL), until
+    /// [`ReportedVariables::pick`] takes from it what is reported.
+    pub environment_block: Vec<u8>,
+    /// The environment was longer than [`ENV_CAP`] bytes and only its start was read: a
+    /// variable after the cut is missing, and the last one read may be cut short.
+    pub environment_truncated: bool,
+    /// The reported variables that were set: attribute name (`process.environment_variable.
+    /// <NAME>`) and value.
+    pub environment: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// Variables that make the dynamic loader run code the executable did not ask for: an exec with
+/// one of them set (and reported) is WARN.
+const LOADER_VARIABLES: [&str; 2] = ["LD_PRELOAD", "LD_AUDIT"];
+
+/// The environment variables reported on exec (`[probes] environment`), each with its
+/// attribute name.
+#[derive(Debug, Clone, Default)]
+pub struct ReportedVariables(Vec<(Vec<u8>, &'static str)>);
+
+impl ReportedVariables {
+    /// Variables to report, by name. The attribute names live as long as the process (they are
+    /// made once per run: the list changes only with a restart).
+    pub fn new(names: &[String]) -> ReportedVariables {
+        let names = names.iter().map(|name| {
+            let attribute: &'static str = Box::leak(schema::environment_variable(name).into_boxed_str());
+            (format!("{name}=").into_bytes(), attribute)
+        });
+        ReportedVariables(names.collect())
+    }
+
+    /// Moves the reported variables out of `exec`'s environment block (and drops the block).
+    /// A variable set twice is reported with its last value, the one the dynamic loader
+    /// uses (it reads every entry, and a later one overrides an earlier one).
+    pub fn pick(&self, exec: &mut ProcessExec) {
+        let block = std::mem::take(&mut exec.environment_block);
+        for entry in block.split(|&b| b == 0) {
+            for (prefix, attribute) in &self.0 {
+                if let Some(value) = entry.strip_prefix(prefix.as_slice()) {
+                    exec.environment.retain(|(name, _)| name != attribute);
+                    exec.environment.push((attribute, value.to_vec()));
+                }
+            }
+        }
+    }
 }
 
 /// A file's identity: inode number and device, as the kernel holds them and as `stat` gives
@@ -64,13 +119,18 @@ fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError>
     let flags: u32 = read(bytes, offset_of!(Exec, flags))?;
     let filename_len = read::<u32>(bytes, offset_of!(Exec, filename_len))? as usize;
     let args_len = read::<u32>(bytes, offset_of!(Exec, args_len))? as usize;
+    let env_len = read::<u32>(bytes, offset_of!(Exec, env_len))? as usize;
     if filename_len >= FILENAME_CAP {
         return Err(DecodeError::Field("filename_len"));
     }
-    if args_len > ARGS_CAP || fixed + filename_len + args_len != bytes.len() {
+    if args_len > ARGS_CAP || fixed + filename_len + args_len > bytes.len() {
         return Err(DecodeError::Field("args_len"));
     }
-    let (filename, args) = bytes[fixed..].split_at(filename_len);
+    if env_len > ENV_CAP || fixed + filename_len + args_len + env_len != bytes.len() {
+        return Err(DecodeError::Field("env_len"));
+    }
+    let (filename, rest) = bytes[fixed..].split_at(filename_len);
+    let (args, environment) = rest.split_at(args_len);
     let args = split_args(args);
 
     let mut process = Process::from_task(&task, clock);
@@ -85,8 +145,13 @@ fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError>
         code_end: read(bytes, offset_of!(Exec, code_end))?,
         exec_path: (!filename.is_empty()).then(|| filename.to_vec()),
         executed_file: (exe_ino != 0).then(|| FileId::from_kernel(exe_ino, read(bytes, offset_of!(Exec, exe_dev)).unwrap_or(0))),
+        fileless: (exe_ino != 0).then(|| read::<u32>(bytes, offset_of!(Exec, exe_nlink)).is_ok_and(|n| n == 0)),
+        interactive: (flags & EXEC_TTY_KNOWN != 0).then_some(flags & EXEC_TTY != 0),
+        environment_block: environment.to_vec(),
+        environment_truncated: flags & EXEC_ENV_TRUNCATED != 0,
+        environment: Vec::new(),
     };
-    const _: () = assert!(size_of::<Exec>() == Exec::fixed_size() + FILENAME_CAP + ARGS_CAP);
+    const _: () = assert!(size_of::<Exec>() == Exec::fixed_size() + FILENAME_CAP + ARGS_CAP + ENV_CAP);
     Ok((process, Detail::Exec(exec)))
 }
 
@@ -185,9 +250,16 @@ argument vector was longer than ksense copies, or had more arguments than a
 journal entry can hold, KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED=true.
 PROCESS_USER_ID, PROCESS_REAL_USER_ID and PROCESS_OWNER give who ran it,
 PROCESS_PARENT_PID its parent, PROCESS_LINUX_CGROUP and CONTAINER_ID where it
-runs.
+runs, PROCESS_INTERACTIVE whether it has a controlling terminal.
 
-This is routine activity, logged at priority info.
+KSENSE_PROCESS_EXECUTABLE_FILELESS=true says the executed file has no name on
+any file system (a memfd, or a file deleted before the exec), as the kernel
+saw it. PROCESS_ENVIRONMENT_VARIABLE_<NAME> holds the value of each variable of
+[probes] environment (default LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT) the new
+program started with.
+
+This is routine activity, logged at priority info; an exec of a fileless
+program, or with LD_PRELOAD or LD_AUDIT set, is logged at priority warning.
 "#;
 
 /// The fields of the plain `sched_process_exec` tracepoint (the BTF hooks read what every
@@ -206,6 +278,25 @@ impl Payload for ProcessExec {
         if let Some(path) = &self.exec_path {
             push_text(attrs, schema::KSENSE_PROCESS_EXEC_PATH, path);
         }
+        if let Some(fileless) = self.fileless {
+            attrs.push((schema::KSENSE_PROCESS_EXECUTABLE_FILELESS, Value::Bool(fileless)));
+        }
+        if let Some(interactive) = self.interactive {
+            attrs.push((schema::PROCESS_INTERACTIVE, Value::Bool(interactive)));
+        }
+        for (attribute, value) in &self.environment {
+            push_text(attrs, attribute, value);
+        }
+        if self.environment_truncated {
+            attrs.push((schema::KSENSE_PROCESS_ENVIRONMENT_TRUNCATED, Value::Bool(true)));
+        }
+        // Code from no file, or a library forced into the new image: worth a look.
+        let loader_hooked = self.environment.iter().any(|(attribute, value)| {
+            // The variable's name is the attribute's last component (names have no dots).
+            let name = attribute.rsplit_once('.').map_or("", |(_, name)| name);
+            !value.is_empty() && LOADER_VARIABLES.contains(&name)
+        });
+        let severity = if self.fileless == Some(true) || loader_hooked { Severity::Warn } else { Severity::Info };
         let p = process;
         // The command line is among the attributes already (Event::to_record) when argv is known.
         let command_line = attrs.iter().find(|(name, _)| *name == schema::PROCESS_COMMAND_LINE);
@@ -213,13 +304,71 @@ impl Payload for ProcessExec {
             Some((_, Value::Str(line))) if p.args.as_ref().is_some_and(|args| !args.is_empty()) => one_line(line),
             _ => one_line(&p.exe.as_deref().or(self.exec_path.as_deref()).map(lossless).unwrap_or_default()),
         };
-        (Severity::Info, format!("{} executed {command}", process.who()))
+        (severity, format!("{} executed {command}", process.who()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::{decode::tests::exec_record, record::LogRecord};
+    use std::mem::offset_of;
+
+    /// An exec record of the marker whose executed inode has `nlink` links (no inode read when
+    /// `None`) and whose environment is `environment`; its record after picking `names`.
+    fn exec_with(nlink: Option<u32>, environment: &[u8], names: &[&str]) -> LogRecord {
+        let args = b"marker\0";
+        let mut bytes = exec_record(Task { tgid: 42, tid: 42, ..Task::default() }, b"/usr/bin/marker", &[args.as_slice(), environment].concat());
+        let mut put = |at: usize, value: &[u8]| bytes[at..at + value.len()].copy_from_slice(value);
+        put(offset_of!(Exec, args_len), &(args.len() as u32).to_ne_bytes());
+        put(offset_of!(Exec, env_len), &(environment.len() as u32).to_ne_bytes());
+        if let Some(nlink) = nlink {
+            put(offset_of!(Exec, exe_ino), &42u64.to_ne_bytes());
+            put(offset_of!(Exec, exe_nlink), &nlink.to_ne_bytes());
+        }
+        let mut event = crate::decode::decode(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap();
+        let Detail::Exec(exec) = &mut event.detail else { panic!("not an exec: {event:?}") };
+        ReportedVariables::new(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).pick(exec);
+        event.to_record()
+    }
+
+    #[test]
+    fn fileless_is_the_link_count_of_the_executed_inode_and_is_warn() {
+        let record = exec_with(Some(0), b"", &[]);
+        assert_eq!(record.attribute(schema::KSENSE_PROCESS_EXECUTABLE_FILELESS), Some(&Value::Bool(true)));
+        assert_eq!(record.severity, Severity::Warn);
+        let record = exec_with(Some(1), b"", &[]);
+        assert_eq!(record.attribute(schema::KSENSE_PROCESS_EXECUTABLE_FILELESS), Some(&Value::Bool(false)));
+        assert_eq!(record.severity, Severity::Info);
+        let record = exec_with(None, b"", &[]);
+        assert_eq!(record.attribute(schema::KSENSE_PROCESS_EXECUTABLE_FILELESS), None, "unknown without the inode");
+    }
+
+    #[test]
+    fn configured_variables_are_reported_and_loader_hooks_are_warn() {
+        let names = ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT"];
+        let environment = b"PATH=/bin\0LD_PRELOAD=/a.so\0LD_PRELOAD_X=1\0LD_PRELOAD=/b.so\0LD_LIBRARY_PATH=/l\xff\0";
+        let record = exec_with(Some(1), environment, &names);
+        // The last LD_PRELOAD, as the dynamic loader takes it; the name must match whole.
+        assert_eq!(record.attribute("process.environment_variable.LD_PRELOAD"), Some(&Value::Str("/b.so".into())));
+        assert_eq!(record.attribute("process.environment_variable.LD_LIBRARY_PATH"), Some(&Value::Str("/l\\xff".into())));
+        assert_eq!(
+            record.attribute(schema::KSENSE_ESCAPED),
+            Some(&Value::StrArray(vec!["process.environment_variable.LD_LIBRARY_PATH".into()]))
+        );
+        assert_eq!(record.attribute("process.environment_variable.LD_AUDIT"), None);
+        assert_eq!(record.attribute("process.environment_variable.PATH"), None, "not configured");
+        assert_eq!(record.severity, Severity::Warn);
+
+        let record = exec_with(Some(1), b"LD_LIBRARY_PATH=/l\0LD_PRELOAD=\0", &names);
+        assert_eq!(record.attribute("process.environment_variable.LD_LIBRARY_PATH"), Some(&Value::Str("/l".into())));
+        assert_eq!(record.severity, Severity::Info, "an empty LD_PRELOAD loads nothing");
+        let record = exec_with(Some(1), b"LD_AUDIT=/x.so\0", &names);
+        assert_eq!(record.severity, Severity::Warn);
+        let record = exec_with(Some(1), b"LD_AUDIT=/x.so\0", &["LD_LIBRARY_PATH"]);
+        assert_eq!(record.attribute("process.environment_variable.LD_AUDIT"), None, "not configured");
+    }
 
     #[test]
     fn split_args_cases() {

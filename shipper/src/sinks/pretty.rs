@@ -75,6 +75,16 @@ impl<W: Write + Send> Sink for PrettySink<W> {
                 line.push_str(&format!(" {}={value}", self.paint("2", label)));
             }
         }
+        if record.attribute(schema::KSENSE_PROCESS_EXECUTABLE_FILELESS) == Some(&Value::Bool(true)) {
+            line.push_str(&format!(" {}", self.paint("1;33", "fileless")));
+        }
+        // Reported environment variables as NAME=value (`LD_PRELOAD=/tmp/x.so`).
+        let (prefix, _) = schema::PROCESS_ENVIRONMENT_VARIABLE.split_once("<NAME>").unwrap_or_default();
+        for (key, value) in &record.attributes {
+            if let (Some(name), Value::Str(value)) = (key.strip_prefix(prefix), value) {
+                line.push_str(&format!(" {}={}", self.paint("2", name), one_line(value)));
+            }
+        }
         line.push('\n');
         self.out.write_all(line.as_bytes())?;
         Counters::bump(&self.stats.delivered);
@@ -108,5 +118,24 @@ mod tests {
         assert!(!text.contains('\x1b') && !text.contains('\r'), "{text}");
         assert!(text.contains("WARN process.exec"), "{text}");
         assert!(text.contains("path=/tmp/a\\rb"), "{text}");
+    }
+
+    #[test]
+    fn fileless_and_environment_variables_are_shown() {
+        let record = LogRecord {
+            event_name: "process.exec",
+            severity: Severity::Warn,
+            time: SystemTime::now(),
+            observed_time: SystemTime::now(),
+            body: "x executed x".into(),
+            attributes: vec![
+                (schema::KSENSE_PROCESS_EXECUTABLE_FILELESS, Value::Bool(true)),
+                ("process.environment_variable.LD_PRELOAD", Value::Str("/tmp/a.so\nb".into())),
+            ],
+        };
+        let mut sink = PrettySink { out: BufWriter::new(Vec::new()), color: false, stats: Arc::default() };
+        sink.write(&record).unwrap();
+        let text = String::from_utf8(sink.out.into_inner().unwrap()).unwrap();
+        assert!(text.ends_with(" fileless LD_PRELOAD=/tmp/a.so\\nb\n"), "{text}");
     }
 }

@@ -10,7 +10,7 @@ use std::{
 
 use ksense::text::lossless_bytes;
 use ksense_e2e::{
-    Ksense, attr, is,
+    Ksense, attr, checks, is,
     journald::{Run, short, values},
     workload_bin,
 };
@@ -19,27 +19,7 @@ use serde_json::{Value, json};
 #[test]
 fn exec_reports_exact_argv_and_path() {
     let ksense = Ksense::start(&[]);
-    let bin = workload_bin();
-    let awkward: [&[u8]; 6] = [b"marker", b"two words", b"\"quoted\" 'single'", b"line\nbreak", b"", b"bad\xffbyte"];
-    let child = Command::new(&bin)
-        .args(awkward.iter().map(|a| OsStr::from_bytes(a)))
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let status = child.wait_with_output().unwrap().status;
-    assert!(status.success());
-
-    let exec = ksense.wait_for("exec of the marker", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
-    let mut expected = vec![bin.to_str().unwrap().to_owned()];
-    expected.extend(["marker", "two words", "\"quoted\" 'single'", "line\nbreak", "", "bad\\xffbyte"].map(String::from));
-    assert_eq!(attr(&exec, "process.command_args"), &serde_json::json!(expected), "{exec}");
-    assert_eq!(attr(&exec, "process.command_line"), expected.join(" ").as_str(), "{exec}");
-    let canonical = std::fs::canonicalize(&bin).unwrap();
-    assert_eq!(attr(&exec, "process.executable.path"), canonical.to_str().unwrap(), "{exec}");
-    assert_eq!(attr(&exec, "ksense.process.exec.path"), bin.to_str().unwrap(), "{exec}");
-    assert_eq!(attr(&exec, "process.executable.name"), "ksense-workload", "{exec}");
-    assert_eq!(attr(&exec, "process.parent_pid"), std::process::id(), "{exec}");
-    assert_eq!(attr(&exec, "thread.id"), pid, "{exec}");
+    let exec = checks::exec_reports_exact_argv_and_path(&ksense);
     assert_eq!(attr(&exec, "process.user.id"), 0, "{exec}");
     assert_eq!(attr(&exec, "process.owner"), "root", "{exec}");
     assert!(!exec["body"].as_str().unwrap().contains('\n'), "{exec}");

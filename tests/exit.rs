@@ -1,20 +1,10 @@
 //! `process.exit` end to end: exit codes, signals, thread exits, and ksense's own shutdown.
-use std::process::Command;
-
-use ksense_e2e::{Ksense, attr, is, printed, run_workload, workload_bin};
+use ksense_e2e::{Ksense, attr, checks, is, printed, run_workload};
 
 #[test]
 fn exit_code_seven() {
     let ksense = Ksense::start(&[]);
-    let child = Command::new("/bin/sh").args(["-c", "exit 7"]).spawn().unwrap();
-    let pid = child.id();
-    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(7));
-    let exit = ksense.wait_for("exit of sh", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
-    assert_eq!(attr(&exit, "process.exit.code"), 7, "{exit}");
-    assert_eq!(exit["severity"], "INFO", "{exit}");
-    assert!(attr(&exit, "ksense.process.exit.signal").is_null(), "{exit}");
-    assert_eq!(attr(&exit, "ksense.process.exit.core_dumped"), false, "{exit}");
-    assert!(attr(&exit, "process.exit.time").is_string(), "{exit}");
+    let exit = checks::exit_code_seven(&ksense);
     let canonical = std::fs::canonicalize("/bin/sh").unwrap();
     assert_eq!(attr(&exit, "process.executable.path"), canonical.to_str().unwrap(), "known from the exec: {exit}");
     ksense.stop();
@@ -23,16 +13,7 @@ fn exit_code_seven() {
 #[test]
 fn kill_nine_is_reported_at_warn() {
     let ksense = Ksense::start(&[]);
-    let mut child = Command::new(workload_bin()).args(["sleep", "60"]).spawn().unwrap();
-    let pid = child.id();
-    ksense.wait_for("exec of the sleeper", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let exit = ksense.wait_for("exit of the sleeper", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
-    assert_eq!(attr(&exit, "ksense.process.exit.signal"), 9, "{exit}");
-    assert_eq!(exit["severity"], "WARN", "{exit}");
-    assert!(attr(&exit, "process.exit.code").is_null(), "{exit}");
-    assert!(exit["body"].as_str().unwrap().contains("SIGKILL"), "{exit}");
+    checks::kill_nine_is_reported_at_warn(&ksense);
     ksense.stop();
 }
 

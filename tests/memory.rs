@@ -2,7 +2,7 @@
 //! their region and old protection, harmless changes only with `report = "all"`, failures with
 //! their errno, and a toggling loop is coalesced without loss, also when there are more ranges
 //! than the coalescing map holds.
-use ksense_e2e::{Ksense, Stopped, attr, is, printed_hex, run_workload, temp_config};
+use ksense_e2e::{Ksense, Stopped, attr, checks, is, printed_hex, run_workload, temp_config};
 use serde_json::Value;
 
 fn changes(events: &[Value], pid: u32) -> Vec<&Value> {
@@ -27,32 +27,21 @@ fn run_and_stop(ksense: Ksense, command: &str) -> (Stopped, u32, u64) {
 
 #[test]
 fn own_text_made_rwx_is_main_code_wx_at_warn() {
-    let (stopped, pid, page) = run_and_stop(Ksense::start(&[]), "mprotect-text-rwx");
-    let events = changes(&stopped.events, pid);
-    let rwx = events
-        .iter()
-        .find(|e| attr(e, "ksense.memory.protection.new") == "rwx")
-        .unwrap_or_else(|| panic!("no rwx change reported for {pid}: {events:?}"));
-    assert_eq!(attr(rwx, "ksense.memory.start"), format!("{page:#x}").as_str(), "{rwx}");
-    assert_eq!(attr(rwx, "ksense.memory.length"), 4096, "{rwx}");
-    assert_eq!(attr(rwx, "ksense.memory.region"), "main_code", "{rwx}");
-    assert_eq!(attr(rwx, "ksense.memory.protection.old"), "r-x", "{rwx}");
-    assert_eq!(attr(rwx, "ksense.memory.wx"), true, "{rwx}");
-    assert_eq!(attr(rwx, "ksense.memory.result"), 0, "{rwx}");
-    assert_eq!(rwx["severity"], "WARN", "{rwx}");
-    let exe = attr(rwx, "process.executable.path").as_str().unwrap();
-    assert_eq!(attr(rwx, "ksense.memory.file.path"), exe, "{rwx}");
+    let ksense = Ksense::start(&[]);
+    let rwx = checks::own_text_made_rwx_is_main_code_wx_at_warn(&ksense);
+    assert_eq!(attr(&rwx, "ksense.memory.result"), 0, "{rwx}");
+    let exe = attr(&rwx, "process.executable.path").as_str().unwrap();
+    assert_eq!(attr(&rwx, "ksense.memory.file.path"), exe, "{rwx}");
+    ksense.stop();
 }
 
 #[test]
 fn anonymous_code_made_executable_is_wx() {
-    let (stopped, pid, page) = run_and_stop(Ksense::start(&[]), "mprotect-anon-rx");
-    let rx = change_at(&stopped.events, pid, page, "RW -> RX");
-    assert_eq!(attr(rx, "ksense.memory.region"), "anonymous", "{rx}");
-    assert_eq!(attr(rx, "ksense.memory.protection.old"), "rw-", "{rx}");
-    assert_eq!(attr(rx, "ksense.memory.protection.new"), "r-x", "{rx}");
-    assert_eq!(attr(rx, "ksense.memory.wx"), true, "{rx}");
+    let ksense = Ksense::start(&[]);
+    let rx = checks::anonymous_code_made_executable_is_wx(&ksense);
+    assert_eq!(attr(&rx, "ksense.memory.protection.old"), "rw-", "{rx}");
     assert_eq!(rx["severity"], "WARN", "{rx}");
+    ksense.stop();
 }
 
 /// One mprotect over a read-only file page and the written anonymous page after it: the
@@ -77,20 +66,18 @@ fn read_only_change_is_reported_only_with_all() {
     let (stopped, pid, _) = run_and_stop(Ksense::start(&[]), "mprotect-anon-ro");
     assert!(changes(&stopped.events, pid).is_empty(), "reported by default: {:?}", changes(&stopped.events, pid));
 
-    let config = temp_config("memory-all", "[memory]\nreport = \"all\"\n");
-    let (stopped, pid, page) = run_and_stop(Ksense::start(&["--config", config.to_str().unwrap()]), "mprotect-anon-ro");
-    let ro = change_at(&stopped.events, pid, page, "read-only with report=all");
-    assert_eq!(attr(ro, "ksense.memory.protection.new"), "r--", "{ro}");
-    assert_eq!(attr(ro, "ksense.memory.wx"), false, "{ro}");
-    assert_eq!(ro["severity"], "INFO", "{ro}");
+    let config = temp_config("memory-all", checks::MEMORY_REPORT_ALL);
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+    checks::read_only_change_is_reported_with_all(&ksense);
+    ksense.stop();
 }
 
 #[test]
 fn failed_call_reports_its_errno_with_all() {
-    let config = temp_config("memory-bad", "[memory]\nreport = \"all\"\n");
-    let (stopped, pid, page) = run_and_stop(Ksense::start(&["--config", config.to_str().unwrap()]), "mprotect-bad-addr");
-    let bad = change_at(&stopped.events, pid, page, "failed mprotect with report=all");
-    assert_eq!(attr(bad, "ksense.memory.result"), -12, "ENOMEM: {bad}");
+    let config = temp_config("memory-bad", checks::MEMORY_REPORT_ALL);
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+    checks::failed_call_reports_its_errno_with_all(&ksense);
+    ksense.stop();
 }
 
 /// 100,000 RX/RW round trips: a handful of events whose counts add up to every transition,
@@ -99,19 +86,9 @@ fn failed_call_reports_its_errno_with_all() {
 fn toggling_is_coalesced_without_loss() {
     const N: u64 = 100_000;
     let ksense = Ksense::start(&[]);
-    let (out, pid) = run_workload(&["mprotect-toggle", &N.to_string()]);
-    ksense.wait_for("the toggler's exit", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
+    let (out, events) = checks::toggling_is_coalesced(&ksense, N);
     let stopped = ksense.stop();
-    let events = changes(&stopped.events, pid);
-    let total: u64 = events.iter().map(|e| attr(e, "ksense.event.count").as_u64().unwrap()).sum();
-    eprintln!(
-        "toggler: {} ns per mprotect with ksense; {} events for {} transitions",
-        printed_hex(&out, "ns_per_call"),
-        events.len(),
-        2 * N
-    );
-    assert_eq!(total, 2 * N, "counts of {} events add up to {total}", events.len());
-    assert!(events.len() < 100, "{} events: not coalesced", events.len());
+    eprintln!("toggler: {} ns per mprotect with ksense; {events} events for {} transitions", printed_hex(&out, "ns_per_call"), 2 * N);
     assert_eq!(stopped.counter("lost_total"), 0, "{}", stopped.stderr);
 }
 

@@ -13,6 +13,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod checks;
 pub mod collector;
 pub mod journald;
 pub mod load;

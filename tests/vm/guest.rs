@@ -1,7 +1,8 @@
 //! The VM test's driver inside the guest (`tests/vm/host.rs` boots it): run by `/init` in a
 //! busybox initramfs on another kernel, it starts the real ksense once per attach mode
 //! (`--attach fentry`, then `--attach tracepoint`), drives real processes and checks the events,
-//! with the same harness as the end-to-end tests on the host (`tests/common/mod.rs`).
+//! with the same harness and the same checks as the end-to-end tests on the host
+//! (`tests/common/mod.rs`, `tests/common/checks.rs`).
 //!
 //! It prints, on the console, one line per hook chosen and one line per check; the host reads
 //! them back:
@@ -24,10 +25,10 @@ use std::{
     cell::RefCell,
     panic::{AssertUnwindSafe, catch_unwind},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use ksense_e2e::{Ksense, attr, is, ksense_bin, printed, run_workload, workload_bin};
+use ksense_e2e::{Ksense, attr, checks, is, ksense_bin, temp_config};
 use serde_json::Value;
 
 mod guest_bench;
@@ -35,9 +36,9 @@ mod shared;
 use shared::{BENCH_ENV, CHECKS, MODES, PROBES_JSON};
 /// The module the `module` check loads (from the kernel's own package).
 const MODULE: &str = "/lib/modules/dummy.ko";
-/// After a process's own exit event has arrived, how long to wait for an event it caused
-/// earlier (they come through one ring buffer, in order, so this is only slack).
-const AFTER_EXIT: Duration = Duration::from_secs(3);
+/// The RW/RX round trips of the `memory-coalesce` check (fewer than on the host: qemu's
+/// software emulation is slow).
+const COALESCE_ROUND_TRIPS: u64 = 20_000;
 
 thread_local! {
     /// The message and place of the last panic on this thread (the hook keeps it quiet).
@@ -89,7 +90,7 @@ fn main() {
         };
 
         // `probes` first: the fork check needs the hook it reports.
-        let probes = catch(|| probes_report(mode));
+        let probes = catch(|| checks::probes_report(mode));
         if let Ok(report) = &probes {
             println!("{PROBES_JSON} mode={mode} {report}");
             for kind in report["kinds"].as_array().into_iter().flatten() {
@@ -127,12 +128,14 @@ fn main() {
             }
         };
         report("fork", catch(|| check_fork(&ksense, probes.as_ref())));
-        report("exec", catch(|| check_exec(&ksense)));
+        report("exec", catch(|| checks::exec_reads_the_new_image(&ksense)));
         report("exit", catch(|| check_exit(&ksense)));
-        report("thread", catch(|| check_thread(&ksense)));
+        report("thread", catch(|| checks::thread_is_flagged_and_its_exit_not_reported(&ksense)));
         report("module", catch(|| check_module(&ksense, probes.as_ref())));
         report("memory", catch(|| check_memory(&ksense)));
-        report("memory-coalesce", catch(|| check_memory_coalesce(&ksense)));
+        report("memory-coalesce", catch(|| {
+            checks::toggling_is_coalesced(&ksense, COALESCE_ROUND_TRIPS);
+        }));
         match catch(|| ksense.stop()) {
             Ok(stopped) => {
                 let totals = stopped.stderr.lines().rev().find(|l| l.contains("ksense stopped:")).unwrap_or("(no totals line)");
@@ -152,19 +155,6 @@ fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     PANIC.with(|p| p.borrow_mut().take());
     catch_unwind(AssertUnwindSafe(f))
         .map_err(|_| PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "panicked".into()))
-}
-
-/// `ksense probes --json --attach <mode>`; with `mode` empty, the default mode.
-fn probes_report(mode: &str) -> Value {
-    let attach: &[&str] = if mode.is_empty() { &[] } else { &["--attach", mode] };
-    let out = Command::new(ksense_bin()).args(["probes", "--json"]).args(attach).output().unwrap();
-    assert!(out.status.success(), "ksense probes --attach {mode} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ksense probes printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-/// The hook chosen for `event`, if any.
-fn chosen<'a>(report: &'a Value, event: &str) -> Option<&'a str> {
-    report["kinds"].as_array()?.iter().find(|k| k["event"] == event)?["chosen"].as_str()
 }
 
 /// Whether any kind chose an fentry or fexit hook.
@@ -218,13 +208,13 @@ fn check_probes(mode: &str, report: &Value) {
 
 /// Without `--attach`, ksense chooses per kind the hook fentry mode chose.
 fn check_default_is_fentry(fentry: &Value) {
-    let default = probes_report("");
+    let default = checks::probes_report("");
     let kinds = fentry["kinds"].as_array().expect("no kinds in the report");
     let differ: Vec<String> = kinds
         .iter()
         .filter_map(|k| {
             let event = k["event"].as_str().unwrap_or("?");
-            let chosen = chosen(&default, event);
+            let chosen = checks::chosen(&default, event);
             (chosen != k["chosen"].as_str()).then(|| format!("{event}: default mode chose {chosen:?}, fentry mode {}", k["chosen"]))
         })
         .collect();
@@ -266,106 +256,16 @@ fn verifier_logs(mode: &str) -> String {
     if logs.is_empty() { "(ksense -v probes printed no verifier log)".into() } else { format!("verifier logs (ksense -v probes --attach {mode}):\n{logs}") }
 }
 
-/// Waits for the exit of `pid` (the workload, once it returned), then for an event it caused
-/// before: they come through one ring buffer in order, so a missing one fails fast.
-fn caused_by(ksense: &Ksense, pid: u32, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
-    ksense.wait_for(&format!("exit of pid {pid} (to look for its {what})"), |e| {
-        is(e, "process.exit") && attr(e, "process.pid") == pid
-    });
-    ksense.try_wait_for(AFTER_EXIT, predicate).unwrap_or_else(|| {
-        let related: Vec<String> = ksense
-            .events()
-            .iter()
-            .filter(|e| attr(e, "process.pid") == pid || attr(e, "process.parent_pid") == pid)
-            .map(|e| format!("{} {}", e["event.name"].as_str().unwrap_or("?"), e["attributes"]))
-            .collect();
-        panic!(
-            "no {what}, although pid {pid} has exited and its exit was reported; events of pid {pid} and its children:\n{}\nksense said:\n{}",
-            related.join("\n"),
-            ksense.stderr()
-        )
-    })
-}
-
+/// The fork check with the hook `ksense probes` chose for `process.fork`.
 fn check_fork(ksense: &Ksense, probes: Option<&Value>) {
-    let (out, parent) = run_workload(&["fork-exit", "1"]);
-    let child = printed(&out, "child");
-    let fork = caused_by(ksense, parent, "fork event of the child", |e| is(e, "process.fork") && attr(e, "process.pid") == child);
-    assert_eq!(attr(&fork, "process.parent_pid"), parent, "parent pid: {fork}");
-    assert_eq!(attr(&fork, "ksense.clone.thread"), false, "{fork}");
-    let expected = probes.and_then(|p| chosen(p, "process.fork")).expect("ksense probes reported no hook for process.fork");
-    assert_eq!(attr(&fork, "ksense.probe"), expected, "the event came from another hook than `ksense probes` chose: {fork}");
+    let probe = probes.and_then(|p| checks::chosen(p, "process.fork")).expect("ksense probes reported no hook for process.fork");
+    checks::fork_names_parent_and_child(ksense, probe);
 }
 
-fn check_exec(ksense: &Ksense) {
-    let bin = workload_bin();
-    let bin = bin.to_str().unwrap();
-    let args = ["marker", "two words", "line\nbreak"];
-    let child = Command::new(bin).args(args).spawn().unwrap();
-    let pid = child.id();
-    let status = child.wait_with_output().unwrap().status;
-    assert!(status.success(), "{bin} marker: {status}");
-    let exec = ksense.wait_for("exec of the marker", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
-    let mut expected = vec![bin];
-    expected.extend(args);
-    assert_eq!(attr(&exec, "process.command_args"), &serde_json::json!(expected), "argv: {exec}");
-    assert_eq!(attr(&exec, "ksense.process.exec.path"), bin, "path given to execve: {exec}");
-    let canonical = std::fs::canonicalize(bin).unwrap();
-    assert_eq!(attr(&exec, "process.executable.path"), canonical.to_str().unwrap(), "canonical path: {exec}");
-    // What the exec probe reads at offsets from this kernel's BTF: the executed inode's link
-    // count, the controlling terminal and the environment.
-    assert_eq!(attr(&exec, "ksense.process.executable.fileless"), false, "a file with a name: {exec}");
-    assert!(attr(&exec, "process.interactive").is_boolean(), "interactive: {exec}");
-
-    let preload = "/nonexistent/ksense-vm-preload.so";
-    let out = Command::new(bin).args(["memfd-exec"]).env("LD_PRELOAD", preload).stderr(Stdio::null()).output().unwrap();
-    assert!(out.status.success(), "{bin} memfd-exec: {}", out.status);
-    let fileless = ksense.wait_for("the exec from a memfd", |e| {
-        is(e, "process.exec") && attr(e, "ksense.process.executable.fileless") == true
-            && attr(e, "process.environment_variable.LD_PRELOAD") == preload
-    });
-    assert_eq!(fileless["severity"], "WARN", "{fileless}");
-}
-
+/// An exit code, then a SIGKILL.
 fn check_exit(ksense: &Ksense) {
-    let child = Command::new("/bin/sh").args(["-c", "exit 7"]).spawn().unwrap();
-    let pid = child.id();
-    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(7));
-    let exit = ksense.wait_for("exit of sh -c 'exit 7'", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
-    assert_eq!(attr(&exit, "process.exit.code"), 7, "exit code: {exit}");
-
-    let mut sleeper = Command::new(workload_bin()).args(["sleep", "60"]).spawn().unwrap();
-    let pid = sleeper.id();
-    // Killed after its exec is seen, so it dies as the workload, not as the forked harness.
-    ksense.wait_for("exec of the sleeper", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
-    sleeper.kill().unwrap(); // SIGKILL
-    sleeper.wait().unwrap();
-    let exit = ksense.wait_for("exit of the killed sleeper", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
-    assert_eq!(attr(&exit, "ksense.process.exit.signal"), 9, "signal: {exit}");
-    assert_eq!(exit["severity"], "WARN", "severity: {exit}");
-}
-
-fn check_thread(ksense: &Ksense) {
-    let (out, pid) = run_workload(&["thread"]);
-    let tid = printed(&out, "tid");
-    let mut problems = Vec::new();
-    match catch(|| caused_by(ksense, pid, "fork event of the thread", |e| is(e, "process.fork") && attr(e, "thread.id") == tid)) {
-        Ok(fork) if attr(&fork, "ksense.clone.thread") != true => problems.push(format!("ksense.clone.thread is not true: {fork}")),
-        Ok(_) => {}
-        Err(reason) => problems.push(reason),
-    }
-    // The process's exit (awaited above) comes after its thread's would have.
-    std::thread::sleep(Duration::from_millis(200));
-    let thread_exits: Vec<String> = ksense
-        .events()
-        .iter()
-        .filter(|e| is(e, "process.exit") && attr(e, "thread.id") == tid)
-        .map(|e| format!("{} {}", e["body"], e["attributes"]))
-        .collect();
-    if !thread_exits.is_empty() {
-        problems.push(format!("the exit of thread {tid} was reported although thread exits are off by default: {}", thread_exits.join("\n")));
-    }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    checks::exit_code_seven(ksense);
+    checks::kill_nine_is_reported_at_warn(ksense);
 }
 
 /// The kinds `ksense probes` listed, for failure messages.
@@ -384,10 +284,8 @@ fn check_module(ksense: &Ksense, probes: Option<&Value>) {
     let out = insmod.wait_with_output().unwrap();
     let unload = Command::new("/bin/rmmod").arg("dummy").output();
     assert!(out.status.success(), "insmod {MODULE}: {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
-    let load = catch(|| {
-        caused_by(ksense, pid, "kernel.module.load of dummy", |e| {
-            is(e, "kernel.module.load") && attr(e, "ksense.kernel.module.name") == "dummy"
-        })
+    let load = checks::try_caused_by(ksense, pid, "kernel.module.load of dummy", |e| {
+        is(e, "kernel.module.load") && attr(e, "ksense.kernel.module.name") == "dummy"
     })
     .unwrap_or_else(|reason| panic!("ksense probes kinds: {}\n{reason}", kinds(probes)));
     assert_eq!(attr(&load, "process.executable.name"), "insmod", "{load}");
@@ -397,76 +295,25 @@ fn check_module(ksense: &Ksense, probes: Option<&Value>) {
     assert!(unload.status.success(), "rmmod dummy: {}", String::from_utf8_lossy(&unload.stderr));
 }
 
+/// A process's own text made RWX, and anonymous memory made executable, are each reported as
+/// W^X changes of their region; both cases are run and reported, whatever the first gave.
 fn check_memory(ksense: &Ksense) {
-    let mut problems = Vec::new();
-    for (workload, region) in [("mprotect-text-rwx", "main_code"), ("mprotect-anon-rx", "anonymous")] {
-        if let Err(reason) = catch(|| memory_case(ksense, workload, region)) {
-            problems.push(format!("{workload}: {reason}"));
-        }
-    }
+    let cases: [(&str, fn(&Ksense) -> Value); 2] = [
+        ("mprotect-text-rwx", checks::own_text_made_rwx_is_main_code_wx_at_warn),
+        ("mprotect-anon-rx", checks::anonymous_code_made_executable_is_wx),
+    ];
+    let problems: Vec<String> =
+        cases.into_iter().filter_map(|(workload, check)| catch(|| check(ksense)).err().map(|reason| format!("{workload}: {reason}"))).collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-}
-
-/// A toggling loop (RW -> RX -> RW ...) yields a handful of events whose `ksense.event.count`
-/// add up to every transition (the tail is reported once the range has been idle a window).
-fn check_memory_coalesce(ksense: &Ksense) {
-    const N: u64 = 20_000;
-    let (_, pid) = run_workload(&["mprotect-toggle", &N.to_string()]);
-    let counted = || -> (u64, usize) {
-        let events: Vec<Value> = ksense
-            .events()
-            .into_iter()
-            .filter(|e| is(e, "process.memory.protect") && attr(e, "process.pid") == pid)
-            .collect();
-        (events.iter().map(|e| attr(e, "ksense.event.count").as_u64().unwrap_or(0)).sum(), events.len())
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while counted().0 < 2 * N && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let (total, events) = counted();
-    assert_eq!(total, 2 * N, "counts of {events} events add up to {total}, not {}", 2 * N);
-    assert!(events < 100, "{events} events for {} transitions: not coalesced", 2 * N);
 }
 
 /// With `report = "all"`: a harmless change (RW -> R) is reported, and a failed call carries its
 /// errno (on the fentry path through the fexit companion on `do_mprotect_pkey`).
 fn check_memory_all(kernel: &str, mode: &str) {
-    let config = "/tmp/ksense-memory-all.toml";
-    std::fs::write(config, "[memory]\nreport = \"all\"\n").unwrap();
-    let ksense = Ksense::start(&["--attach", mode, "--config", config]);
-    let (_, pid) = run_workload(&["mprotect-anon-ro"]);
-    let ro = caused_by(&ksense, pid, "RW -> R change", |e| {
-        is(e, "process.memory.protect") && attr(e, "process.pid") == pid && attr(e, "ksense.memory.protection.new") == "r--"
-    });
-    assert_eq!(attr(&ro, "ksense.memory.wx"), false, "{ro}");
-    assert_eq!(ro["severity"], "INFO", "{ro}");
-    let (_, pid) = run_workload(&["mprotect-bad-addr"]);
-    let bad = caused_by(&ksense, pid, "failed mprotect", |e| {
-        is(e, "process.memory.protect") && attr(e, "process.pid") == pid && attr(e, "ksense.memory.result") == -12
-    });
-    assert_eq!(attr(&bad, "ksense.memory.protection.new"), "r--", "{bad}");
+    let config = temp_config("memory-all", checks::MEMORY_REPORT_ALL);
+    let ksense = Ksense::start(&["--attach", mode, "--config", config.to_str().unwrap()]);
+    checks::read_only_change_is_reported_with_all(&ksense);
+    let bad = checks::failed_call_reports_its_errno_with_all(&ksense);
     println!("vm-note kernel={kernel} mode={mode} memory-all: failed mprotect reported by {}", attr(&bad, "ksense.probe"));
     ksense.stop();
-}
-
-/// Runs `ksense-workload <workload>` and checks its `process.memory.protect` event on `region`.
-fn memory_case(ksense: &Ksense, workload: &str, region: &str) {
-    let (_, pid) = run_workload(&[workload]);
-    let on_region = |e: &Value| {
-        is(e, "process.memory.protect") && attr(e, "process.pid") == pid && attr(e, "ksense.memory.region") == region
-    };
-    caused_by(ksense, pid, &format!("process.memory.protect on region {region}"), on_region);
-    // The one that made it writable and executable, if several changed that region.
-    let events = ksense.events();
-    let event = events
-        .iter()
-        .find(|e| on_region(e) && attr(e, "ksense.memory.wx") == true)
-        .or_else(|| events.iter().find(|e| on_region(e)))
-        .unwrap();
-    assert_eq!(attr(event, "ksense.memory.wx"), true, "wx: {event}");
-    if region == "main_code" {
-        assert_eq!(event["severity"], "WARN", "severity: {event}");
-        assert_eq!(attr(event, "ksense.memory.protection.old"), "r-x", "old protection: {event}");
-    }
 }

@@ -55,6 +55,12 @@ pub struct Process {
     pub cgroup: Option<Arc<str>>,
     /// Container id found in the cgroup path.
     pub container_id: Option<Arc<str>>,
+    /// The parent's executable path, from the process table.
+    pub parent_exe: Option<Arc<[u8]>>,
+    /// The parent's argv, from the process table.
+    pub parent_args: Option<Arc<[Vec<u8>]>>,
+    /// Ancestors from the parent upward, from the process table: pid and executable path.
+    pub lineage: Vec<(u32, Option<Arc<[u8]>>)>,
 }
 
 /// What happened, per kind.
@@ -161,6 +167,7 @@ impl Event {
         if let Some(id) = &p.container_id {
             attrs.push((schema::CONTAINER_ID, Value::Str(id.to_string())));
         }
+        push_lineage(p, &mut attrs);
         let (severity, body) = match &self.detail {
             Detail::Fork(fork) => fork.render(self, &mut attrs),
             Detail::Exec(exec) => exec.render(self, &mut attrs),
@@ -183,6 +190,34 @@ impl Event {
     /// `comm[pid]` for a body message, safe on one line.
     pub fn who(&self) -> String {
         format!("{}[{}]", one_line(&lossless(&self.process.comm)), self.process.pid)
+    }
+}
+
+/// Appends the parent's executable path and command line and the lineage (`<pid>:<path>` per
+/// ancestor), each where the process table knew them.
+fn push_lineage(p: &Process, attrs: &mut Vec<(&'static str, Value)>) {
+    if let Some(exe) = &p.parent_exe {
+        push_text(attrs, schema::KSENSE_PROCESS_PARENT_EXECUTABLE_PATH, exe);
+    }
+    if let Some(args) = &p.parent_args {
+        let (args, escaped) = rendered_all(args);
+        attrs.push((schema::KSENSE_PROCESS_PARENT_COMMAND_LINE, Value::Str(args.join(" "))));
+        if escaped {
+            mark_escaped(attrs, schema::KSENSE_PROCESS_PARENT_COMMAND_LINE);
+        }
+    }
+    if !p.lineage.is_empty() {
+        // One list, one flag, as for argv: every element escaped when any path is not UTF-8.
+        let lineage: Vec<Vec<u8>> = p
+            .lineage
+            .iter()
+            .map(|(pid, exe)| [format!("{pid}:").as_bytes(), exe.as_deref().unwrap_or_default()].concat())
+            .collect();
+        let (lineage, escaped) = rendered_all(&lineage);
+        attrs.push((schema::KSENSE_PROCESS_LINEAGE, Value::StrArray(lineage)));
+        if escaped {
+            mark_escaped(attrs, schema::KSENSE_PROCESS_LINEAGE);
+        }
     }
 }
 

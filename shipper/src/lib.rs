@@ -167,7 +167,15 @@ async fn run_async(
         };
         std::thread::Builder::new()
             .name("ksense-pipeline".into())
-            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), outputs, context))
+            .spawn(move || {
+                // Seeded here, with the probes attached: events that arrive meanwhile wait in
+                // the queue, and their exits and execs apply after what /proc told.
+                let mut enricher = enrich::Enricher::default();
+                let started = std::time::Instant::now();
+                let seeded = enricher.seed();
+                tracing::info!(processes = seeded, elapsed_ms = started.elapsed().as_millis() as u64, "process table seeded from /proc");
+                pipeline::run(queue_rx, enricher, outputs, context)
+            })
             .context("cannot start the pipeline thread")?
     };
 

@@ -551,6 +551,48 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// What lineage costs per event: enrichment of an event (a thread's exit, which teaches
+    /// the table nothing, so no `/proc` read is made) and its rendering as a record, for a
+    /// process with 0, 4 and 15 ancestors in the table. It prints, it does not assert speed:
+    /// `cargo test --release -p ksense --lib lineage_cost -- --ignored --nocapture`
+    /// (`KSENSE_BENCH_N` events per depth, default 200,000). Figures in docs/BENCHMARKS.md.
+    #[test]
+    #[ignore = "benchmark: run in release with --ignored --nocapture"]
+    fn lineage_cost_per_event() {
+        let n: u32 = std::env::var("KSENSE_BENCH_N").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
+        for depth in [0u32, 4, 15] {
+            let dir = std::env::temp_dir().join(format!("ksense-enrich-bench-{depth}-{}", std::process::id()));
+            let proc_dir = dir.join("proc");
+            // The chain 1 <- 1001 <- ... <- 1000+depth; the process's parent is the last (or,
+            // for no ancestor, a pid the table does not hold).
+            let (first, last) = (1001, 1000 + depth);
+            for pid in first..=last {
+                let ppid = if pid == first { 1 } else { pid - 1 };
+                fake_process(&proc_dir, pid, ppid, 5, b"/usr/bin/bash", b"bash\0--login\0");
+            }
+            let parent = if depth == 0 { 999 } else { last };
+            fake_process(&proc_dir, 5000, parent, 6, b"/usr/bin/python3.11", b"python3\0-m\0pytest\0");
+            let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Mounts::default());
+            enricher.seed();
+            let exit = ProcessExit { status: 0, process_exit: false };
+            let mut template = event(5000, parent, Detail::Exit(exit), Hook::TpBtfSchedProcessExit);
+            template.process.start_ns = 1_000_000_000;
+            let started = std::time::Instant::now();
+            let mut attributes = 0;
+            for _ in 0..n {
+                let mut e = template.clone();
+                enricher.enrich(&mut e);
+                attributes += e.to_record().attributes.len();
+            }
+            let per_event = started.elapsed().as_nanos() / u128::from(n);
+            let mut last_event = template.clone();
+            enricher.enrich(&mut last_event);
+            let ancestors = last_event.process.lineage.len();
+            println!("lineage depth={ancestors}: {per_event} ns per event (enrich + record), {} attributes", attributes / n as usize);
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
     /// The file a code change of process `pid` (running `exe`, the kernel's basename `file`) is
     /// reported with, `/proc` being `proc_dir`.
     fn changed_file(proc_dir: &std::path::Path, pid: u32, exe: &[u8], file: &[u8]) -> Vec<u8> {

@@ -12,7 +12,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use ksense::{decode::exec::split_args, sinks::journald::field_name, text::lossless_bytes};
+use ksense::{kinds::exec::split_args, sinks::journald::field_name, text::lossless_bytes};
 use ksense_abi::exec::ARGS_CAP;
 use ksense_e2e::{
     Ksense, attr,

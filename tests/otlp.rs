@@ -79,18 +79,25 @@ fn collector_outage_is_survived_and_accounted_for() {
     // Down: far more events than the queue holds.
     let (_, parent) = run_workload(&["fork-exit", "500"]);
     ksense.wait_for("the burst's end", |e| is(e, "process.exit") && attr(e, "process.pid") == parent);
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    ksense.wait_for_log("OTLP export failed, retrying");
 
     // Back: export resumes without help (the queued backlog goes first; events arriving while
-    // the queue is still full are dropped and counted, so the marker runs once it has drained).
+    // the queue is still full are dropped and counted, so a marker is run every few seconds
+    // until one arrives).
     let collector = Collector::start_on(grpc_port, http_port);
     collector.wait_for("the backlog", |_| true);
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    let (_, marker) = run_workload(&["marker"]);
-    let pid = format!("Int({marker})");
-    collector.wait_for("an event after the outage", |r| {
-        r.event_name == "process.exit" && r.attributes.get("process.pid") == Some(&pid)
-    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut markers = Vec::new();
+    loop {
+        markers.push(format!("Int({})", run_workload(&["marker"]).1));
+        let arrived = collector.try_wait_for(Duration::from_secs(3), |r| {
+            r.event_name == "process.exit" && r.attributes.get("process.pid").is_some_and(|pid| markers.contains(pid))
+        });
+        if arrived.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no marker run after the outage reached the collector ({} tried)", markers.len());
+    }
     let totals = check_outage_accounting(&ksense.stop(), &collector);
     assert!(totals.dropped > 0, "the queue of 200 must have overflowed during the outage");
 }

@@ -17,7 +17,7 @@ use std::sync::{
 use tokio::sync::Notify;
 
 use crate::{
-    event::{Detail, Event},
+    event::Event,
     record::{LogRecord, Value},
 };
 
@@ -114,17 +114,12 @@ pub fn event_bytes(event: &Event) -> usize {
     let p = &event.process;
     let len = |s: Option<&[u8]>| s.map_or(0, <[u8]>::len);
     let args = p.args.as_ref().map_or(0, |args| args.iter().map(|a| a.len() + size_of::<Vec<u8>>()).sum());
-    let detail = match &event.detail {
-        Detail::ModuleLoad(module) => module.name.len(),
-        Detail::MemoryProtect(memory) => len(memory.file.as_deref()),
-        Detail::Fork(_) | Detail::Exec(_) | Detail::Exit(_) => 0,
-    };
     size_of::<Event>()
         + p.comm.len()
         + len(p.exe.as_deref())
         + args
         + [&p.owner, &p.cgroup, &p.container_id].into_iter().map(|s| s.as_ref().map_or(0, |s| s.len())).sum::<usize>()
-        + detail
+        + event.detail.payload().heap_bytes()
 }
 
 /// What `record` holds in memory, in bytes (estimated: its own size, body and attribute values).

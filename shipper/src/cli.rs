@@ -1,12 +1,14 @@
-//! The command line, defined once (help, and later the man page and completions, come from it).
+//! The command line, defined once: `--help`, the man pages and the shell completions
+//! (`cargo run -p xtask -- gen-docs`) all come from it.
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{AttachMode, OutputFormat};
+use crate::{config::AttachMode, sinks::OutputFormat};
 
-/// ksense: process, exec and exit events from the kernel (eBPF), as JSON lines, journald
-/// entries and OpenTelemetry logs.
+/// ksense: process fork, exec and exit, kernel module loads and memory-protection changes, seen
+/// in the kernel (eBPF), as JSON lines or readable lines on standard output, journald entries,
+/// a JSON-lines file and OpenTelemetry logs.
 #[derive(Debug, Parser)]
 #[command(name = "ksense", version, about, max_term_width = 100)]
 pub struct Cli {
@@ -26,7 +28,7 @@ pub enum Command {
         /// Configuration file [default: /etc/ksense/ksense.toml if it exists, else built-in defaults].
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Print events on standard output in this format (overrides [output] format).
+        /// Print events on standard output in this format (overrides [sinks.stdout] format).
         #[arg(short, long, value_enum)]
         output: Option<OutputFormat>,
         /// Hook family (overrides [probes] attach).

@@ -4,14 +4,16 @@
 //! and key. An empty file means every default.
 use std::{
     fmt,
+    sync::LazyLock,
     ops::Range,
     path::{Path, PathBuf},
 };
 
+use ksense_abi::EventKind;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::record::{LogRecord, Severity};
+use crate::kinds::KINDS;
 
 /// Where `ksense run` looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/ksense/ksense.toml";
@@ -24,10 +26,8 @@ pub struct Config {
     pub probes: ProbesConfig,
     /// Memory-protection reporting.
     pub memory: MemoryConfig,
-    /// Terminal / file output.
-    pub output: OutputConfig,
     /// Backends.
-    pub sinks: SinksConfig,
+    pub sinks: crate::sinks::SinksConfig,
     /// Which events go on to the sinks.
     pub filters: crate::filter::FiltersConfig,
     /// Buffer sizes and rate limits.
@@ -52,21 +52,13 @@ impl Default for TelemetryConfig {
 }
 
 /// `[probes]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbesConfig {
     /// Which hook family to use: `auto` tries fentry/fexit first and falls back to tracepoints.
     pub attach: AttachMode,
-    /// Report `process.fork`.
-    pub fork: bool,
-    /// Report `process.exec`.
-    pub exec: bool,
-    /// Report `process.exit`.
-    pub exit: bool,
-    /// Report `kernel.module.load`.
-    pub module: bool,
-    /// Report `process.memory.protect`.
-    pub memory: bool,
+    /// Whether each event kind is reported, in [`EventKind::ALL`] order: the kind's key
+    /// (`fork = true`; `crate::kinds::KindSpec::config_key`), every kind by default.
+    pub kinds: [bool; EventKind::ALL.len()],
     /// Report the exit of every thread, not only the last thread of a process.
     pub thread_exits: bool,
     /// Report ksense's own events (its threads starting and ending). Off by default: they are
@@ -76,16 +68,68 @@ pub struct ProbesConfig {
 
 impl Default for ProbesConfig {
     fn default() -> Self {
-        ProbesConfig {
-            attach: AttachMode::Auto,
-            fork: true,
-            exec: true,
-            exit: true,
-            module: true,
-            memory: true,
-            thread_exits: false,
-            report_self: false,
+        ProbesConfig { attach: AttachMode::Auto, kinds: [true; EventKind::ALL.len()], thread_exits: false, report_self: false }
+    }
+}
+
+impl ProbesConfig {
+    /// Whether `kind` is reported.
+    pub fn enabled(&self, kind: EventKind) -> bool {
+        self.kinds[kind as usize - 1]
+    }
+}
+
+/// The keys of `[probes]`: `attach`, each kind's, `thread_exits`, `report_self`.
+static PROBES_KEYS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    let kinds = KINDS.iter().map(|kind| kind.config_key);
+    std::iter::once("attach").chain(kinds).chain(["thread_exits", "report_self"]).collect()
+});
+
+/// A key of `[probes]`; refused, as a key (so the error points at it), when it is none.
+struct ProbesKey(&'static str);
+
+impl<'de> Deserialize<'de> for ProbesKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let key = String::deserialize(deserializer)?;
+        let keys: &'static [&'static str] = &PROBES_KEYS;
+        let known = keys.iter().find(|k| **k == key).ok_or_else(|| serde::de::Error::unknown_field(&key, keys))?;
+        Ok(ProbesKey(known))
+    }
+}
+
+/// Strict, as a derived one with `deny_unknown_fields` would be, but with a key per event
+/// kind taken from the table of kinds.
+impl<'de> Deserialize<'de> for ProbesConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ProbesConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the [probes] table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ProbesConfig, A::Error> {
+                use serde::de::Error as _;
+                let mut probes = ProbesConfig::default();
+                let mut seen = Vec::new();
+                while let Some(ProbesKey(known)) = map.next_key()? {
+                    if seen.contains(&known) {
+                        return Err(A::Error::duplicate_field(known));
+                    }
+                    seen.push(known);
+                    match known {
+                        "attach" => probes.attach = map.next_value()?,
+                        "thread_exits" => probes.thread_exits = map.next_value()?,
+                        "report_self" => probes.report_self = map.next_value()?,
+                        kind => {
+                            let at = KINDS.iter().position(|k| k.config_key == kind).expect("a key of PROBES_KEYS");
+                            probes.kinds[at] = map.next_value()?;
+                        }
+                    }
+                }
+                Ok(probes)
+            }
         }
+        deserializer.deserialize_struct("ProbesConfig", &PROBES_KEYS, Visitor)
     }
 }
 
@@ -127,151 +171,6 @@ pub enum MemoryReport {
     Wx,
     /// Every change.
     All,
-}
-
-/// `[output]`: events as text on standard output.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutputConfig {
-    /// `json`, `pretty` or `none`; `--output` overrides it. Unset: JSON lines when no other sink is on.
-    pub format: Option<OutputFormat>,
-}
-
-/// A text rendering of events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    /// One JSON object per line (the format of docs/EVENTS.md).
-    Json,
-    /// One readable, coloured line per event.
-    Pretty,
-    /// Nothing on standard output, even when no other sink is enabled: events are then read,
-    /// decoded, enriched, counted and discarded (what the benchmarks' kernel-side arm measures).
-    None,
-}
-
-/// `[sinks]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SinksConfig {
-    /// `[sinks.journald]`.
-    pub journald: JournaldConfig,
-    /// `[sinks.otlp]`.
-    pub otlp: crate::sinks::otlp::config::OtlpConfig,
-    /// `[sinks.file]`.
-    pub file: crate::sinks::file::FileConfig,
-}
-
-/// Whether a sink runs: always, never, or when its backend is there (`true`, `false`, `"auto"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Enabled {
-    /// `true` / `false`.
-    Fixed(bool),
-    /// `"auto"`: decide from the environment.
-    #[default]
-    Auto,
-}
-
-impl<'de> Deserialize<'de> for Enabled {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = Enabled;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("true, false or \"auto\"")
-            }
-            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Enabled, E> {
-                Ok(Enabled::Fixed(v))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Enabled, E> {
-                match v {
-                    "auto" => Ok(Enabled::Auto),
-                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
-                }
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
-}
-
-impl Enabled {
-    /// Whether the sink runs, given whether its backend was detected.
-    pub fn resolve(self, detected: bool) -> bool {
-        match self {
-            Enabled::Fixed(on) => on,
-            Enabled::Auto => detected,
-        }
-    }
-}
-
-/// An event kind named in a configuration, e.g. `"process.exec"`; any other string is refused
-/// with the place it is at and the names there are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventName(pub ksense_abi::EventKind);
-
-impl<'de> Deserialize<'de> for EventName {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        let kinds = ksense_abi::EventKind::ALL;
-        kinds.into_iter().find(|k| k.name() == name).map(EventName).ok_or_else(|| {
-            let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
-            serde::de::Error::custom(format!("unknown event kind {name:?}, expected one of {names:?}"))
-        })
-    }
-}
-
-/// Which records a sink takes, from its `events` and `min_severity` keys: every record by
-/// default. Narrowing an expensive sink (journald spends 40-50 us of CPU per entry) keeps its
-/// cost down while the other sinks still get everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Selection {
-    /// Only these kinds; all when `None`.
-    pub events: Option<Vec<EventName>>,
-    /// Only records of this severity or above; all when `None`.
-    pub min_severity: Option<Severity>,
-}
-
-impl Selection {
-    /// Whether the sink takes `record`.
-    pub fn admits(&self, record: &LogRecord) -> bool {
-        self.min_severity.is_none_or(|min| record.severity >= min)
-            && self.events.as_ref().is_none_or(|kinds| kinds.iter().any(|k| k.0.name() == record.event_name))
-    }
-
-    /// Whether it takes every record.
-    pub fn is_all(&self) -> bool {
-        self.events.is_none() && self.min_severity.is_none()
-    }
-}
-
-/// `[sinks.journald]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JournaldConfig {
-    /// `true`, `false`, or `"auto"`: on when the socket exists.
-    pub enabled: Enabled,
-    /// journald's native-protocol socket.
-    pub socket: PathBuf,
-    /// Only these event kinds go to journald (see [`Selection`]); all when absent.
-    pub events: Option<Vec<EventName>>,
-    /// Only records of this severity or above go to journald.
-    pub min_severity: Option<Severity>,
-    /// Entries carry `OBJECT_PID`, the process they are about. journald then files each entry
-    /// under that process's unit too, so `journalctl -u <service>` of any service shows
-    /// ksense's entries about it: off by default.
-    pub object_pid: bool,
-}
-
-impl Default for JournaldConfig {
-    fn default() -> Self {
-        JournaldConfig {
-            enabled: Enabled::default(),
-            socket: "/run/systemd/journal/socket".into(),
-            events: None,
-            min_severity: None,
-            object_pid: false,
-        }
-    }
 }
 
 /// `[limits]`.
@@ -399,11 +298,17 @@ impl Config {
     }
 }
 
+/// Sections of earlier releases and where their keys are now.
+const RENAMED: &[(&str, &str)] = &[("output", "`[sinks.stdout]` (the same keys)")];
+
 /// serde's "unknown field `forkk`, expected one of `attach`, `fork`, ..." with
 /// "; did you mean `fork`?" added when one expected key is close to the unknown one.
 fn with_suggestion(message: &str) -> String {
     let Some(rest) = message.strip_prefix("unknown field `") else { return message.trim_end().to_owned() };
     let Some((unknown, expected)) = rest.split_once('`') else { return message.trim_end().to_owned() };
+    if let Some((_, now)) = RENAMED.iter().find(|(old, _)| *old == unknown) {
+        return format!("{}; this section is now {now}", message.trim_end());
+    }
     let best = expected
         .split('`')
         .skip(1)
@@ -444,6 +349,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{record::Severity, sinks::Enabled};
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/ksense/ksense.toml"))
@@ -453,7 +359,7 @@ mod tests {
     fn empty_file_means_defaults() {
         let config = parse("").unwrap();
         assert_eq!(config.probes.attach, AttachMode::Auto);
-        assert!(config.probes.fork && config.probes.exec && config.probes.exit);
+        assert!(config.probes.enabled(EventKind::Fork) && config.probes.enabled(EventKind::Exec) && config.probes.enabled(EventKind::Exit));
         assert!(!config.probes.thread_exits);
         assert_eq!(*config.limits.ring_buffer_bytes.get_ref(), 4 << 20);
     }
@@ -466,8 +372,8 @@ mod tests {
         assert_eq!(config.probes.attach, defaults.probes.attach);
         assert_eq!(config.probes.thread_exits, defaults.probes.thread_exits);
         assert_eq!(config.probes.report_self, defaults.probes.report_self);
-        assert_eq!(config.probes.module, defaults.probes.module);
-        assert_eq!(config.probes.memory, defaults.probes.memory);
+        assert_eq!(config.probes.enabled(EventKind::ModuleLoad), defaults.probes.enabled(EventKind::ModuleLoad));
+        assert_eq!(config.probes.enabled(EventKind::MemoryProtect), defaults.probes.enabled(EventKind::MemoryProtect));
         assert_eq!(config.memory.report, defaults.memory.report);
         assert_eq!(config.memory.coalesce_window_ms, defaults.memory.coalesce_window_ms);
         assert_eq!(config.limits.ring_buffer_bytes.get_ref(), defaults.limits.ring_buffer_bytes.get_ref());
@@ -490,6 +396,8 @@ mod tests {
         assert!(err.starts_with("/etc/ksense/ksense.toml:3:1: "), "{err}");
         assert!(err.contains("forkk"), "{err}");
         assert!(err.ends_with("did you mean `fork`?"), "{err}");
+        let err = parse("[output]\nformat = \"json\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/ksense/ksense.toml:1:") && err.ends_with("this section is now `[sinks.stdout]` (the same keys)"), "{err}");
     }
 
     #[test]
@@ -540,22 +448,12 @@ mod tests {
     }
 
     #[test]
-    fn a_selection_admits_by_kind_and_severity() {
-        let record = |event_name, severity| LogRecord {
-            event_name,
-            severity,
-            time: std::time::SystemTime::UNIX_EPOCH,
-            observed_time: std::time::SystemTime::UNIX_EPOCH,
-            body: String::new(),
-            attributes: Vec::new(),
-        };
-        let exits = Selection { events: Some(vec![EventName(ksense_abi::EventKind::Exit)]), min_severity: None };
-        assert!(exits.admits(&record("process.exit", Severity::Info)));
-        assert!(!exits.admits(&record("process.exec", Severity::Info)));
-        let warnings = Selection { events: None, min_severity: Some(Severity::Warn) };
-        assert!(warnings.admits(&record("process.exit", Severity::Warn)));
-        assert!(!warnings.admits(&record("process.exit", Severity::Info)));
-        assert!(Selection::default().is_all() && !warnings.is_all());
+    fn keep_is_bounded_with_file_line_and_key() {
+        assert_eq!(parse("[sinks.file]\nkeep = 100\n").unwrap().sinks.file.keep, 100);
+        assert_eq!(parse("[sinks.file]\nkeep = 0\n").unwrap().sinks.file.keep, 0);
+        let e = parse("[sinks.file]\nenabled = false\nkeep = 101\n").expect_err("refused").to_string();
+        assert!(e.starts_with("/etc/ksense/ksense.toml:3:"), "{e}");
+        assert!(e.contains("sinks.file.keep = 101") && e.contains("0 to 100"), "{e}");
     }
 
     #[test]

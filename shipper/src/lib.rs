@@ -1,5 +1,6 @@
-//! ksense: a host-state sensor. eBPF probes in the kernel report process creation, exec and
-//! exit; this library loads them and runs the pipeline
+//! ksense: a host-state sensor. eBPF probes in the kernel report process fork, exec and exit,
+//! kernel module loads and memory-protection changes; this library loads them and runs the
+//! pipeline:
 //!
 //! ```text
 //! probes (kernel) -> ring buffer -> ringbuf::Reader -> decode -> queue -> pipeline thread:
@@ -7,8 +8,10 @@
 //! ```
 //!
 //! Main types: [`attach::Probes`] (load, choose and attach hooks), [`ringbuf::Reader`],
-//! [`decode::decode`] (bytes to [`event::Event`]), [`enrich::Enricher`], [`record::LogRecord`]
-//! (the one shape every sink takes) and the [`sinks`]. Attribute names live in [`schema`].
+//! [`decode::decode`] (bytes to [`event::Event`]), the table of event kinds [`kinds::KINDS`]
+//! (each kind's decoding, rendering and offsets), [`enrich::Enricher`], [`record::LogRecord`]
+//! (the one shape every sink takes) and the [`sinks`]. Attribute names live in [`schema`];
+//! ksense's own counters and records in [`telemetry`] and [`loss`].
 #![deny(missing_docs)]
 
 use std::{path::Path, sync::Arc, time::Duration};
@@ -30,20 +33,24 @@ pub mod decode;
 pub mod enrich;
 pub mod event;
 pub mod filter;
+pub mod kinds;
 pub mod loss;
 pub mod lru;
 pub mod notify;
 pub mod offsets;
 pub mod pipeline;
+pub mod process;
 pub mod record;
 pub mod ringbuf;
 pub mod schema;
 pub mod sinks;
 pub mod telemetry;
 pub mod text;
+pub mod wire;
 
 use attach::{AttachOptions, Outcome, Probes};
-use config::{AttachMode, Config, OutputFormat};
+use config::{AttachMode, Config};
+use sinks::OutputFormat;
 use ringbuf::{Flow, Reader};
 use telemetry::{Counters, LossReporter};
 
@@ -70,16 +77,7 @@ pub fn main(cli: cli::Cli) -> anyhow::Result<()> {
 
 fn attach_options(config: &Config, attach: Option<AttachMode>) -> AttachOptions {
     let p = &config.probes;
-    let kinds = [
-        (EventKind::Fork, p.fork),
-        (EventKind::Exec, p.exec),
-        (EventKind::Exit, p.exit),
-        (EventKind::ModuleLoad, p.module),
-        (EventKind::MemoryProtect, p.memory),
-    ]
-    .into_iter()
-        .filter_map(|(kind, on)| on.then_some(kind))
-        .collect();
+    let kinds = EventKind::ALL.into_iter().filter(|&kind| p.enabled(kind)).collect();
     AttachOptions {
         mode: attach.unwrap_or(p.attach),
         kinds,
@@ -136,7 +134,7 @@ async fn run_async(
     let mut probes = Probes::attach(&attach_options(config, attach))?;
     for kind in &probes.report {
         if let Some(hook) = kind.chosen() {
-            tracing::info!(event = kind.kind.name(), probe = %attach::probe_name(hook), "attached");
+            tracing::info!(event = kind.kind.name(), probe = %hook, "attached");
         }
     }
     // Loading parsed the kernel's BTF (10-20 MiB, freed by now): give that memory back to the
@@ -152,7 +150,7 @@ async fn run_async(
     let attached: Vec<String> = probes
         .report
         .iter()
-        .filter_map(|k| Some(format!("{}={}", k.kind.name(), attach::probe_name(k.chosen()?))))
+        .filter_map(|k| Some(format!("{}={}", k.kind.name(), k.chosen()?)))
         .collect();
     let memory_budget_bytes = *config.limits.memory_budget_bytes.get_ref();
     // SIGHUP's new outputs and the requests for ksense's own records ride the event queue:
@@ -195,6 +193,7 @@ async fn run_async(
     let watchdog_on = notify::Notifier::watchdog_interval().is_some();
     let mut heartbeat = notify::Heartbeat::default();
     let window = Duration::from_millis(config.memory.coalesce_window_ms);
+    let mut coalesced = kinds::memory::Coalesced::new(probes.take_map(ksense_abi::memory::COALESCE_MAP)?);
     // Coalesced memory repeats are swept at the window's pace (never if coalescing is off).
     let mut sweep = tokio::time::interval(window.max(Duration::from_millis(100)));
     // Reading at most once per interval turns one wakeup per event into one per batch under
@@ -236,7 +235,7 @@ async fn run_async(
                 }
             }
             _ = sweep.tick(), if !window.is_zero() => {
-                if reader.inject(probes.take_idle_coalesced(window.as_nanos() as u64)).await == Flow::Stop {
+                if reader.inject(coalesced.take_idle(window.as_nanos() as u64)).await == Flow::Stop {
                     break;
                 }
             }
@@ -257,7 +256,7 @@ async fn run_async(
     probes.detach();
     if reader.drain().await == Flow::Continue {
         // Repeats still counted in the kernel are reported rather than lost with it.
-        reader.inject(probes.take_idle_coalesced(0)).await;
+        reader.inject(coalesced.take_idle(0)).await;
     }
     // The last reports, after the last event: every loss until now is in them. (A sink that
     // fails while delivering what it still holds after this is counted in the stopped line.)
@@ -277,7 +276,7 @@ fn outputs(config: &Config, output: Option<OutputFormat>, counters: &Counters) -
     Ok(pipeline::Outputs {
         filter: filter::Filter::new(config.filters.clone()),
         limiter: filter::rate::RateLimiter::new(&config.limits.rate_per_second),
-        sinks: sinks::build(config, output, counters)?,
+        sinks: sinks::build(&config.sinks, output.or(config.sinks.stdout.format), counters)?,
     })
 }
 
@@ -336,18 +335,13 @@ pub fn probes(config: &Config, attach: Option<AttachMode>, json: bool) -> anyhow
                     .hooks
                     .iter()
                     .map(|(hook, outcome)| {
-                        let (status, reason) = match outcome {
-                            Outcome::Attached => ("attached", None),
-                            Outcome::Refused(why) => ("refused", Some(why)),
-                            Outcome::Skipped(why) => ("skipped", Some(why)),
-                        };
-                        serde_json::json!({"probe": attach::probe_name(*hook), "status": status, "reason": reason})
+                        serde_json::json!({"probe": hook.to_string(), "status": outcome.status(), "reason": outcome.reason()})
                     })
                     .collect();
                 serde_json::json!({
                     "event": r.kind.name(),
                     "enabled": r.enabled,
-                    "chosen": r.chosen().map(attach::probe_name),
+                    "chosen": r.chosen().map(|hook| hook.to_string()),
                     "hooks": hooks,
                 })
             })
@@ -370,12 +364,8 @@ pub fn probes(config: &Config, attach: Option<AttachMode>, json: bool) -> anyhow
     for r in &probes.report {
         for (i, (hook, outcome)) in r.hooks.iter().enumerate() {
             let kind = if i == 0 { r.kind.name() } else { "" };
-            let status = match outcome {
-                Outcome::Attached => "CHOSEN".to_owned(),
-                Outcome::Refused(why) => format!("refused: {why}"),
-                Outcome::Skipped(why) => format!("not tried: {why}"),
-            };
-            println!("{kind:<24} {:<40} {status}", attach::probe_name(*hook));
+            let status = if *outcome == Outcome::Attached { "CHOSEN".to_owned() } else { outcome.to_string() };
+            println!("{kind:<24} {:<40} {status}", hook.to_string());
         }
     }
     Ok(())

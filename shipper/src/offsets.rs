@@ -8,8 +8,8 @@ use std::{
 };
 
 use ksense_abi::{
-    Hook,
-    config::{MemoryOffsets, MiscOffsets, MmOffsets, ModuleOffsets, ProbeConfig, TaskOffsets},
+    Hook, HookFamily,
+    config::{MiscOffsets, MmOffsets, ProbeConfig, TaskOffsets},
 };
 
 use crate::btf::{Btf, BtfError};
@@ -46,10 +46,76 @@ pub fn tracefs_root() -> Option<PathBuf> {
         .find(|p| p.join("events").is_dir())
 }
 
-/// Resolves everything. `btf` is the kernel's BTF or why it is unavailable; `tracefs` the
-/// tracefs mount, if any.
-pub fn resolve(btf: Result<&Btf, &BtfError>, tracefs: Option<&Path>, switches: &Switches) -> Resolved {
-    let mut config = ProbeConfig {
+/// Where in the [`ProbeConfig`] a tracepoint field's offset goes.
+pub type Slot = fn(&mut ProbeConfig) -> &mut u32;
+
+/// What the kinds' offset resolution works with and on: the running kernel's BTF (when the
+/// offsets every kind shares resolved), tracefs, the configuration being built, and the hooks
+/// found unusable so far.
+pub struct Resolver<'a> {
+    btf: Option<&'a Btf>,
+    no_btf: Option<String>,
+    tracefs: Option<&'a Path>,
+    /// What the probes will read.
+    pub config: ProbeConfig,
+    unusable: HashMap<Hook, String>,
+}
+
+impl<'a> Resolver<'a> {
+    /// The kernel's BTF, when it is there and has every field the kinds share (without it,
+    /// every hook but the plain tracepoints is refused already).
+    pub fn btf(&self) -> Option<&'a Btf> {
+        self.btf
+    }
+
+    /// Why the kernel has no BTF at all, if it has none.
+    pub fn no_btf(&self) -> Option<&str> {
+        self.no_btf.as_deref()
+    }
+
+    /// Marks `hooks` unusable for `why`, unless an earlier reason was given.
+    pub fn refuse(&mut self, hooks: &[Hook], why: &str) {
+        for hook in hooks {
+            self.unusable.entry(*hook).or_insert_with(|| why.to_owned());
+        }
+    }
+
+    /// Marks `hooks` unusable for `why`, the reason that goes before any other.
+    pub fn refuse_first(&mut self, hooks: &[Hook], why: &str) {
+        for hook in hooks {
+            self.unusable.insert(*hook, why.to_owned());
+        }
+    }
+
+    /// Sets each `(field, slot)` from the record format of the plain tracepoint that
+    /// `hook.attachments()[attachment]` names; refuses `hook` when one cannot be read (without
+    /// tracefs, [`resolve`] refuses every plain tracepoint).
+    pub fn tracepoint_fields(&mut self, hook: Hook, attachment: usize, fields: &[(&str, Slot)]) {
+        let Some(root) = self.tracefs else { return };
+        let tracepoint = hook.attachments()[attachment].1;
+        let format = match format_of(root, tracepoint) {
+            Ok(format) => format,
+            Err(why) => return self.refuse(&[hook], &why),
+        };
+        for (name, slot) in fields {
+            match format.get(*name) {
+                Some(&offset) => *slot(&mut self.config) = offset,
+                None => return self.refuse(&[hook], &format!("tracepoint {tracepoint} has no field {name}")),
+            }
+        }
+    }
+}
+
+/// Resolves everything: the offsets every kind shares, then each kind's (`kinds`: each
+/// kind's resolution, the `offsets` of its entry in the table of kinds). `btf` is the kernel's BTF or why
+/// it is unavailable; `tracefs` the tracefs mount, if any.
+pub fn resolve<'a>(
+    btf: Result<&'a Btf, &BtfError>,
+    tracefs: Option<&'a Path>,
+    switches: &Switches,
+    kinds: impl IntoIterator<Item = fn(&mut Resolver<'_>)>,
+) -> Resolved {
+    let config = ProbeConfig {
         report_thread_exits: switches.thread_exits.into(),
         memory_report_all: switches.memory_report_all.into(),
         memory_coalesce_ns: switches.memory_coalesce_ns,
@@ -57,91 +123,33 @@ pub fn resolve(btf: Result<&Btf, &BtfError>, tracefs: Option<&Path>, switches: &
         process_data_max: switches.process_data_max,
         ..Default::default()
     };
-    let mut unusable = HashMap::new();
-    let mut refuse = |hooks: &[Hook], why: String| {
-        for hook in hooks {
-            unusable.entry(*hook).or_insert_with(|| why.clone());
-        }
+    let mut r = Resolver { btf: None, no_btf: None, tracefs, config, unusable: HashMap::new() };
+    let family = |plain: bool| -> Vec<Hook> {
+        Hook::ALL.into_iter().filter(|h| (h.family() == HookFamily::Tracepoint) == plain).collect()
     };
-    let typed: Vec<Hook> =
-        Hook::ALL.into_iter().filter(|h| h.family() != ksense_abi::HookFamily::Tracepoint).collect();
-
-    // First, so it is the reason given for every module hook.
-    if !Path::new("/proc/modules").exists() {
-        refuse(
-            &[Hook::FentryDoInitModule, Hook::TpBtfModuleLoad, Hook::TracepointModuleLoad],
-            "this kernel has no loadable module support (CONFIG_MODULES is off: /proc/modules is \
-             absent), so no module can ever load"
-                .to_owned(),
-        );
-    }
-
     match btf {
         Ok(btf) => match core_offsets(btf) {
             Ok((task, mm, misc)) => {
-                config.have_btf_offsets = 1;
-                config.task = task;
-                config.mm = mm;
-                config.misc = misc;
-                if let Err(e) = fentry_positions(btf, &mut config.misc) {
-                    refuse(&[Hook::FexitKernelClone, Hook::FentryDoExit], e.to_string());
-                }
-                match module_offsets(btf) {
-                    Ok(module) => config.module = module,
-                    Err(e) => refuse(&[Hook::FentryDoInitModule, Hook::TpBtfModuleLoad], e.to_string()),
-                }
-                if let Err(e) = btf.func_param_index("do_init_module", "mod").map(|i| config.module.init_mod_arg = i as u32) {
-                    refuse(&[Hook::FentryDoInitModule], e.to_string());
-                }
-                match memory_offsets(btf) {
-                    Ok(memory) => config.memory = memory,
-                    Err(e) => refuse(&[Hook::FentryMprotectFixup, Hook::TracepointMprotect], e.to_string()),
-                }
-                if let Err(e) = fixup_positions(btf, &mut config.memory) {
-                    refuse(&[Hook::FentryMprotectFixup], e.to_string());
-                }
+                r.config.have_btf_offsets = 1;
+                r.config.task = task;
+                r.config.mm = mm;
+                r.config.misc = misc;
+                r.btf = Some(btf);
             }
-            Err(e) => refuse(&typed, format!("kernel BTF lacks a field ksense reads: {e}")),
+            Err(e) => r.refuse(&family(false), &format!("kernel BTF lacks a field ksense reads: {e}")),
         },
         Err(e) => {
-            refuse(&typed, format!("no kernel BTF: {e}"));
-            refuse(&[Hook::TracepointMprotect], format!("no kernel BTF to find VMAs with: {e}"));
+            r.refuse(&family(false), &format!("no kernel BTF: {e}"));
+            r.no_btf = Some(e.to_string());
         }
     }
-    let plain: Vec<Hook> =
-        Hook::ALL.into_iter().filter(|h| h.family() == ksense_abi::HookFamily::Tracepoint).collect();
-    match tracefs {
-        None => refuse(&plain, "tracefs is not mounted, or not readable by ksense (mount -t tracefs tracefs /sys/kernel/tracing; it is root's, mode 0700)".to_owned()),
-        Some(root) => {
-            let tp = &mut config.tracepoint;
-            let results = [
-                read_fields(root, Hook::TracepointTaskNewtask, "task/task_newtask", &mut [
-                    ("pid", &mut tp.newtask_pid),
-                    ("clone_flags", &mut tp.newtask_clone_flags),
-                ]),
-                read_fields(root, Hook::TracepointSchedProcessExec, "sched/sched_process_exec", &mut [
-                    ("filename", &mut tp.exec_filename),
-                    ("old_pid", &mut tp.exec_old_pid),
-                ]),
-                read_fields(root, Hook::TracepointModuleLoad, "module/module_load", &mut [
-                    ("taints", &mut config.module.tp_taints),
-                    ("name", &mut config.module.tp_name),
-                ]),
-                read_fields(root, Hook::TracepointMprotect, "syscalls/sys_enter_mprotect", &mut [
-                    ("start", &mut config.memory.tp_start),
-                    ("len", &mut config.memory.tp_len),
-                    ("prot", &mut config.memory.tp_prot),
-                ]),
-                read_fields(root, Hook::TracepointMprotect, "syscalls/sys_exit_mprotect", &mut [
-                    ("ret", &mut config.memory.tp_ret),
-                ]),
-            ];
-            for (hook, why) in results.into_iter().filter_map(Result::err) {
-                refuse(&[hook], why);
-            }
-        }
+    for offsets in kinds {
+        offsets(&mut r);
     }
-    Resolved { config, unusable }
+    if tracefs.is_none() {
+        r.refuse(&family(true), "tracefs is not mounted, or not readable by ksense (mount -t tracefs tracefs /sys/kernel/tracing; it is root's, mode 0700)");
+    }
+    Resolved { config: r.config, unusable: r.unusable }
 }
 
 fn core_offsets(btf: &Btf) -> Result<(TaskOffsets, MmOffsets, MiscOffsets), BtfError> {
@@ -194,100 +202,6 @@ fn core_offsets(btf: &Btf) -> Result<(TaskOffsets, MmOffsets, MiscOffsets), BtfE
     ))
 }
 
-/// Argument positions of the fentry/fexit targets, from their BTF prototypes.
-fn fentry_positions(btf: &Btf, misc: &mut MiscOffsets) -> Result<(), BtfError> {
-    misc.clone_args_flags = btf.field_offset("kernel_clone_args", "flags")?;
-    misc.kernel_clone_args_arg = btf.func_param_index("kernel_clone", "args")? as u32;
-    misc.do_exit_code_arg = btf.func_param_index("do_exit", "code")? as u32;
-    misc.kernel_clone_ret_arg = btf.func_param_count("kernel_clone")? as u32;
-    Ok(())
-}
-
-/// Sets each `(field, slot)` from the record format of `tracepoint`; on failure, says why
-/// `hook` cannot be used.
-fn read_fields(root: &Path, hook: Hook, tracepoint: &str, fields: &mut [(&str, &mut u32)]) -> Result<(), (Hook, String)> {
-    let format = format_of(root, tracepoint).map_err(|e| (hook, e))?;
-    for (name, slot) in fields.iter_mut() {
-        **slot = *format
-            .get(*name)
-            .ok_or_else(|| (hook, format!("tracepoint {tracepoint} has no field {name}")))?;
-    }
-    Ok(())
-}
-
-/// `struct module` offsets. The size moved from `core_layout.size` to an array of
-/// `module_memory` regions in 6.4; both are handled.
-fn module_offsets(btf: &Btf) -> Result<ModuleOffsets, BtfError> {
-    let mut module = ModuleOffsets {
-        name: btf.field_offset("module", "name")?,
-        taints: btf.field_offset("module", "taints")?,
-        ..ModuleOffsets::default()
-    };
-    if let Ok(mem) = btf.field_offset("module", "mem") {
-        let regions = btf.enum_value("mod_mem_type", "MOD_MEM_NUM_TYPES")?;
-        let core = btf.enum_value("mod_mem_type", "MOD_INIT_TEXT")?; // core regions come first
-        module.size = mem + btf.field_offset("module_memory", "size")?;
-        module.size_stride = btf.field_size("module", "mem")? / regions.max(1) as u32;
-        module.size_count = core as u32;
-    } else {
-        module.size = btf.field_offset("module", "core_layout.size")?;
-        module.size_count = 1;
-    }
-    Ok(module)
-}
-
-/// Offsets the memory-protection hooks read (both paths).
-fn memory_offsets(btf: &Btf) -> Result<MemoryOffsets, BtfError> {
-    let vma = |f: &str| btf.field_offset("vm_area_struct", f);
-    let mm = |f: &str| btf.field_offset("mm_struct", f);
-    Ok(MemoryOffsets {
-        vma_start: vma("vm_start")?,
-        vma_end: vma("vm_end")?,
-        vma_flags: vma("vm_flags")?,
-        vma_file: vma("vm_file")?,
-        mm_start_brk: mm("start_brk")?,
-        mm_brk: mm("brk")?,
-        mm_start_stack: mm("start_stack")?,
-        mm_exe_file: mm("exe_file")?,
-        file_dentry: btf.field_offset("file", "f_path.dentry")?,
-        dentry_name: btf.field_offset("dentry", "d_name.name")?,
-        ..vma_tree_offsets(btf).unwrap_or_default()
-    })
-}
-
-/// Offsets to walk the VMA red-black tree (kernels before 6.1, which also lack `bpf_find_vma`);
-/// an error where VMAs are in a maple tree.
-fn vma_tree_offsets(btf: &Btf) -> Result<MemoryOffsets, BtfError> {
-    Ok(MemoryOffsets {
-        mm_rb: btf.field_offset("mm_struct", "mm_rb.rb_node")?,
-        vma_rb: btf.field_offset("vm_area_struct", "vm_rb")?,
-        rb_left: btf.field_offset("rb_node", "rb_left")?,
-        rb_right: btf.field_offset("rb_node", "rb_right")?,
-        ..MemoryOffsets::default()
-    })
-}
-
-/// Positions of `mprotect_fixup`'s parameters: its prototype gained leading parameters in 6.1
-/// (`tlb`) and 6.3 (`vmi`), so they are looked up by name.
-fn fixup_positions(btf: &Btf, memory: &mut MemoryOffsets) -> Result<(), BtfError> {
-    memory.fixup_vma_arg = btf.func_param_index("mprotect_fixup", "vma")? as u32;
-    memory.fixup_start_arg = btf.func_param_index("mprotect_fixup", "start")? as u32;
-    memory.fixup_end_arg = btf.func_param_index("mprotect_fixup", "end")? as u32;
-    memory.fixup_newflags_arg = btf.func_param_index("mprotect_fixup", "newflags")? as u32;
-    // The companion fexit on do_mprotect_pkey (failed calls); left at 0 where it is absent, in
-    // which case attaching it fails and the hook runs without it.
-    if let (Ok(start), Ok(len), Ok(prot), Ok(count)) = (
-        btf.func_param_index("do_mprotect_pkey", "start"),
-        btf.func_param_index("do_mprotect_pkey", "len"),
-        btf.func_param_index("do_mprotect_pkey", "prot"),
-        btf.func_param_count("do_mprotect_pkey"),
-    ) {
-        (memory.pkey_start_arg, memory.pkey_len_arg, memory.pkey_prot_arg, memory.pkey_ret_arg) =
-            (start as u32, len as u32, prot as u32, count as u32);
-    }
-    Ok(())
-}
-
 /// Field name -> offset from `events/<group>/<name>/format`.
 fn format_of(root: &Path, tracepoint: &str) -> Result<HashMap<String, u32>, String> {
     let path = root.join("events").join(tracepoint).join("format");
@@ -321,32 +235,5 @@ mod tests {
         assert_eq!(fields.get("old_pid"), Some(&16));
         assert_eq!(fields.get("comm"), Some(&20));
         assert_eq!(fields.get("common_type"), Some(&0));
-    }
-
-    #[test]
-    fn this_kernel_resolves_everything_the_host_path_needs() {
-        let btf = Btf::from_sys_fs();
-        let resolved = resolve(btf.as_ref(), tracefs_root().as_deref(), &Switches::default());
-        assert_eq!(resolved.config.have_btf_offsets, 1, "{:?}", resolved.unusable);
-        for hook in [
-            Hook::TpBtfTaskNewtask,
-            Hook::TpBtfSchedProcessExec,
-            Hook::TpBtfSchedProcessExit,
-            Hook::TracepointMprotect,
-        ] {
-            assert!(!resolved.unusable.contains_key(&hook), "{hook:?}: {:?}", resolved.unusable);
-        }
-        assert_ne!(resolved.config.task.pid, resolved.config.task.tgid);
-        assert!(resolved.config.mm.start_code < resolved.config.mm.end_code);
-    }
-
-    #[test]
-    fn without_btf_only_plain_tracepoints_remain() {
-        let missing = Btf::parse(&[]).unwrap_err();
-        let switches = Switches { thread_exits: true, ..Switches::default() };
-        let resolved = resolve(Err(&missing), None, &switches);
-        assert_eq!(resolved.config.have_btf_offsets, 0);
-        assert_eq!(resolved.config.report_thread_exits, 1);
-        assert_eq!(resolved.unusable.len(), Hook::ALL.len());
     }
 }

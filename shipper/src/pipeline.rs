@@ -20,14 +20,11 @@ use crate::{
     loss::{Ledger, State, Status, loss_record, status_record},
     record::LogRecord,
     sinks::{
-        Sink,
+        Sinks,
         queue::{Worker, close_all},
     },
-    telemetry::{Counters, RingLost, SinkStats},
+    telemetry::{Counters, RingLost},
 };
-
-/// A set of sinks with their counters.
-pub type Sinks = Vec<(Box<dyn Sink>, Arc<SinkStats>)>;
 
 /// What a configuration decides after enrichment: which events pass, how many, and where to.
 pub struct Outputs {
@@ -185,11 +182,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        decode::{exit::ProcessExit, fork::ProcessFork},
-        event::{Detail, Process},
+        kinds::{Detail, exit::ProcessExit, fork::ProcessFork},
         loss::Cause,
+        process::Process,
         record::Value,
         schema,
+        sinks::Sink,
     };
 
     /// Keeps every record it is given, and how many it had at each flush.

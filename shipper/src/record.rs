@@ -96,6 +96,18 @@ pub fn mark_escaped(attrs: &mut Vec<(&'static str, Value)>, name: &'static str) 
     }
 }
 
+/// `0x`-prefixed hex, the contract's rendering of addresses.
+pub fn hex(value: u64) -> Value {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let width = (value.checked_ilog2().unwrap_or(0) / 4 + 1) as usize;
+    let mut text = String::with_capacity(2 + width);
+    text.push_str("0x");
+    for nibble in (0..width).rev() {
+        text.push(char::from(DIGITS[(value >> (nibble * 4)) as usize & 0xf]));
+    }
+    Value::Str(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +123,12 @@ mod tests {
         let names = [schema::PROCESS_EXECUTABLE_PATH, schema::PROCESS_COMMAND_ARGS].map(str::to_owned).to_vec();
         assert_eq!(attrs[2], (schema::KSENSE_ESCAPED, Value::StrArray(names)));
         assert_eq!(attrs.len(), 3);
+    }
+
+    #[test]
+    fn hex_is_0x_and_lower_case_digits() {
+        for value in [0, 1, 0xf, 0x10, 0x5555_5555_4000, u64::MAX] {
+            assert_eq!(hex(value), Value::Str(format!("{value:#x}")));
+        }
     }
 }

@@ -90,16 +90,13 @@ impl Reader {
         }
     }
 
-    /// Ships records that did not come through the ring buffer (coalesced memory repeats swept
-    /// from their map) exactly as if they had, waiting for room in the queue as needed.
-    pub async fn inject(&mut self, records: Vec<ksense_abi::memory::Memory>) -> Flow {
+    /// Ships records that did not come through the ring buffer (the coalesced repeats that
+    /// [`crate::kinds::memory::Coalesced`] takes from the probes) exactly as if they had,
+    /// waiting for room in the queue as needed.
+    pub async fn inject(&mut self, records: Vec<Vec<u8>>) -> Flow {
         let clock = Clock::sample();
-        for record in records {
-            // SAFETY: Memory is plain old data; its bytes are the record the probes write.
-            let bytes = unsafe {
-                std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<ksense_abi::memory::Memory>())
-            };
-            let Some(event) = self.out.decode(bytes, &clock) else { continue };
+        for bytes in records {
+            let Some(event) = self.out.decode(&bytes, &clock) else { continue };
             self.out.pending = Some(event);
             if self.out.send_pending().await == Flow::Stop {
                 return Flow::Stop;
@@ -177,8 +174,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        decode::fork::ProcessFork,
-        event::{Detail, Process},
+        kinds::{Detail, fork::ProcessFork},
+        process::Process,
     };
 
     fn fork() -> Event {

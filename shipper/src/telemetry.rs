@@ -1,7 +1,7 @@
 //! ksense's own counters: every event read, written, or dropped anywhere, so no loss is silent.
 //!
 //! Losses in the kernel (ring buffer full) are counted per CPU by the probes and summed by
-//! [`crate::attach::Probes::ring_lost`]; every other drop is counted here.
+//! `Probes::ring_lost` (when the run loop asks: this module reads no map); every other drop is counted here.
 use std::{
     fmt,
     sync::{

@@ -106,12 +106,20 @@ impl Collector {
 
     /// Waits for the first record matching `predicate`.
     pub fn wait_for(&self, what: &str, predicate: impl Fn(&Received) -> bool) -> Received {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let found = self.try_wait_for(Duration::from_secs(30), predicate);
+        found.unwrap_or_else(|| panic!("the collector received no {what}"))
+    }
+
+    /// The first record matching `predicate`, if one arrives within `timeout`.
+    pub fn try_wait_for(&self, timeout: Duration, predicate: impl Fn(&Received) -> bool) -> Option<Received> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(found) = self.received().into_iter().find(|r| predicate(r)) {
-                return found;
+                return Some(found);
             }
-            assert!(Instant::now() < deadline, "the collector received no {what}");
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }

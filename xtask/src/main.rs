@@ -3,11 +3,14 @@
 //!
 //! ```text
 //! cargo run -p xtask -- gen-docs [OUT_DIR]     # default: target/package
+//! cargo run -p xtask -- gen-catalog
 //! ```
 //!
-//! writes `OUT_DIR/man/ksense.1` (with a page per subcommand, `ksense-run.1`, ...) and
+//! `gen-docs` writes `OUT_DIR/man/ksense.1` (with a page per subcommand, `ksense-run.1`, ...) and
 //! `OUT_DIR/completions/{ksense.bash,_ksense,ksense.fish}`. scripts/package.sh runs it and
 //! compresses the pages; the .deb and .rpm metadata in shipper/Cargo.toml install them.
+//! `gen-catalog` writes `packaging/ksense.catalog`, the journald catalog, from the event kinds'
+//! modules (`ksense::sinks::journald::catalog`).
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
@@ -23,11 +26,27 @@ use clap_mangen::{
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [task] = args.as_slice()
+        && task == "gen-catalog"
+    {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/ksense.catalog");
+        return match std::fs::write(&path, ksense::sinks::journald::catalog()) {
+            Ok(()) => {
+                println!("{}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xtask: {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let out = match args.as_slice() {
         [task] if task == "gen-docs" => default_out_dir(),
         [task, dir] if task == "gen-docs" => PathBuf::from(dir),
         _ => {
             eprintln!("usage: cargo run -p xtask -- gen-docs [OUT_DIR]   (default: target/package)");
+            eprintln!("       cargo run -p xtask -- gen-catalog");
             return ExitCode::from(2);
         }
     };

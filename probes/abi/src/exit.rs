@@ -17,3 +17,8 @@ pub struct Exit {
 }
 
 assert_size!(Exit, 24 + 64 + 8);
+
+// SAFETY: plain old data, integers and byte arrays only, no padding (its size, asserted above,
+// is the sum of its fields): every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Exit {}

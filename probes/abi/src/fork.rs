@@ -29,3 +29,8 @@ pub struct Fork {
 }
 
 assert_size!(Fork, 24 + 64 + 40);
+
+// SAFETY: plain old data, integers and byte arrays only, no padding (its size, asserted above,
+// is the sum of its fields): every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Fork {}

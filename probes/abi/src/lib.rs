@@ -37,7 +37,7 @@ pub const EXCLUDE_MAX: u32 = 1024;
 /// Name of the read-only global holding the [`config::ProbeConfig`].
 pub const CONFIG_GLOBAL: &str = "KSENSE_CONFIG";
 /// Number of slots in [`LOST_MAP`]: one per [`EventKind`] value (slot 0 is unused).
-pub const LOST_SLOTS: u32 = 6;
+pub const LOST_SLOTS: u32 = EventKind::ALL.len() as u32 + 1;
 
 /// Length of `task_struct::comm`, including its terminating NUL.
 pub const TASK_COMM_LEN: usize = 16;
@@ -248,6 +248,14 @@ impl Hook {
     }
 }
 
+/// `family/target`, e.g. `tracepoint/sched/sched_process_exec`: the hook's `ksense.probe`
+/// value, and its name everywhere ksense reports on hooks.
+impl core::fmt::Display for Hook {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}/{}", self.family().name(), self.target())
+    }
+}
+
 /// The kinds of BPF attachment ksense uses, in the order `auto` mode prefers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HookFamily {
@@ -351,3 +359,10 @@ pub(crate) use assert_size;
 
 assert_size!(Header, 24);
 assert_size!(Task, 64);
+
+// SAFETY (both): plain old data, integers and byte arrays only, no padding (the sizes asserted
+// above are the sums of the fields): every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Header {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Task {}

@@ -139,3 +139,8 @@ unsafe impl aya::Pod for CoalesceKey {}
 // size is asserted above; every bit pattern is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CoalesceState {}
+
+// SAFETY: plain old data, integers and byte arrays only, no padding (its size, asserted above,
+// is the sum of its fields): every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Memory {}

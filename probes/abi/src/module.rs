@@ -30,3 +30,8 @@ pub struct ModuleLoad {
 }
 
 assert_size!(ModuleLoad, 24 + 64 + 24 + MODULE_NAME_CAP);
+
+// SAFETY: plain old data, integers and byte arrays only, no padding (its size, asserted above,
+// is the sum of its fields): every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ModuleLoad {}

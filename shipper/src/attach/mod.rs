@@ -9,7 +9,6 @@ use aya::{
 };
 use ksense_abi::{
     CONFIG_GLOBAL, EVENTS_MAP, EXCLUDE_COMMS_MAP, EXCLUDE_UIDS_MAP, EventKind, Hook, HookFamily, LOST_MAP,
-    memory::{COALESCE_MAP, CoalesceKey, CoalesceState, Memory},
 };
 
 use crate::{
@@ -69,6 +68,36 @@ pub enum Outcome {
     Skipped(String),
 }
 
+impl Outcome {
+    /// `attached`, `refused` or `skipped` (`ksense probes --json`).
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Attached => "attached",
+            Outcome::Refused(_) => "refused",
+            Outcome::Skipped(_) => "skipped",
+        }
+    }
+
+    /// Why it was refused or not tried.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Attached => None,
+            Outcome::Refused(why) | Outcome::Skipped(why) => Some(why),
+        }
+    }
+}
+
+/// `attached`, `refused: <why>` or `not tried: <why>`.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Attached => f.write_str("attached"),
+            Outcome::Refused(why) => write!(f, "refused: {why}"),
+            Outcome::Skipped(why) => write!(f, "not tried: {why}"),
+        }
+    }
+}
+
 /// One event kind's hook choice.
 #[derive(Debug, Clone)]
 pub struct KindReport {
@@ -109,7 +138,7 @@ impl Probes {
         // program load.
         let (Resolved { config, mut unusable }, missing_helpers) = {
             let btf = btf::Btf::from_sys_fs();
-            (offsets::resolve(btf.as_ref(), tracefs.as_deref(), &options.switches), kernel::missing_helpers(btf.as_ref().ok()))
+            (crate::kinds::resolve_offsets(btf.as_ref(), tracefs.as_deref(), &options.switches), kernel::missing_helpers(btf.as_ref().ok()))
         };
         tracing::debug!(?config, "probe configuration resolved from BTF and tracefs");
         tracing::debug!(?missing_helpers, "BPF helpers this kernel lacks (from its BTF's enum bpf_func_id)");
@@ -189,11 +218,16 @@ impl Probes {
 
     /// Takes the ring buffer the probes write to (once).
     pub fn take_ring_buffer(&mut self) -> Result<RingBuf<MapData>, AttachError> {
-        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(AttachError::Map {
-            name: EVENTS_MAP,
-            source: aya::maps::MapError::InvalidName { name: EVENTS_MAP.into() },
+        self.take_map(EVENTS_MAP)
+    }
+
+    /// Takes the map `name` (once), as the type `M` it is read as.
+    pub fn take_map<M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(&mut self, name: &'static str) -> Result<M, AttachError> {
+        let map = self.ebpf.take_map(name).ok_or(AttachError::Map {
+            name,
+            source: aya::maps::MapError::InvalidName { name: name.into() },
         })?;
-        RingBuf::try_from(map).map_err(|source| AttachError::Map { name: EVENTS_MAP, source })
+        M::try_from(map).map_err(|source| AttachError::Map { name, source })
     }
 
     /// Events the probes could not write because the ring buffer was full, per kind (summed
@@ -228,36 +262,6 @@ impl Probes {
         replace_set(&mut self.ebpf, EXCLUDE_UIDS_MAP, &exclusions.uids)?;
         replace_set(&mut self.ebpf, EXCLUDE_COMMS_MAP, &exclusions.comms)
     }
-
-    /// Takes the coalesced memory-protection repeats of every (process, range, transition)
-    /// not seen for `idle_ns`: each becomes one record (its last record, with the repeats as
-    /// its count) for the reader to ship. The kernel writes a record itself only when a repeat
-    /// arrives after the window, so without this the tail of a burst would never be reported.
-    /// Idle entries without repeats are removed too: the kernel's map is not an LRU one, so
-    /// only this makes room in it.
-    pub fn take_idle_coalesced(&mut self, idle_ns: u64) -> Vec<Memory> {
-        let Some(map) = self.ebpf.map_mut(COALESCE_MAP) else { return Vec::new() };
-        let Ok(mut coalesce) = aya::maps::HashMap::<_, CoalesceKey, CoalesceState>::try_from(map) else {
-            return Vec::new();
-        };
-        let now = crate::clock::monotonic_ns() as u64;
-        let idle: Vec<(CoalesceKey, CoalesceState)> = coalesce
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, state)| now.saturating_sub(state.seen_ns) >= idle_ns)
-            .collect();
-        idle.into_iter()
-            .filter_map(|(key, state)| {
-                // Idle for a whole window: a concurrent repeat is all but impossible here.
-                coalesce.remove(&key).ok()?;
-                (state.pending > 0).then_some(())?;
-                let mut record = state.record;
-                record.count = state.pending;
-                record.header.ktime_ns = state.seen_ns;
-                Some(record)
-            })
-            .collect()
-    }
 }
 
 /// Makes the hash map `name` hold exactly `keys` (value 1 each).
@@ -275,21 +279,12 @@ fn replace_set<K: aya::Pod + PartialEq>(ebpf: &mut Ebpf, name: &'static str, ent
     Ok(())
 }
 
-/// `family/target`, the `ksense.probe` value of a hook.
-pub fn probe_name(hook: Hook) -> String {
-    format!("{}/{}", hook.family().name(), hook.target())
-}
-
 /// One line saying why each hook of a kind was not used.
 pub fn describe(report: &KindReport) -> String {
     report
         .hooks
         .iter()
-        .map(|(hook, outcome)| match outcome {
-            Outcome::Attached => format!("{}: attached", probe_name(*hook)),
-            Outcome::Refused(why) => format!("{}: refused: {why}", probe_name(*hook)),
-            Outcome::Skipped(why) => format!("{}: not tried: {why}", probe_name(*hook)),
-        })
+        .map(|(hook, outcome)| format!("{hook}: {outcome}"))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -324,7 +319,7 @@ fn load_and_attach(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>, vma_tree
         let program = if vma_tree { kernel::without_find_vma(program) } else { program };
         let fresh = !loaded.contains(&program);
         if !fresh && absent(target) {
-            tracing::debug!(probe = %probe_name(hook), "{target} is not in this kernel's tracefs: not attached there");
+            tracing::debug!(probe = %hook, "{target} is not in this kernel's tracefs: not attached there");
             return Ok(());
         }
         let result = attach_one(ebpf, hook.family(), program, target, fresh, btf);
@@ -349,7 +344,7 @@ fn attach_companions(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>) -> Vec
     for &(program, target, family) in hook.companions() {
         match attach_one(ebpf, family, program, target, true, btf) {
             Ok(()) => loaded.push((family, program)),
-            Err(why) => tracing::info!(probe = %probe_name(hook), companion = %format!("{}/{target}", family.name()), "without this companion: {why}"),
+            Err(why) => tracing::info!(probe = %hook, companion = %format!("{}/{target}", family.name()), "without this companion: {why}"),
         }
     }
     loaded

@@ -20,9 +20,9 @@ use ksense_abi::{
 
 use super::{
     decode,
-    tests::{as_bytes, exec_record, record},
+    tests::{exec_record, record},
 };
-use crate::{clock::Clock, event::Event, record::LogRecord};
+use crate::{clock::Clock, event::Event, record::LogRecord, wire::as_bytes};
 
 /// Processes in the mix; each contributes a fork, an exec, a memory change and an exit.
 const PROCESSES: u32 = 64;

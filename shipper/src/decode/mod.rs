@@ -1,90 +1,17 @@
-//! Ring-buffer records to typed [`Event`]s.
+//! Ring-buffer records to typed [`Event`]s: the header is checked here, the rest is decoded by
+//! the record's kind ([`crate::kinds`]).
 //!
 //! Records are untrusted input as far as this module is concerned: a short, oversized or
 //! unknown record is an error (counted by the caller and skipped), never a panic.
 use std::time::SystemTime;
 
-use ksense_abi::{ABI_VERSION, EventKind, Header, Hook, PF_KTHREAD, Task};
+use ksense_abi::{ABI_VERSION, EventKind, Header, Hook};
 
-use crate::{
-    clock::Clock,
-    event::{Event, Process},
-};
+pub use crate::wire::DecodeError;
+use crate::{clock::Clock, event::Event, kinds, wire::read};
 
 #[cfg(test)]
 pub(crate) mod bench;
-pub mod exec;
-pub mod exit;
-pub mod fork;
-pub mod memory;
-pub mod module;
-
-/// Why a record was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// Shorter than the header or than its kind's fixed part.
-    #[error("record of {len} bytes is shorter than the {need} its kind needs")]
-    Short {
-        /// Bytes received.
-        len: usize,
-        /// Bytes needed.
-        need: usize,
-    },
-    /// The header's size disagrees with the record's length.
-    #[error("record header says {header} bytes but {actual} arrived")]
-    SizeMismatch {
-        /// Size in the header.
-        header: usize,
-        /// Bytes received.
-        actual: usize,
-    },
-    /// Written by probes of another ABI version.
-    #[error("record has ABI version {0}, this ksense reads version {ABI_VERSION}")]
-    Version(u16),
-    /// Unknown event kind.
-    #[error("record has unknown event kind {0}")]
-    UnknownKind(u16),
-    /// Unknown hook, or a hook that does not report this kind.
-    #[error("record has hook {hook} which does not produce event kind {kind}")]
-    BadHook {
-        /// Hook value.
-        hook: u16,
-        /// Kind value.
-        kind: u16,
-    },
-    /// A length field inside the payload is out of range.
-    #[error("record field {0} is out of range")]
-    Field(&'static str),
-}
-
-/// Plain-old-data types from the ABI crate: every bit pattern is a valid value.
-pub(crate) trait Plain: Copy {}
-impl Plain for Header {}
-impl Plain for Task {}
-impl Plain for ksense_abi::fork::Fork {}
-impl Plain for ksense_abi::exit::Exit {}
-impl Plain for ksense_abi::module::ModuleLoad {}
-impl Plain for ksense_abi::memory::Memory {}
-impl Plain for u32 {}
-impl Plain for u64 {}
-
-/// Reads a `T` at `offset`, or [`DecodeError::Short`].
-pub(crate) fn read<T: Plain>(bytes: &[u8], offset: usize) -> Result<T, DecodeError> {
-    let need = offset + size_of::<T>();
-    if bytes.len() < need {
-        return Err(DecodeError::Short { len: bytes.len(), need });
-    }
-    // SAFETY: in bounds (checked above); T is Plain, so any bytes are a valid T.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(offset).cast::<T>()) })
-}
-
-/// Reads a fixed-size record: exactly `size_of::<T>()` bytes.
-pub(crate) fn read_whole<T: Plain>(bytes: &[u8]) -> Result<T, DecodeError> {
-    if bytes.len() != size_of::<T>() {
-        return Err(DecodeError::SizeMismatch { header: size_of::<T>(), actual: bytes.len() });
-    }
-    read(bytes, 0)
-}
 
 /// Decodes one record. `seq` becomes `ksense.event.seq`.
 pub fn decode(bytes: &[u8], seq: u64, clock: &Clock, observed_time: SystemTime) -> Result<Event, DecodeError> {
@@ -99,47 +26,23 @@ pub fn decode(bytes: &[u8], seq: u64, clock: &Clock, observed_time: SystemTime) 
     if header.size as usize != bytes.len() {
         return Err(DecodeError::SizeMismatch { header: header.size as usize, actual: bytes.len() });
     }
-    let (process, detail) = match kind {
-        EventKind::Fork => fork::decode(bytes, clock)?,
-        EventKind::Exec => exec::decode(bytes, clock)?,
-        EventKind::Exit => exit::decode(bytes, clock)?,
-        EventKind::ModuleLoad => module::decode(bytes, clock)?,
-        EventKind::MemoryProtect => memory::decode(bytes, clock)?,
-    };
-    let time = clock.wall(header.ktime_ns);
-    let mut process = process;
-    if process.start_time.is_none() && kind == EventKind::Fork {
-        // The hook could not read the child's start time: it was created just now.
-        process.start_time = Some(time);
-    }
-    Ok(Event { seq, time, observed_time, hook, process, detail })
-}
-
-/// The kernel-given part of a [`Process`].
-pub(crate) fn process_from(task: &Task, clock: &Clock) -> Process {
-    Process {
-        pid: task.tgid,
-        tid: task.tid,
-        parent_pid: task.ppid,
-        comm: crate::text::until_nul(&task.comm).to_vec(),
-        uid: task.uid,
-        euid: task.euid,
-        kernel_thread: task.flags & PF_KTHREAD != 0,
-        start_time: (task.start_ns != 0).then(|| clock.creation_time(task.start_ns)),
-        start_ns: task.start_ns,
-        // 0 is unknown: the probes could not read them (a kernel thread's are 0, and /proc
-        // says so too).
-        pgid: (task.pgid != 0).then_some(task.pgid),
-        sid: (task.sid != 0).then_some(task.sid),
-        cgroup_id: task.cgroup_id,
-        ..Process::default()
-    }
+    let (process, detail) = (kinds::spec(kind).decode)(bytes, clock)?;
+    Ok(Event { seq, time: clock.wall(header.ktime_ns), observed_time, hook, process, detail })
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use ksense_abi::exec::Exec;
+    use crate::{
+        record::Value,
+        schema,
+        wire::as_bytes,
+    };
+    use ksense_abi::{
+        Task,
+        exec::{Exec, FILENAME_CAP},
+        fork::Fork,
+    };
     use proptest::prelude::*;
     use std::mem::offset_of;
 
@@ -164,12 +67,6 @@ pub(crate) mod tests {
         fixed.extend_from_slice(filename);
         fixed.extend_from_slice(args);
         record(Hook::TpBtfSchedProcessExec, &fixed)
-    }
-
-    /// The bytes of a plain value.
-    pub(crate) fn as_bytes<T: Plain>(value: &T) -> &[u8] {
-        // SAFETY: Plain types have no padding-dependent meaning; reading them as bytes is fine.
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
     }
 
     fn decode_bytes(bytes: &[u8]) -> Result<Event, DecodeError> {
@@ -210,6 +107,67 @@ pub(crate) mod tests {
         for len in 0..good.len() {
             assert!(decode_bytes(&good[..len]).is_err(), "a {len}-byte prefix was accepted");
         }
+    }
+
+    #[test]
+    fn a_fork_has_the_child_as_the_acting_process() {
+        let mut rec = Fork::default();
+        rec.parent.tgid = 100;
+        rec.parent.tid = 101;
+        rec.parent.comm[..4].copy_from_slice(b"bash");
+        rec.child_tid = 200;
+        rec.child_tgid = 200;
+        rec.clone_flags = 0x11; // SIGCHLD
+        let bytes = record(Hook::TpBtfTaskNewtask, &as_bytes(&rec)[24..]);
+        let event = decode(&bytes, 7, &Clock::sample(), SystemTime::now()).unwrap();
+        assert_eq!((event.process.pid, event.process.tid, event.process.parent_pid), (200, 200, 100));
+        let record = event.to_record();
+        assert_eq!(record.attribute(schema::KSENSE_CLONE_THREAD), Some(&Value::Bool(false)));
+        assert_eq!(record.attribute(schema::KSENSE_EVENT_SEQ), Some(&Value::Int(7)));
+        assert_eq!(record.body, "bash[100] forked child 200");
+        assert!(record.attribute(schema::PROCESS_CREATION_TIME).is_some());
+    }
+
+    fn marker_exec_record(filename: &[u8], args: &[u8]) -> Vec<u8> {
+        let mut task = Task { tgid: 42, tid: 42, ..Task::default() };
+        task.comm[..6].copy_from_slice(b"marker");
+        exec_record(task, filename, args)
+    }
+
+    #[test]
+    fn exec_argv_is_kept_exactly() {
+        let bytes = marker_exec_record(b"/usr/bin/marker", b"marker\0a b\0\"q\"\0line\nbreak\0\0\xff\0");
+        let event = decode(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap();
+        let record = event.to_record();
+        assert_eq!(
+            record.attribute(schema::PROCESS_COMMAND_ARGS),
+            Some(&Value::StrArray(vec![
+                "marker".into(),
+                "a b".into(),
+                "\"q\"".into(),
+                "line\nbreak".into(),
+                "".into(),
+                "\\xff".into()
+            ]))
+        );
+        // The string given to execve; the canonical path is enrichment's (from /proc/<pid>/exe).
+        assert_eq!(record.attribute(schema::KSENSE_PROCESS_EXEC_PATH), Some(&Value::Str("/usr/bin/marker".into())));
+        assert_eq!(record.attribute(schema::PROCESS_EXECUTABLE_PATH), None);
+        assert!(!record.body.contains('\n'), "{}", record.body);
+    }
+
+    #[test]
+    fn exec_with_inconsistent_lengths_is_rejected() {
+        let mut bytes = marker_exec_record(b"/bin/true", b"true\0");
+        let at = offset_of!(Exec, args_len);
+        bytes[at..at + 4].copy_from_slice(&99u32.to_ne_bytes());
+        let err = decode(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap_err();
+        assert_eq!(err, DecodeError::Field("args_len"));
+        let mut bytes = marker_exec_record(b"/bin/true", b"true\0");
+        let at = offset_of!(Exec, filename_len);
+        bytes[at..at + 4].copy_from_slice(&(FILENAME_CAP as u32).to_ne_bytes());
+        let err = decode(&bytes, 1, &Clock::sample(), SystemTime::now()).unwrap_err();
+        assert_eq!(err, DecodeError::Field("filename_len"));
     }
 
     proptest! {

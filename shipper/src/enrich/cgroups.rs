@@ -36,7 +36,7 @@ impl Cgroup {
     }
 
     /// Sets the process's cgroup and container id.
-    pub fn fill(&self, p: &mut crate::event::Process) {
+    pub fn fill(&self, p: &mut crate::process::Process) {
         p.cgroup = Some(self.line.clone());
         p.container_id = self.container_id.clone();
     }

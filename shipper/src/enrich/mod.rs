@@ -8,12 +8,7 @@
 //! replaces it, so short-lived processes are described even after `/proc/<pid>` is gone.
 use std::{path::PathBuf, sync::Arc};
 
-use ksense_abi::memory::MEMORY_FILE_CAP;
-
-use crate::{
-    event::{Detail, Event, Process},
-    lru::LruMap,
-};
+use crate::{event::Event, kinds::Detail, lru::LruMap, process::Process};
 
 mod cgroups;
 mod procfs;
@@ -84,7 +79,7 @@ impl Enricher {
                 let exec_path = exec.exec_path.as_deref();
                 p.exe = exec
                     .executed_file
-                    .and_then(|file| procfs::executed_path(&self.proc_root, pid, exec_path, file))
+                    .and_then(|file| crate::kinds::exec::executed_path(&self.proc_root, pid, exec_path, file))
                     .map(Into::into);
                 // Only what neither the kernel (process group and session, on most kernels) nor
                 // the cgroup cache told is read from /proc: on the hot path, nothing. What is
@@ -153,22 +148,8 @@ impl Enricher {
             p.parent_args = parent.args.clone();
         }
         p.lineage = ancestors.into_iter().map(|(pid, info)| (pid, info.exe.clone())).collect();
-        if let Detail::MemoryProtect(memory) = &mut event.detail
-            && let Some(basename) = &memory.file
-        {
-            // The kernel record holds the file's basename, exact but cut to MEMORY_FILE_CAP - 1
-            // bytes. The maps file has its full path while the process lives; after that, the
-            // executable's path serves (the process's own code). Either only when its name
-            // agrees with the kernel's; the basename stays otherwise.
-            let agrees = |path: &[u8]| {
-                let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
-                name == &basename[..] || (basename.len() == MEMORY_FILE_CAP - 1 && name.starts_with(basename))
-            };
-            let mapped = procfs::mapping_path(&self.proc_root, pid, memory.start).filter(|path| agrees(path));
-            let exe = || event.process.exe.as_deref().filter(|exe| agrees(exe)).map(<[u8]>::to_vec);
-            if let Some(path) = mapped.or_else(exe) {
-                memory.file = Some(path);
-            }
+        if let Detail::MemoryProtect(memory) = &mut event.detail {
+            memory.resolve_file(&self.proc_root, pid, event.process.exe.as_deref());
         }
         self.forget(event);
         event.process.owner = self.users.name(event.process.euid);
@@ -314,7 +295,7 @@ fn fill(p: &mut Process, info: &ProcInfo) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{exec::ProcessExec, exit::ProcessExit, fork::ProcessFork, memory::ProcessMemoryProtect};
+    use crate::kinds::{exec::ProcessExec, exit::ProcessExit, fork::ProcessFork, memory::ProcessMemoryProtect};
     use ksense_abi::Hook;
     use std::time::SystemTime;
 
@@ -623,7 +604,7 @@ mod tests {
         // Gone: the executable's path, also when the kernel's name is cut to 63 bytes.
         let long = [b'n'; 100];
         let exe = [&b"/x/"[..], &long].concat();
-        assert_eq!(changed_file(&dir, 31, &exe, &long[..MEMORY_FILE_CAP - 1]), exe);
+        assert_eq!(changed_file(&dir, 31, &exe, &long[..ksense_abi::memory::MEMORY_FILE_CAP - 1]), exe);
         // A name that does not agree: the kernel's basename stays.
         assert_eq!(changed_file(&dir, 31, b"/x/other", b"mine"), b"mine");
         std::fs::remove_dir_all(dir).unwrap();

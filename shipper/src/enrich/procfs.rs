@@ -7,7 +7,7 @@ use std::{
 use ksense_abi::exec::ARGS_CAP;
 
 use super::{ProcInfo, cgroups::Cgroup};
-use crate::decode::exec::{FileId, split_args};
+use crate::kinds::exec::split_args;
 
 /// Reads what `/proc/<pid>` tells of a process; `None` when it is gone, or when it is not the
 /// process `task` (see [`is_task`]) describes. `with_image` also reads the executable path and
@@ -116,99 +116,9 @@ fn cgroup_at(dir: &Path) -> Option<Cgroup> {
     pick_cgroup(&std::fs::read_to_string(dir.join("cgroup")).ok()?).map(Cgroup::from_line)
 }
 
-/// The canonical path of `file`, the file the kernel said process `pid` executed, as
-/// `/proc/<pid>/exe` shows it: from `/proc/<pid>/exe` while the process still runs it, else
-/// (the process is gone, or runs another file by now) from `exec_path`, the absolute path given
-/// to execve, resolved here (`..` and symlinks), or for a script the interpreter its `#!` line
-/// names, each accepted only if it leads to `file`. `None` when none establishes it (a relative
-/// path or a memfd of a process gone, a file since replaced, a path that only resolves in
-/// another mount namespace).
-pub(super) fn executed_path(proc_root: &Path, pid: u32, exec_path: Option<&[u8]>, file: FileId) -> Option<Vec<u8>> {
-    let exe = proc_root.join(pid.to_string()).join("exe");
-    let absolute = exec_path.filter(|path| path.starts_with(b"/")).map(|path| Path::new(std::ffi::OsStr::from_bytes(path)));
-    canonical_if(&exe, file).or_else(|| {
-        let given = absolute?;
-        canonical_if(given, file).or_else(|| canonical_if(&interpreter(given)?, file))
-    })
-}
-
-/// The absolute interpreter path of the `#!` line of `script`, if it is a regular file that
-/// has one (only the first 256 bytes count, as for the kernel). The file is opened for reading
-/// only once known to be a regular file (through the `O_PATH` descriptor that told so): a path
-/// swapped for a FIFO or a device cannot block ksense or open a device.
-fn interpreter(script: &Path) -> Option<PathBuf> {
-    use std::{io::Read, os::fd::AsRawFd};
-    let opened = open_path(script)?;
-    if !opened.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut head = Vec::new();
-    std::fs::File::open(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?.take(256).read_to_end(&mut head).ok()?;
-    let line = head.strip_prefix(b"#!")?;
-    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
-    let line = &line[line.iter().position(|&b| b != b' ' && b != b'\t')?..];
-    let interpreter = &line[..line.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(line.len())];
-    interpreter.starts_with(b"/").then(|| PathBuf::from(std::ffi::OsStr::from_bytes(interpreter)))
-}
-
-/// `path` opened `O_PATH`: resolved, but neither read nor opened as a device.
-fn open_path(path: &Path) -> Option<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_CLOEXEC).open(path).ok()
-}
-
-/// The canonical path of what `path` leads to, if that is `file`. The file is opened once
-/// (`O_PATH`: no I/O, no device opened) and both its identity and its path are taken from that
-/// one open file, so a rename or an exec in between cannot pair one file's path with another's
-/// identity.
-fn canonical_if(path: &Path, file: FileId) -> Option<Vec<u8>> {
-    use std::os::fd::AsRawFd;
-    let opened = open_path(path)?;
-    if FileId::of(&opened.metadata().ok()?) != file {
-        return None;
-    }
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?;
-    Some(path.as_os_str().as_bytes().to_vec())
-}
-
 fn exe_at(dir: &Path) -> Option<Vec<u8>> {
     let target: PathBuf = std::fs::read_link(dir.join("exe")).ok()?;
     Some(target.as_os_str().as_bytes().to_vec())
-}
-
-/// The path of the file mapped at `addr` in process `pid`, from `/proc/<pid>/maps`. The kernel
-/// writes a newline in the path as `\012` there (and nothing else escaped): that is undone, so
-/// a name holding the four characters `\012` comes back as a newline (the caller checks the
-/// name against the kernel record's).
-pub(super) fn mapping_path(proc_root: &Path, pid: u32, addr: u64) -> Option<Vec<u8>> {
-    let maps = std::fs::read(proc_root.join(pid.to_string()).join("maps")).ok()?;
-    maps.split(|&b| b == b'\n').find_map(|line| {
-        // start-end perms offset dev inode path
-        let text = std::str::from_utf8(line.get(..line.iter().position(|&b| b == b' ')?)?).ok()?;
-        let (start, end) = text.split_once('-')?;
-        let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
-        if !(start..end).contains(&addr) {
-            return None;
-        }
-        let path_at = line.iter().position(|&b| b == b'/')?;
-        Some(unescape_newlines(&line[path_at..]))
-    })
-}
-
-/// `path` with each `\012` (how `/proc/<pid>/maps` writes a newline) made a newline again.
-fn unescape_newlines(path: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(path.len());
-    let mut rest = path;
-    while !rest.is_empty() {
-        if let Some(tail) = rest.strip_prefix(b"\\012") {
-            out.push(b'\n');
-            rest = tail;
-        } else {
-            out.push(rest[0]);
-            rest = &rest[1..];
-        }
-    }
-    out
 }
 
 /// What ksense reads from `/proc/<pid>/stat`.
@@ -336,50 +246,6 @@ mod tests {
         std::fs::write(root.join("40/cmdline"), b"short\0").unwrap();
         assert!(!read(&root, 40, true, None).unwrap().args_truncated);
         std::fs::remove_dir_all(root).unwrap();
-    }
-
-    /// The executed file's canonical path: `..` and symlinks resolved, and only for the file the
-    /// kernel named.
-    #[test]
-    fn executed_path_is_canonical_and_of_the_executed_file() {
-        let root = fake_proc("exe");
-        let real = root.join("bin/evil");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::create_dir_all(root.join("excluded")).unwrap();
-        std::fs::write(&real, b"x").unwrap();
-        std::fs::write(root.join("bin/other"), b"y").unwrap();
-        std::os::unix::fs::symlink(&real, root.join("excluded/x")).unwrap();
-        let file = FileId::of(&std::fs::metadata(&real).unwrap());
-        let canonical = std::fs::canonicalize(&real).unwrap().into_os_string().into_vec();
-        use std::os::unix::ffi::OsStringExt;
-        let via = |p: &Path| p.as_os_str().as_bytes().to_vec();
-        // The process is gone (no /proc/40): the execve path, resolved.
-        let dotdot = via(&root.join("excluded/../bin/evil"));
-        assert_eq!(executed_path(&root, 40, Some(&dotdot), file), Some(canonical.clone()));
-        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("excluded/x"))), file), Some(canonical.clone()));
-        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/other"))), file), None, "another file");
-        assert_eq!(executed_path(&root, 40, Some(b"bin/evil"), file), None, "relative: cwd unknown");
-        // A script: the kernel executed its interpreter (here `evil`), which may have moved on.
-        std::fs::write(root.join("bin/script"), format!("#! {} -x\nexit 0\n", root.join("excluded/x").display())).unwrap();
-        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/script"))), file), Some(canonical.clone()));
-        std::fs::write(root.join("bin/script"), b"#!bin/evil\n").unwrap();
-        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/script"))), file), None, "relative interpreter");
-        // A path swapped for a FIFO since: not read (which would block).
-        let fifo = root.join("bin/fifo");
-        let fifo_c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
-        assert_eq!(executed_path(&root, 40, Some(&via(&fifo)), file), None);
-        // Alive: /proc/<pid>/exe, when it is the file.
-        std::fs::create_dir_all(root.join("40")).unwrap();
-        std::os::unix::fs::symlink(&real, root.join("40/exe")).unwrap();
-        assert_eq!(executed_path(&root, 40, None, file), Some(canonical));
-        std::fs::remove_dir_all(root).unwrap();
-    }
-
-    #[test]
-    fn maps_newline_escape_is_undone() {
-        assert_eq!(unescape_newlines(b"/tmp/a\\012b\\012"), b"/tmp/a\nb\n");
-        assert_eq!(unescape_newlines(b"/tmp/a\\01b\\x\\"), b"/tmp/a\\01b\\x\\");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Rules on `comm` (the 15-character task name), as globs.
 use super::glob;
-use crate::event::Process;
+use crate::process::Process;
 
 /// Whether any pattern matches the process's comm.
 pub fn matches(patterns: &[String], p: &Process) -> bool {

@@ -12,7 +12,7 @@
 use ksense_abi::EventKind;
 use serde::Deserialize;
 
-use crate::{config::EventName, event::{Event, Process}};
+use crate::{event::Event, kinds::EventName, process::Process};
 
 pub mod comm;
 pub mod container;
@@ -127,8 +127,7 @@ pub fn kernel_exclusions(config: &FiltersConfig) -> KernelExclusions {
 mod tests {
     use super::*;
     use crate::{
-        decode::{exec::ProcessExec, memory::ProcessMemoryProtect, module::KernelModuleLoad},
-        event::Detail,
+        kinds::{Detail, exec::ProcessExec, memory::ProcessMemoryProtect, module::KernelModuleLoad},
     };
     use ksense_abi::Hook;
 

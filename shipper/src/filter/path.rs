@@ -1,6 +1,6 @@
 //! Rules on the executable path, as globs.
 use super::glob;
-use crate::event::Process;
+use crate::process::Process;
 
 /// Whether any pattern matches the process's executable path (a process whose path is
 /// unknown matches none).

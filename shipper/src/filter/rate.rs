@@ -58,8 +58,8 @@ impl RateLimiter {
 mod tests {
     use super::*;
     use crate::{
-        decode::{fork::ProcessFork, memory::ProcessMemoryProtect},
-        event::{Detail, Process},
+        kinds::{Detail, fork::ProcessFork, memory::ProcessMemoryProtect},
+        process::Process,
     };
     use ksense_abi::Hook;
 

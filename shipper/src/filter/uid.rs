@@ -1,5 +1,5 @@
 //! Rules on the effective uid.
-use crate::event::Process;
+use crate::process::Process;
 
 /// Whether the process's effective uid is listed.
 pub fn matches(uids: &[u32], p: &Process) -> bool {

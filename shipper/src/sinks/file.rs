@@ -57,8 +57,8 @@ pub struct FileConfig {
     /// Rotated files kept (`<path>.1` .. `<path>.<keep>`), 0 to [`MAX_KEEP`]; 0 keeps none.
     #[serde(deserialize_with = "keep_in_range")]
     pub keep: u32,
-    /// Only these event kinds go to the file (see [`crate::config::Selection`]); all when absent.
-    pub events: Option<Vec<crate::config::EventName>>,
+    /// Only these event kinds go to the file (see [`crate::sinks::Selection`]); all when absent.
+    pub events: Option<Vec<crate::kinds::EventName>>,
     /// Only records of this severity or above go to the file.
     pub min_severity: Option<crate::record::Severity>,
 }
@@ -561,16 +561,6 @@ mod tests {
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert!(FileSink::open(config(&path, 1000, 1), Arc::default()).is_err());
-    }
-
-    #[test]
-    fn keep_is_bounded_with_file_line_and_key() {
-        let parse = |text: &str| crate::config::Config::parse(text, Path::new("/etc/ksense/ksense.toml"));
-        assert_eq!(parse("[sinks.file]\nkeep = 100\n").unwrap().sinks.file.keep, 100);
-        assert_eq!(parse("[sinks.file]\nkeep = 0\n").unwrap().sinks.file.keep, 0);
-        let e = parse("[sinks.file]\nenabled = false\nkeep = 101\n").expect_err("refused").to_string();
-        assert!(e.starts_with("/etc/ksense/ksense.toml:3:"), "{e}");
-        assert!(e.contains("sinks.file.keep = 101") && e.contains("0 to 100"), "{e}");
     }
 
     /// The default path is in the directory the packaged unit creates (`LogsDirectory=`).

@@ -51,42 +51,131 @@ use std::{
 
 use ksense_abi::EventKind;
 
-use super::Sink;
+use serde::Deserialize;
+
+use super::{Enabled, Sink};
 use crate::{
     clock::rfc3339,
-    record::{LogRecord, Value},
+    kinds::{self, EventName, KINDS},
+    record::{LogRecord, Severity, Value},
     schema,
     telemetry::{Counters, SinkStats},
 };
-
-/// `MESSAGE_ID` of `process.fork` entries.
-pub const PROCESS_FORK_MESSAGE_ID: &str = "a11761e9a509483797e71c7de1d363fa";
-/// `MESSAGE_ID` of `process.exec` entries.
-pub const PROCESS_EXEC_MESSAGE_ID: &str = "40c8251563fd4f72b506462540d4bb5e";
-/// `MESSAGE_ID` of `process.exit` entries.
-pub const PROCESS_EXIT_MESSAGE_ID: &str = "2dee3ba51e464cb9b57f6bf8db8fffb6";
-/// `MESSAGE_ID` of `kernel.module.load` entries.
-pub const KERNEL_MODULE_LOAD_MESSAGE_ID: &str = "d39d8dbbf76d457d97ca879021e1eb97";
-/// `MESSAGE_ID` of `process.memory.protect` entries.
-pub const PROCESS_MEMORY_PROTECT_MESSAGE_ID: &str = "450bd3ca132e4701bb08514634b315d2";
 
 /// `MESSAGE_ID` of `ksense.loss` entries.
 pub const KSENSE_LOSS_MESSAGE_ID: &str = "d7e5de717d704c2498c593c05f16a5a2";
 /// `MESSAGE_ID` of `ksense.status` entries.
 pub const KSENSE_STATUS_MESSAGE_ID: &str = "0339118d59ef492f86aa85044dcc969a";
 
-/// The `MESSAGE_ID` of ksense's own records, by event name.
-const OWN_MESSAGE_IDS: [(&str, &str); 2] =
-    [(schema::KSENSE_LOSS, KSENSE_LOSS_MESSAGE_ID), (schema::KSENSE_STATUS, KSENSE_STATUS_MESSAGE_ID)];
+/// ksense's own records, by event name: their `MESSAGE_ID` and catalog entry (subject, text).
+const OWN_ENTRIES: [(&str, &str, (&str, &str)); 2] = [
+    (schema::KSENSE_LOSS, KSENSE_LOSS_MESSAGE_ID, LOSS_CATALOG),
+    (schema::KSENSE_STATUS, KSENSE_STATUS_MESSAGE_ID, STATUS_CATALOG),
+];
 
-/// The `MESSAGE_ID` of an event kind (fixed: catalogs and saved queries depend on it).
-pub const fn message_id(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Fork => PROCESS_FORK_MESSAGE_ID,
-        EventKind::Exec => PROCESS_EXEC_MESSAGE_ID,
-        EventKind::Exit => PROCESS_EXIT_MESSAGE_ID,
-        EventKind::ModuleLoad => KERNEL_MODULE_LOAD_MESSAGE_ID,
-        EventKind::MemoryProtect => PROCESS_MEMORY_PROTECT_MESSAGE_ID,
+/// The `MESSAGE_ID` of an event kind (its module's: fixed, catalogs and saved queries depend
+/// on it).
+pub fn message_id(kind: EventKind) -> &'static str {
+    kinds::spec(kind).message_id
+}
+
+/// The journald message catalog (`packaging/ksense.catalog`): an entry per event kind, from
+/// its module, and per record ksense writes about itself. `cargo run -p xtask -- gen-catalog`
+/// writes it; a unit test checks the packaged file is this.
+pub fn catalog() -> String {
+    let kinds = KINDS.iter().map(|kind| (kind.message_id, (kind.catalog_subject, kind.catalog)));
+    let own = OWN_ENTRIES.iter().map(|&(_, id, entry)| (id, entry));
+    kinds.chain(own).fold(CATALOG_HEADER.to_owned(), |mut catalog, (id, (subject, text))| {
+        catalog.push_str(&format!("\n-- {id}\nSubject: {subject}\nDefined-By: ksense\nSupport: {SUPPORT}\n\n{text}\n{WHO_WROTE_IT}"));
+        catalog
+    })
+}
+
+/// Where to ask about an entry.
+const SUPPORT: &str = "https://example.invalid/ksense";
+
+/// What every catalog entry ends with: anyone may write an entry that looks like ksense's.
+const WHO_WROTE_IT: &str = "Only an entry with _UID=0 (or _SYSTEMD_UNIT=ksense.service) was written by
+ksense: any local user can write one with SYSLOG_IDENTIFIER=ksense and this
+MESSAGE_ID. Query with journalctl SYSLOG_IDENTIFIER=ksense _UID=0.
+";
+
+/// What the catalog says before its entries.
+const CATALOG_HEADER: &str = r#"# Message catalog for ksense, the eBPF host-state sensor.
+#
+# One entry per event kind (and per record ksense writes about itself), under the MESSAGE_ID ksense gives it.
+# Made from each kind's module (shipper/src/kinds/<kind>.rs) and shipper/src/sinks/journald.rs
+# by `cargo run -p xtask -- gen-catalog`; a unit test there checks this file is up to date.
+# Install as /usr/lib/systemd/catalog/ksense.catalog, then run
+# `journalctl --update-catalog`; `journalctl -x` then shows these explanations.
+# Format: https://www.freedesktop.org/wiki/Software/systemd/catalog
+# Field names: the event's attributes (docs/EVENTS.md) upper-cased, '.' -> '_'.
+#
+# Any local user can write a journal entry with SYSLOG_IDENTIFIER=ksense and one of these
+# MESSAGE_IDs (and so get this text shown for it); only journald's own _UID and _SYSTEMD_UNIT
+# fields say who wrote it. Each entry below says so, for the reader of `journalctl -x`.
+"#;
+
+/// The catalog entry of `ksense.loss` records.
+const LOSS_CATALOG: (&str, &str) = (
+    "ksense lost @KSENSE_LOSS_COUNT@ @KSENSE_LOSS_EVENT_NAME@ events: @KSENSE_LOSS_CAUSE@",
+    r#"ksense reports a ksense.loss: since its previous report of the same cause,
+event kind and sink (at most one every 10 seconds, and a last one at stop),
+KSENSE_LOSS_COUNT events of kind KSENSE_LOSS_EVENT_NAME (* when the cause
+cannot tell the kind) were lost. KSENSE_LOSS_CAUSE says why: ring_buffer (the
+kernel ring buffer was full), rate_limited ([limits] rate_per_second),
+decode_error (a record from the kernel did not decode), or, for the sink named
+in KSENSE_LOSS_SINK, queue_full (its queue was full), memory_budget (its share
+of [limits] memory_budget_bytes was used up), sink_failed (delivery failed)
+and sink_rejected (the backend refused for good). The counts of all entries of
+one cause add up to that cause's counter in ksense's "ksense stopped:" line.
+
+The events lost are missing from every backend (or, for the sink causes, from
+that sink): the host was watched with a gap. Logged at priority warning.
+"#,
+);
+
+/// The catalog entry of `ksense.status` records.
+const STATUS_CATALOG: (&str, &str) = (
+    "ksense is @KSENSE_STATUS_STATE@",
+    r#"ksense's heartbeat, ksense.status: once at start (KSENSE_STATUS_STATE=started),
+every [telemetry] status_interval_s seconds (running, 60 by default) and once
+at stop (stopping). KSENSE_STATUS_EVENTS_READ, KSENSE_STATUS_EVENTS_WRITTEN and
+KSENSE_STATUS_LOST_TOTAL count events since start, and KSENSE_STATUS_PROBES
+repeats once per attached event kind as <event name>=<probe>.
+
+Alert on its absence: a host whose ksense sends no status for a few intervals
+is no longer watched. This is routine activity, logged at priority info.
+"#,
+);
+
+/// `[sinks.journald]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournaldConfig {
+    /// `true`, `false`, or `"auto"`: on when the socket exists.
+    pub enabled: Enabled,
+    /// journald's native-protocol socket.
+    pub socket: PathBuf,
+    /// Only these event kinds go to journald (see [`super::Selection`]); all when absent.
+    pub events: Option<Vec<EventName>>,
+    /// Only records of this severity or above go to journald.
+    pub min_severity: Option<Severity>,
+    /// Entries carry `OBJECT_PID`, the process they are about. journald then files each entry
+    /// under that process's unit too, so `journalctl -u <service>` of any service shows
+    /// ksense's entries about it: off by default.
+    pub object_pid: bool,
+}
+
+impl Default for JournaldConfig {
+    fn default() -> Self {
+        JournaldConfig {
+            enabled: Enabled::default(),
+            socket: "/run/systemd/journal/socket".into(),
+            events: None,
+            min_severity: None,
+            object_pid: false,
+        }
     }
 }
 
@@ -131,7 +220,7 @@ pub fn encode(record: &LogRecord, object_pid: bool, out: &mut Vec<u8>) {
     put(out, "SYSLOG_IDENTIFIER", IDENTIFIER.as_bytes());
     let id = match EventKind::ALL.into_iter().find(|k| k.name() == record.event_name) {
         Some(kind) => Some(message_id(kind)),
-        None => OWN_MESSAGE_IDS.iter().find(|(name, _)| *name == record.event_name).map(|(_, id)| *id),
+        None => OWN_ENTRIES.iter().find(|(name, _, _)| *name == record.event_name).map(|(_, id, _)| *id),
     };
     if let Some(id) = id {
         put(out, "MESSAGE_ID", id.as_bytes());
@@ -462,7 +551,7 @@ mod tests {
         assert_eq!(one(&fields, "MESSAGE"), "sh[42] executed marker");
         assert_eq!(one(&fields, "PRIORITY"), "6");
         assert_eq!(one(&fields, "SYSLOG_IDENTIFIER"), "ksense");
-        assert_eq!(one(&fields, "MESSAGE_ID"), PROCESS_EXEC_MESSAGE_ID);
+        assert_eq!(one(&fields, "MESSAGE_ID"), message_id(EventKind::Exec));
         assert_eq!(one(&fields, "KSENSE_EVENT"), "process.exec");
         assert_eq!(one(&fields, "KSENSE_TIME"), "1970-01-01T00:00:01.500000001Z");
         assert!(values(&fields, "OBJECT_PID").is_empty(), "no OBJECT_PID unless asked for");
@@ -476,7 +565,7 @@ mod tests {
         let warn = LogRecord { severity: Severity::Warn, event_name: EventKind::MemoryProtect.name(), ..record };
         let fields = encoded(&warn);
         assert_eq!(one(&fields, "PRIORITY"), "4");
-        assert_eq!(one(&fields, "MESSAGE_ID"), PROCESS_MEMORY_PROTECT_MESSAGE_ID);
+        assert_eq!(one(&fields, "MESSAGE_ID"), message_id(EventKind::MemoryProtect));
     }
 
     /// `object_pid = true`: the entry names the process it is about, as before the option.
@@ -568,7 +657,7 @@ mod tests {
 
     #[test]
     fn message_ids_are_distinct_128_bit_hex() {
-        let ids: Vec<&str> = EventKind::ALL.into_iter().map(message_id).chain(OWN_MESSAGE_IDS.map(|(_, id)| id)).collect();
+        let ids: Vec<&str> = EventKind::ALL.into_iter().map(message_id).chain(OWN_ENTRIES.map(|(_, id, _)| id)).collect();
         for id in &ids {
             assert_eq!(id.len(), 32, "{id}");
             assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
@@ -581,7 +670,11 @@ mod tests {
 
     #[test]
     fn catalog_explains_every_message_id() {
-        let catalog = include_str!("../../../packaging/ksense.catalog");
+        let catalog = &catalog();
+        assert!(
+            catalog == include_str!("../../../packaging/ksense.catalog"),
+            "packaging/ksense.catalog is not what the kinds say: cargo run -p xtask -- gen-catalog"
+        );
         for kind in EventKind::ALL {
             let header = format!("-- {}\n", message_id(kind));
             let at = catalog
@@ -594,12 +687,12 @@ mod tests {
             assert!(entry.contains("Support: "), "{}: no Support", kind.name());
             assert!(entry.contains(kind.name()), "{}: the entry does not name its event", kind.name());
         }
-        for (name, id) in OWN_MESSAGE_IDS {
+        for (name, id, _) in OWN_ENTRIES {
             let header = format!("-- {id}\n");
             let at = catalog.find(&header).unwrap_or_else(|| panic!("packaging/ksense.catalog has no entry for {name}"));
             assert!(catalog[at..].contains(name), "{name}: the entry does not name its event");
         }
-        let entries = EventKind::ALL.len() + OWN_MESSAGE_IDS.len();
+        let entries = EventKind::ALL.len() + OWN_ENTRIES.len();
         assert_eq!(catalog.matches("\n-- ").count() + usize::from(catalog.starts_with("-- ")), entries);
     }
 

@@ -30,7 +30,7 @@ impl<W: Write + Send> JsonlSink<W> {
 
 impl<W: Write + Send> Sink for JsonlSink<W> {
     fn name(&self) -> &'static str {
-        "json"
+        super::STDOUT
     }
 
     fn write(&mut self, record: &LogRecord) -> io::Result<()> {

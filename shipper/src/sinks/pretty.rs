@@ -52,7 +52,7 @@ impl<W: Write + Send> PrettySink<W> {
 
 impl<W: Write + Send> Sink for PrettySink<W> {
     fn name(&self) -> &'static str {
-        "pretty"
+        super::STDOUT
     }
 
     fn write(&mut self, record: &LogRecord) -> io::Result<()> {

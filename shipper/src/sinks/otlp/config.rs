@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use crate::config::Enabled;
+use crate::sinks::Enabled;
 
 /// `[sinks.otlp]` as written in the configuration file.
 #[derive(Debug, Deserialize)]
@@ -44,8 +44,8 @@ pub struct OtlpConfig {
     /// cut so no request is larger, under the 4 MiB a gRPC server or the OpenTelemetry
     /// Collector receives by default.
     pub max_request_bytes: usize,
-    /// Only these event kinds are exported (see [`crate::config::Selection`]); all when absent.
-    pub events: Option<Vec<crate::config::EventName>>,
+    /// Only these event kinds are exported (see [`crate::sinks::Selection`]); all when absent.
+    pub events: Option<Vec<crate::kinds::EventName>>,
     /// Only records of this severity or above are exported.
     pub min_severity: Option<crate::record::Severity>,
 }

@@ -1,13 +1,8 @@
 //! `process.exit` records.
 use ksense_abi::exit::Exit;
 
-use super::{DecodeError, process_from, read_whole};
-use crate::{
-    clock::{Clock, rfc3339},
-    event::{Detail, Event, Process, Render},
-    record::{Severity, Value},
-    schema,
-};
+use super::prelude::*;
+use crate::clock::rfc3339;
 
 /// A task exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,28 +31,62 @@ impl ProcessExit {
     }
 }
 
-pub(super) fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
+fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
     let rec: Exit = read_whole(bytes)?;
     let exit = ProcessExit { status: rec.exit_code, process_exit: rec.group_dead != 0 };
-    Ok((process_from(&rec.task, clock), Detail::Exit(exit)))
+    Ok((Process::from_task(&rec.task, clock), Detail::Exit(exit)))
 }
 
-impl Render for ProcessExit {
-    fn render(&self, event: &Event, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
-        attrs.push((schema::PROCESS_EXIT_TIME, Value::Str(rfc3339(event.time))));
+/// `process.exit` in the table of kinds.
+pub(super) static KIND: KindSpec = KindSpec {
+    kind: EventKind::Exit,
+    config_key: "exit",
+    decode,
+    offsets,
+    message_id: "2dee3ba51e464cb9b57f6bf8db8fffb6",
+    catalog_subject: "Process @PROCESS_PID@ (@PROCESS_EXECUTABLE_NAME@) exited",
+    catalog: CATALOG,
+};
+
+/// The journald catalog entry (`journalctl -x`): what the event is and what its fields say.
+const CATALOG: &str = r#"ksense saw a process.exit event: process @PROCESS_PID@ ended.
+
+PROCESS_EXIT_CODE is its exit status (0-255) when it exited by itself;
+KSENSE_PROCESS_EXIT_SIGNAL is the signal that killed it otherwise, and
+KSENSE_PROCESS_EXIT_CORE_DUMPED says whether it dumped core.
+PROCESS_CREATION_TIME and PROCESS_EXIT_TIME bound its life. A thread's own
+exit is reported only when ksense is configured to (probes.thread_exits).
+
+An exit is logged at priority info, or warning when a signal killed the
+process.
+"#;
+
+/// Where `do_exit` takes the exit code (fentry).
+fn offsets(r: &mut Resolver<'_>) {
+    if let Some(btf) = r.btf() {
+        match btf.func_param_index("do_exit", "code") {
+            Ok(i) => r.config.misc.do_exit_code_arg = i as u32,
+            Err(e) => r.refuse(&[Hook::FentryDoExit], &e.to_string()),
+        }
+    }
+}
+
+impl Payload for ProcessExit {
+    fn render(&self, process: &Process, time: SystemTime, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
+        attrs.push((schema::PROCESS_EXIT_TIME, Value::Str(rfc3339(time))));
         attrs.push((schema::KSENSE_PROCESS_EXIT_CORE_DUMPED, Value::Bool(self.core_dumped())));
-        let what = if self.process_exit { String::new() } else { format!(" thread {}", event.process.tid) };
+        let what = if self.process_exit { String::new() } else { format!(" thread {}", process.tid) };
         match (self.exit_code(), self.signal()) {
             (Some(code), _) => {
                 attrs.push((schema::PROCESS_EXIT_CODE, Value::Int(i64::from(code))));
-                (Severity::Info, format!("{}{what} exited with code {code}", event.who()))
+                (Severity::Info, format!("{}{what} exited with code {code}", process.who()))
             }
             (None, Some(signal)) => {
                 attrs.push((schema::KSENSE_PROCESS_EXIT_SIGNAL, Value::Int(i64::from(signal))));
                 let core = if self.core_dumped() { " (core dumped)" } else { "" };
                 let body = format!(
                     "{}{what} was killed by signal {signal} ({}){core}",
-                    event.who(),
+                    process.who(),
                     signal_name(signal)
                 );
                 (Severity::Warn, body)

@@ -1,0 +1,270 @@
+//! `process.exec` records (variable size: the fixed part, then argv).
+use std::{
+    mem::{offset_of, size_of},
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use ksense_abi::{
+    Task,
+    exec::{ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_FILENAME_TRUNCATED, Exec, FILENAME_CAP},
+};
+
+use super::prelude::*;
+
+/// A process exec'd. The event's [`Process`] carries argv, and, once enrichment established
+/// it, the canonical path of the file the kernel executed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessExec {
+    /// Task id before the exec (a non-leader thread that execs takes over the leader's id).
+    pub old_tid: u32,
+    /// `mm->start_code` of the new image.
+    pub code_start: u64,
+    /// `mm->end_code`.
+    pub code_end: u64,
+    /// The path as given to execve (relative, through `..` or symlinks: whatever the caller
+    /// chose), `ksense.process.exec.path`; `None` when the probe could not read it.
+    pub exec_path: Option<Vec<u8>>,
+    /// The file the kernel executed, when the probe could read it.
+    pub executed_file: Option<FileId>,
+}
+
+/// A file's identity: inode number and device, as the kernel holds them and as `stat` gives
+/// them, so that a path read later from `/proc` can be checked to still name the same file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// Inode number.
+    pub ino: u64,
+    /// Device major number.
+    pub major: u32,
+    /// Device minor number.
+    pub minor: u32,
+}
+
+impl FileId {
+    /// The identity from an inode number and the kernel's `s_dev` (major << 20 | minor).
+    pub fn from_kernel(ino: u64, s_dev: u64) -> FileId {
+        FileId { ino, major: (s_dev >> 20) as u32, minor: (s_dev & 0xf_ffff) as u32 }
+    }
+
+    /// The identity `stat` gives.
+    pub fn of(metadata: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId { ino: metadata.ino(), major: libc::major(metadata.dev()), minor: libc::minor(metadata.dev()) }
+    }
+}
+
+fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
+    let fixed = Exec::fixed_size();
+    if bytes.len() < fixed {
+        return Err(DecodeError::Short { len: bytes.len(), need: fixed });
+    }
+    let task: Task = read(bytes, offset_of!(Exec, task))?;
+    let old_tid: u32 = read(bytes, offset_of!(Exec, old_tid))?;
+    let flags: u32 = read(bytes, offset_of!(Exec, flags))?;
+    let filename_len = read::<u32>(bytes, offset_of!(Exec, filename_len))? as usize;
+    let args_len = read::<u32>(bytes, offset_of!(Exec, args_len))? as usize;
+    if filename_len >= FILENAME_CAP {
+        return Err(DecodeError::Field("filename_len"));
+    }
+    if args_len > ARGS_CAP || fixed + filename_len + args_len != bytes.len() {
+        return Err(DecodeError::Field("args_len"));
+    }
+    let (filename, args) = bytes[fixed..].split_at(filename_len);
+    let args = split_args(args);
+
+    let mut process = Process::from_task(&task, clock);
+    // An empty argv area means the probe could not read it (no BTF offsets, or the page was
+    // not resident): leave argv to enrichment rather than report an empty command line.
+    process.args = (!args.is_empty()).then(|| args.into());
+    process.args_truncated = flags & (EXEC_ARGS_TRUNCATED | EXEC_FILENAME_TRUNCATED) != 0;
+    let exe_ino: u64 = read(bytes, offset_of!(Exec, exe_ino))?;
+    let exec = ProcessExec {
+        old_tid,
+        code_start: read(bytes, offset_of!(Exec, code_start))?,
+        code_end: read(bytes, offset_of!(Exec, code_end))?,
+        exec_path: (!filename.is_empty()).then(|| filename.to_vec()),
+        executed_file: (exe_ino != 0).then(|| FileId::from_kernel(exe_ino, read(bytes, offset_of!(Exec, exe_dev)).unwrap_or(0))),
+    };
+    const _: () = assert!(size_of::<Exec>() == Exec::fixed_size() + FILENAME_CAP + ARGS_CAP);
+    Ok((process, Detail::Exec(exec)))
+}
+
+/// The canonical path of `file`, the file the kernel said process `pid` executed, as
+/// `/proc/<pid>/exe` shows it: from `/proc/<pid>/exe` while the process still runs it, else
+/// (the process is gone, or runs another file by now) from `exec_path`, the absolute path given
+/// to execve, resolved here (`..` and symlinks), or for a script the interpreter its `#!` line
+/// names, each accepted only if it leads to `file`. `None` when none establishes it (a relative
+/// path or a memfd of a process gone, a file since replaced, a path that only resolves in
+/// another mount namespace).
+pub(crate) fn executed_path(proc_root: &Path, pid: u32, exec_path: Option<&[u8]>, file: FileId) -> Option<Vec<u8>> {
+    let exe = proc_root.join(pid.to_string()).join("exe");
+    let absolute = exec_path.filter(|path| path.starts_with(b"/")).map(|path| Path::new(std::ffi::OsStr::from_bytes(path)));
+    canonical_if(&exe, file).or_else(|| {
+        let given = absolute?;
+        canonical_if(given, file).or_else(|| canonical_if(&interpreter(given)?, file))
+    })
+}
+
+/// The absolute interpreter path of the `#!` line of `script`, if it is a regular file that
+/// has one (only the first 256 bytes count, as for the kernel). The file is opened for reading
+/// only once known to be a regular file (through the `O_PATH` descriptor that told so): a path
+/// swapped for a FIFO or a device cannot block ksense or open a device.
+fn interpreter(script: &Path) -> Option<PathBuf> {
+    use std::{io::Read, os::fd::AsRawFd};
+    let opened = open_path(script)?;
+    if !opened.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut head = Vec::new();
+    std::fs::File::open(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?.take(256).read_to_end(&mut head).ok()?;
+    let line = head.strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+    let line = &line[line.iter().position(|&b| b != b' ' && b != b'\t')?..];
+    let interpreter = &line[..line.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(line.len())];
+    interpreter.starts_with(b"/").then(|| PathBuf::from(std::ffi::OsStr::from_bytes(interpreter)))
+}
+
+/// `path` opened `O_PATH`: resolved, but neither read nor opened as a device.
+fn open_path(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_CLOEXEC).open(path).ok()
+}
+
+/// The canonical path of what `path` leads to, if that is `file`. The file is opened once
+/// (`O_PATH`: no I/O, no device opened) and both its identity and its path are taken from that
+/// one open file, so a rename or an exec in between cannot pair one file's path with another's
+/// identity.
+fn canonical_if(path: &Path, file: FileId) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let opened = open_path(path)?;
+    if FileId::of(&opened.metadata().ok()?) != file {
+        return None;
+    }
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?;
+    Some(path.as_os_str().as_bytes().to_vec())
+}
+
+/// Splits the argv area: NUL-terminated strings back to back. Empty arguments are kept; a cut
+/// last argument (no final NUL) is kept as far as it goes.
+pub fn split_args(area: &[u8]) -> Vec<Vec<u8>> {
+    if area.is_empty() {
+        return Vec::new();
+    }
+    let area = area.strip_suffix(&[0]).unwrap_or(area);
+    area.split(|&b| b == 0).map(<[u8]>::to_vec).collect()
+}
+
+/// `process.exec` in the table of kinds.
+pub(super) static KIND: KindSpec = KindSpec {
+    kind: EventKind::Exec,
+    config_key: "exec",
+    decode,
+    offsets,
+    message_id: "40c8251563fd4f72b506462540d4bb5e",
+    catalog_subject: "Process @PROCESS_PID@ executed @PROCESS_EXECUTABLE_PATH@",
+    catalog: CATALOG,
+};
+
+/// The journald catalog entry (`journalctl -x`): what the event is and what its fields say.
+const CATALOG: &str = r#"ksense saw a process.exec event: process @PROCESS_PID@ replaced its program
+with @PROCESS_EXECUTABLE_PATH@ by execve().
+
+PROCESS_EXECUTABLE_PATH is the canonical path of the file the kernel executed
+(symlinks and .. resolved, as /proc/<pid>/exe shows it; absent when it could
+not be established, e.g. a memfd of a process already gone);
+KSENSE_PROCESS_EXEC_PATH is the path as the process gave it to execve().
+
+PROCESS_COMMAND_LINE is the argument vector joined with spaces, in order.
+PROCESS_COMMAND_ARGS repeats once per argument; the journal stores the values
+of a repeated field as a set (a repeated value once, in no particular order),
+so it tells which arguments there were but not their order or how often one
+occurred. Arguments are kept byte for byte (newlines included), except that
+a backslash is written as \\ and a byte that is not UTF-8 as \xNN. When the
+argument vector was longer than ksense copies, or had more arguments than a
+journal entry can hold, KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED=true.
+PROCESS_USER_ID, PROCESS_REAL_USER_ID and PROCESS_OWNER give who ran it,
+PROCESS_PARENT_PID its parent, PROCESS_LINUX_CGROUP and CONTAINER_ID where it
+runs.
+
+This is routine activity, logged at priority info.
+"#;
+
+/// The fields of the plain `sched_process_exec` tracepoint (the BTF hooks read what every
+/// kind shares).
+fn offsets(r: &mut Resolver<'_>) {
+    r.tracepoint_fields(Hook::TracepointSchedProcessExec, 0, &[
+        ("filename", |c| &mut c.tracepoint.exec_filename),
+        ("old_pid", |c| &mut c.tracepoint.exec_old_pid),
+    ]);
+}
+
+impl Payload for ProcessExec {
+    fn render(&self, process: &Process, _time: SystemTime, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
+        attrs.push((schema::KSENSE_PROCESS_CODE_START, hex(self.code_start)));
+        attrs.push((schema::KSENSE_PROCESS_CODE_END, hex(self.code_end)));
+        if let Some(path) = &self.exec_path {
+            push_text(attrs, schema::KSENSE_PROCESS_EXEC_PATH, path);
+        }
+        let p = process;
+        // The command line is among the attributes already (Event::to_record) when argv is known.
+        let command_line = attrs.iter().find(|(name, _)| *name == schema::PROCESS_COMMAND_LINE);
+        let command = match command_line {
+            Some((_, Value::Str(line))) if p.args.as_ref().is_some_and(|args| !args.is_empty()) => one_line(line),
+            _ => one_line(&p.exe.as_deref().or(self.exec_path.as_deref()).map(lossless).unwrap_or_default()),
+        };
+        (Severity::Info, format!("{} executed {command}", process.who()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_args_cases() {
+        assert_eq!(split_args(b""), Vec::<Vec<u8>>::new());
+        assert_eq!(split_args(b"a\0"), vec![b"a".to_vec()]);
+        assert_eq!(split_args(b"a\0\0"), vec![b"a".to_vec(), b"".to_vec()]);
+        assert_eq!(split_args(b"a\0bc"), vec![b"a".to_vec(), b"bc".to_vec()]);
+    }
+
+    /// The executed file's canonical path: `..` and symlinks resolved, and only for the file the
+    /// kernel named.
+    #[test]
+    fn executed_path_is_canonical_and_of_the_executed_file() {
+        let root = std::env::temp_dir().join(format!("ksense-exec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let real = root.join("bin/evil");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("excluded")).unwrap();
+        std::fs::write(&real, b"x").unwrap();
+        std::fs::write(root.join("bin/other"), b"y").unwrap();
+        std::os::unix::fs::symlink(&real, root.join("excluded/x")).unwrap();
+        let file = FileId::of(&std::fs::metadata(&real).unwrap());
+        let canonical = std::fs::canonicalize(&real).unwrap().into_os_string().into_vec();
+        use std::os::unix::ffi::OsStringExt;
+        let via = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        // The process is gone (no /proc/40): the execve path, resolved.
+        let dotdot = via(&root.join("excluded/../bin/evil"));
+        assert_eq!(executed_path(&root, 40, Some(&dotdot), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("excluded/x"))), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/other"))), file), None, "another file");
+        assert_eq!(executed_path(&root, 40, Some(b"bin/evil"), file), None, "relative: cwd unknown");
+        // A script: the kernel executed its interpreter (here `evil`), which may have moved on.
+        std::fs::write(root.join("bin/script"), format!("#! {} -x\nexit 0\n", root.join("excluded/x").display())).unwrap();
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/script"))), file), Some(canonical.clone()));
+        std::fs::write(root.join("bin/script"), b"#!bin/evil\n").unwrap();
+        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/script"))), file), None, "relative interpreter");
+        // A path swapped for a FIFO since: not read (which would block).
+        let fifo = root.join("bin/fifo");
+        let fifo_c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
+        assert_eq!(executed_path(&root, 40, Some(&via(&fifo)), file), None);
+        // Alive: /proc/<pid>/exe, when it is the file.
+        std::fs::create_dir_all(root.join("40")).unwrap();
+        std::os::unix::fs::symlink(&real, root.join("40/exe")).unwrap();
+        assert_eq!(executed_path(&root, 40, None, file), Some(canonical));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}

@@ -553,11 +553,13 @@ mod tests {
             }
             let parent = if depth == 0 { 999 } else { last };
             fake_process(&proc_dir, 5000, parent, 6, b"/usr/bin/python3.11", b"python3\0-m\0pytest\0");
-            let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Mounts::default());
+            std::fs::write(dir.join("passwd"), b"root:x:0:0:root:/root:/bin/sh\n").unwrap();
+            let mut enricher = Enricher::new(proc_dir, dir.join("passwd"), Mounts::default());
             enricher.seed();
             let exit = ProcessExit { status: 0, process_exit: false };
             let mut template = event(5000, parent, Detail::Exit(exit), Hook::TpBtfSchedProcessExit);
-            template.process.start_ns = 1_000_000_000;
+            // Within its seeded clock tick (6, of 10 ms): the table entry is a hit, no /proc read.
+            template.process.start_ns = 65_000_000;
             let started = std::time::Instant::now();
             let mut attributes = 0;
             for _ in 0..n {

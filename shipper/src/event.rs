@@ -92,6 +92,7 @@ impl Event {
         if let Some(id) = &p.container_id {
             attrs.push((schema::CONTAINER_ID, Value::Str(id.to_string())));
         }
+        push_lineage(p, &mut attrs);
         let (severity, body) = self.detail.payload().render(p, self.time, &mut attrs);
         attrs.push((schema::KSENSE_PROBE, Value::Str(self.probe())));
         attrs.push((schema::KSENSE_EVENT_SEQ, Value::Int(self.seq as i64)));
@@ -102,6 +103,34 @@ impl Event {
             observed_time: self.observed_time,
             body,
             attributes: attrs,
+        }
+    }
+}
+
+/// Appends the parent's executable path and command line and the lineage (`<pid>:<path>` per
+/// ancestor), each where the process table knew them.
+fn push_lineage(p: &Process, attrs: &mut Vec<(&'static str, Value)>) {
+    if let Some(exe) = &p.parent_exe {
+        push_text(attrs, schema::KSENSE_PROCESS_PARENT_EXECUTABLE_PATH, exe);
+    }
+    if let Some(args) = &p.parent_args {
+        let (args, escaped) = rendered_all(args);
+        attrs.push((schema::KSENSE_PROCESS_PARENT_COMMAND_LINE, Value::Str(args.join(" "))));
+        if escaped {
+            mark_escaped(attrs, schema::KSENSE_PROCESS_PARENT_COMMAND_LINE);
+        }
+    }
+    if !p.lineage.is_empty() {
+        // One list, one flag, as for argv: every element escaped when any path is not UTF-8.
+        let lineage: Vec<Vec<u8>> = p
+            .lineage
+            .iter()
+            .map(|(pid, exe)| [format!("{pid}:").as_bytes(), exe.as_deref().unwrap_or_default()].concat())
+            .collect();
+        let (lineage, escaped) = rendered_all(&lineage);
+        attrs.push((schema::KSENSE_PROCESS_LINEAGE, Value::StrArray(lineage)));
+        if escaped {
+            mark_escaped(attrs, schema::KSENSE_PROCESS_LINEAGE);
         }
     }
 }

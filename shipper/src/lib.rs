@@ -158,6 +158,14 @@ async fn run_async(
     // SIGHUP's new outputs and the requests for ksense's own records ride the event queue:
     // see pipeline::Input.
     let requests = queue_tx.clone();
+    // The process table is seeded with the probes attached, before ksense says it is ready:
+    // what happens meanwhile waits in the ring buffer and applies after what /proc told (an
+    // exit takes its entry away), and a process that was running when ksense became ready has
+    // its entry.
+    let mut enricher = enrich::Enricher::default();
+    let seeding = std::time::Instant::now();
+    let seeded = enricher.seed();
+    tracing::info!(processes = seeded, elapsed_ms = seeding.elapsed().as_millis() as u64, "process table seeded from /proc");
     let pipeline = {
         let context = pipeline::Context {
             counters: counters.clone(),
@@ -168,7 +176,7 @@ async fn run_async(
         };
         std::thread::Builder::new()
             .name("ksense-pipeline".into())
-            .spawn(move || pipeline::run(queue_rx, enrich::Enricher::default(), outputs, context))
+            .spawn(move || pipeline::run(queue_rx, enricher, outputs, context))
             .context("cannot start the pipeline thread")?
     };
 

@@ -49,6 +49,12 @@ pub struct Process {
     pub cgroup: Option<Arc<str>>,
     /// Container id found in the cgroup path.
     pub container_id: Option<Arc<str>>,
+    /// The parent's executable path, from the process table.
+    pub parent_exe: Option<Arc<[u8]>>,
+    /// The parent's argv, from the process table.
+    pub parent_args: Option<Arc<[Vec<u8>]>>,
+    /// Ancestors from the parent upward, from the process table: pid and executable path.
+    pub lineage: Vec<(u32, Option<Arc<[u8]>>)>,
 }
 
 impl Process {

@@ -75,6 +75,13 @@ pub const KSENSE_PROCESS_ENVIRONMENT_TRUNCATED: &str = "ksense.process.environme
 /// argv was longer than the cap ([`ksense_abi::exec::ARGS_CAP`] bytes, in the probe or when read
 /// from `/proc/<pid>/cmdline`) and was cut.
 pub const KSENSE_PROCESS_COMMAND_ARGS_TRUNCATED: &str = "ksense.process.command_args.truncated";
+/// The parent's executable path (as `process.executable.path`), from the process table.
+pub const KSENSE_PROCESS_PARENT_EXECUTABLE_PATH: &str = "ksense.process.parent.executable.path";
+/// The parent's argv joined with spaces, from the process table.
+pub const KSENSE_PROCESS_PARENT_COMMAND_LINE: &str = "ksense.process.parent.command_line";
+/// Ancestors from the parent upward, `<pid>:<executable path>` each, at most 16, ending at
+/// `1:...` when the chain is complete.
+pub const KSENSE_PROCESS_LINEAGE: &str = "ksense.process.lineage";
 /// The module's name.
 pub const KSENSE_KERNEL_MODULE_NAME: &str = "ksense.kernel.module.name";
 /// Its size in bytes.

@@ -22,6 +22,9 @@ use users::Users;
 /// was lost, in a ring-buffer overrun, would otherwise keep its entry), never the whole table.
 const TABLE_CAP: usize = 65_536;
 
+/// Ancestors named in `ksense.process.lineage` at most.
+const LINEAGE_CAP: usize = 16;
+
 /// What is known of a live process beyond the kernel record.
 #[derive(Debug, Clone, Default)]
 struct ProcInfo {
@@ -34,6 +37,11 @@ struct ProcInfo {
     /// A task of the process the entry was made for, as the kernel described it: an event of a
     /// later process that reused the pid does not match it (see [`Enricher::lookup`]).
     owner: Option<procfs::Task>,
+    /// The parent's pid when the entry was made: where its lineage continues.
+    ppid: u32,
+    /// When the process started; `None` when unknown. Tells a parent from a later process that
+    /// reused the parent's pid, with no `/proc` read.
+    started: Option<procfs::Started>,
 }
 
 /// The process table and the `/proc` and `/etc/passwd` lookups behind it.
@@ -102,6 +110,8 @@ impl Enricher {
                     sid: ids.map(|(_, sid)| sid).or(inherited.and_then(|i| i.sid)),
                     cgroup: cgroup.or_else(|| inherited.and_then(|i| i.cgroup.clone())),
                     owner: task,
+                    ppid: p.parent_pid,
+                    started: started(p),
                 };
                 self.procs.insert(pid, Arc::new(info));
             }
@@ -110,7 +120,9 @@ impl Enricher {
                 let parent = (start_ns != 0).then_some(procfs::Task { tid, start_ns });
                 if let Some(parent) = self.lookup(event.process.parent_pid, event.process.kernel_thread, 0, parent) {
                     // The child's image is its parent's until it execs; the entry is the child's.
-                    self.procs.insert(pid, Arc::new(ProcInfo { owner: identity(&event.process), ..(*parent).clone() }));
+                    let p = &event.process;
+                    let child = ProcInfo { owner: identity(p), ppid: p.parent_pid, started: started(p), ..(*parent).clone() };
+                    self.procs.insert(pid, Arc::new(child));
                 }
             }
             _ => {}
@@ -129,6 +141,13 @@ impl Enricher {
         if let Some(info) = self.lookup(pid, event.process.kernel_thread, event.process.cgroup_id, task) {
             fill(&mut event.process, &info);
         }
+        let p = &mut event.process;
+        let ancestors = self.ancestors(p.parent_pid, started(p));
+        if let Some((_, parent)) = ancestors.first() {
+            p.parent_exe = parent.exe.clone();
+            p.parent_args = parent.args.clone();
+        }
+        p.lineage = ancestors.into_iter().map(|(pid, info)| (pid, info.exe.clone())).collect();
         if let Detail::MemoryProtect(memory) = &mut event.detail {
             memory.resolve_file(&self.proc_root, pid, event.process.exe.as_deref());
         }
@@ -160,7 +179,7 @@ impl Enricher {
     /// when the event says nothing of it, as of an exec's parent: trusted as it is).
     fn lookup(&mut self, pid: u32, kernel_thread: bool, cgroup_id: u64, task: Option<procfs::Task>) -> Option<Arc<ProcInfo>> {
         if let Some(info) = self.procs.get(&pid).cloned() {
-            if self.same_process(pid, info.owner, task) {
+            if self.same_process(pid, &info, task) {
                 return Some(info);
             }
             // An entry whose process is gone (its exit was lost: a full ring buffer) must not
@@ -172,16 +191,57 @@ impl Enricher {
         Some(info)
     }
 
-    /// Whether the table entry made for `owner` (a task of process `pid`) describes the process
-    /// of `task` too: the same task with the same start time, or, for another thread, the owner
-    /// still alive in `/proc` (a reused pid means the owner's process is gone). Unknown on
-    /// either side: trusted, as before the kernel gave start times.
-    fn same_process(&self, pid: u32, owner: Option<procfs::Task>, task: Option<procfs::Task>) -> bool {
-        match (owner, task) {
+    /// Whether the table entry `info` of process `pid` describes the process of `task` too: the
+    /// same task with the same start time, or, for another thread, the entry's task still alive
+    /// in `/proc` (a reused pid means the owner's process is gone). An entry read from `/proc`
+    /// for no task (seeded at start, or a parent's) describes `pid`'s main task if their start
+    /// times agree. Unknown on either side: trusted, as before the kernel gave start times.
+    fn same_process(&self, pid: u32, info: &ProcInfo, task: Option<procfs::Task>) -> bool {
+        match (info.owner, task) {
             (Some(owner), Some(task)) if owner.tid == task.tid => owner.start_ns == task.start_ns,
             (Some(owner), Some(_)) => procfs::is_task(&self.proc_root, pid, owner),
+            (None, Some(task)) if task.tid == pid => info.started.is_none_or(|started| started.may_be(task.start_ns)),
             _ => true,
         }
+    }
+
+    /// The ancestors of a process whose parent is `ppid` and which started `child_started`,
+    /// parent first, from the table alone (no `/proc` read): at most [`LINEAGE_CAP`], ending
+    /// where the table has no entry for the next parent, or its entry is of a process that
+    /// started after its child (a reused pid), or at pid 1 (whose parent is 0). The cap also
+    /// ends a loop that entries of unknown start times could make.
+    fn ancestors(&mut self, mut ppid: u32, mut child_started: Option<procfs::Started>) -> Vec<(u32, Arc<ProcInfo>)> {
+        let mut chain = Vec::new();
+        while ppid != 0 && chain.len() < LINEAGE_CAP {
+            let Some(info) = self.procs.get(&ppid).cloned() else { break };
+            if let (Some(parent), Some(child)) = (info.started, child_started)
+                && !parent.may_precede(child)
+            {
+                break;
+            }
+            let next = info.ppid;
+            child_started = info.started;
+            chain.push((ppid, info));
+            ppid = next;
+        }
+        chain
+    }
+
+    /// Fills the table from `/proc` with every process running now (at most the table's
+    /// capacity), so that processes started before ksense have an entry and their children a
+    /// lineage. Done once, at start, on the pipeline thread before its first event. Returns
+    /// how many entries it made.
+    pub fn seed(&mut self) -> usize {
+        let Ok(dir) = std::fs::read_dir(&self.proc_root) else { return 0 };
+        let pids: Vec<u32> = dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok()).take(TABLE_CAP).collect();
+        let mut seeded = 0;
+        for pid in pids {
+            if let Some(info) = self.read_proc(pid, true, 0, None) {
+                self.procs.insert(pid, Arc::new(info));
+                seeded += 1;
+            }
+        }
+        seeded
     }
 
     /// What `/proc/<pid>` tells (see [`procfs::read`]); its cgroup is learned as `cgroup_id`,
@@ -207,6 +267,11 @@ impl Enricher {
 /// probes could not read its start time (then `/proc` is trusted as it is).
 fn identity(p: &Process) -> Option<procfs::Task> {
     (p.start_ns != 0).then_some(procfs::Task { tid: p.tid, start_ns: p.start_ns })
+}
+
+/// When the kernel says `p`'s task started (its main task's start is the process's).
+fn started(p: &Process) -> Option<procfs::Started> {
+    (p.start_ns != 0).then(|| procfs::Started::exactly(p.start_ns))
 }
 
 /// Copies into `p` what it lacks from `info`.
@@ -381,6 +446,134 @@ mod tests {
         enricher.enrich(&mut thread);
         assert_eq!(thread.process.args, None, "a thread of a later process, the entry's task gone from /proc");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A process in the fake `/proc` at `proc_dir`: its parent, start time (clock ticks),
+    /// executable and argv.
+    fn fake_process(proc_dir: &std::path::Path, pid: u32, ppid: u32, ticks: u64, exe: &[u8], args: &[u8]) {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = proc_dir.join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stat"), format!("{pid} (p) S {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {ticks} 0")).unwrap();
+        std::fs::write(dir.join("cmdline"), args).unwrap();
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(exe), dir.join("exe")).unwrap();
+    }
+
+    /// An exit of `pid` (child of `ppid`, started at `start_ns`), enriched, as a record.
+    fn exit_of(enricher: &mut Enricher, pid: u32, ppid: u32, start_ns: u64) -> crate::record::LogRecord {
+        let exit = ProcessExit { status: 0, process_exit: true };
+        let mut e = event(pid, ppid, Detail::Exit(exit), Hook::TpBtfSchedProcessExit);
+        e.process.start_ns = start_ns;
+        enricher.enrich(&mut e);
+        e.to_record()
+    }
+
+    /// The lineage an exit of `pid` (child of `ppid`, started at `start_ns`) is reported with.
+    fn lineage_of(enricher: &mut Enricher, pid: u32, ppid: u32, start_ns: u64) -> Vec<String> {
+        match exit_of(enricher, pid, ppid, start_ns).attribute(crate::schema::KSENSE_PROCESS_LINEAGE) {
+            Some(crate::record::Value::StrArray(items)) => items.clone(),
+            None => Vec::new(),
+            other => panic!("lineage: {other:?}"),
+        }
+    }
+
+    /// Processes seeded from /proc: the lineage names each ancestor parent first and ends at
+    /// `1:`; the parent's path and command line come with it, rendered as other process text.
+    #[test]
+    fn lineage_follows_the_seeded_table_up_to_pid_1() {
+        use crate::{record::Value, schema};
+        let dir = std::env::temp_dir().join(format!("ksense-enrich-lineage-{}", std::process::id()));
+        let proc_dir = dir.join("proc");
+        fake_process(&proc_dir, 1, 0, 5, b"/sbin/init", b"/sbin/init\0");
+        fake_process(&proc_dir, 100, 1, 6, b"/bin/a\\z", b"a\0");
+        fake_process(&proc_dir, 101, 100, 7, b"/bin/C:\\b\xff", b"b\0");
+        fake_process(&proc_dir, 102, 101, 8, b"/bin/c", b"c\0-x\\y\0");
+        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Mounts::default());
+        assert_eq!(enricher.seed(), 4);
+        let record = exit_of(&mut enricher, 103, 102, 1_000_000_000);
+        assert_eq!(record.attribute(schema::KSENSE_PROCESS_PARENT_EXECUTABLE_PATH), Some(&Value::Str("/bin/c".into())));
+        assert_eq!(record.attribute(schema::KSENSE_PROCESS_PARENT_COMMAND_LINE), Some(&Value::Str("c -x\\y".into())));
+        // One path is not UTF-8: every element is escaped (backslashes doubled), as argv would be.
+        let lineage = ["102:/bin/c", "101:/bin/C:\\\\b\\xff", "100:/bin/a\\\\z", "1:/sbin/init"].map(String::from).to_vec();
+        assert_eq!(record.attribute(schema::KSENSE_PROCESS_LINEAGE), Some(&Value::StrArray(lineage)));
+        let escaped = vec![schema::KSENSE_PROCESS_LINEAGE.to_owned()];
+        assert_eq!(record.attribute(schema::KSENSE_ESCAPED), Some(&Value::StrArray(escaped)), "only the lineage held a byte that is not UTF-8");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A missing entry ends the chain; so does a parent entry of a process that started after
+    /// its child (the parent's pid reused); entries of unknown start times that loop are cut at
+    /// the cap.
+    #[test]
+    fn lineage_stops_at_a_missing_link_a_reused_pid_and_the_cap() {
+        let dir = std::env::temp_dir().join(format!("ksense-enrich-lineage-stop-{}", std::process::id()));
+        let proc_dir = dir.join("proc");
+        fake_process(&proc_dir, 200, 199, 5, b"/bin/a", b"a\0");
+        fake_process(&proc_dir, 201, 200, 6, b"/bin/b", b"b\0");
+        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Mounts::default());
+        assert_eq!(enricher.seed(), 2);
+        let child_start = 1_000_000_000;
+        assert_eq!(lineage_of(&mut enricher, 202, 201, child_start), ["201:/bin/b", "200:/bin/a"], "199 is not in the table");
+        // 201's pid reused by a process started after 202: not 202's parent.
+        let exec = |pid: u32, ppid: u32, start_ns: u64| {
+            let detail = ProcessExec { old_tid: pid, code_start: 0, code_end: 0, exec_path: None, executed_file: None };
+            let mut e = event(pid, ppid, Detail::Exec(detail), Hook::TpBtfSchedProcessExec);
+            e.process.start_ns = start_ns;
+            e
+        };
+        enricher.enrich(&mut exec(201, 200, child_start + 1));
+        assert_eq!(lineage_of(&mut enricher, 202, 201, child_start), Vec::<String>::new());
+        // Two entries naming each other as parent, start times unknown: the cap ends the loop.
+        enricher.enrich(&mut exec(300, 301, 0));
+        enricher.enrich(&mut exec(301, 300, 0));
+        let lineage = lineage_of(&mut enricher, 302, 301, 0);
+        assert_eq!(lineage.len(), LINEAGE_CAP);
+        assert_eq!(&lineage[..2], ["301:", "300:"]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// What lineage costs per event: enrichment of an event (a thread's exit, which teaches
+    /// the table nothing, so no `/proc` read is made) and its rendering as a record, for a
+    /// process with 0, 4 and 15 ancestors in the table. It prints, it does not assert speed:
+    /// `cargo test --release -p ksense --lib lineage_cost -- --ignored --nocapture`
+    /// (`KSENSE_BENCH_N` events per depth, default 200,000). Figures in docs/BENCHMARKS.md.
+    #[test]
+    #[ignore = "benchmark: run in release with --ignored --nocapture"]
+    fn lineage_cost_per_event() {
+        let n: u32 = std::env::var("KSENSE_BENCH_N").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
+        for depth in [0u32, 4, 15] {
+            let dir = std::env::temp_dir().join(format!("ksense-enrich-bench-{depth}-{}", std::process::id()));
+            let proc_dir = dir.join("proc");
+            // The chain 1 <- 1001 <- ... <- 1000+depth; the process's parent is the last (or,
+            // for no ancestor, a pid the table does not hold).
+            let (first, last) = (1001, 1000 + depth);
+            for pid in first..=last {
+                let ppid = if pid == first { 1 } else { pid - 1 };
+                fake_process(&proc_dir, pid, ppid, 5, b"/usr/bin/bash", b"bash\0--login\0");
+            }
+            let parent = if depth == 0 { 999 } else { last };
+            fake_process(&proc_dir, 5000, parent, 6, b"/usr/bin/python3.11", b"python3\0-m\0pytest\0");
+            std::fs::write(dir.join("passwd"), b"root:x:0:0:root:/root:/bin/sh\n").unwrap();
+            let mut enricher = Enricher::new(proc_dir, dir.join("passwd"), Mounts::default());
+            enricher.seed();
+            let exit = ProcessExit { status: 0, process_exit: false };
+            let mut template = event(5000, parent, Detail::Exit(exit), Hook::TpBtfSchedProcessExit);
+            // Within its seeded clock tick (6, of 10 ms): the table entry is a hit, no /proc read.
+            template.process.start_ns = 65_000_000;
+            let started = std::time::Instant::now();
+            let mut attributes = 0;
+            for _ in 0..n {
+                let mut e = template.clone();
+                enricher.enrich(&mut e);
+                attributes += e.to_record().attributes.len();
+            }
+            let per_event = started.elapsed().as_nanos() / u128::from(n);
+            let mut last_event = template.clone();
+            enricher.enrich(&mut last_event);
+            let ancestors = last_event.process.lineage.len();
+            println!("lineage depth={ancestors}: {per_event} ns per event (enrich + record), {} attributes", attributes / n as usize);
+            std::fs::remove_dir_all(dir).unwrap();
+        }
     }
 
     /// The file a code change of process `pid` (running `exe`, the kernel's basename `file`) is

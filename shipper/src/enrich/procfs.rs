@@ -14,8 +14,8 @@ use crate::kinds::exec::split_args;
 /// argv (pointless for kernel threads); argv is read up to [`ARGS_CAP`] bytes, as the probe does.
 pub(super) fn read(proc_root: &Path, pid: u32, with_image: bool, task: Option<Task>) -> Option<ProcInfo> {
     let dir = proc_root.join(pid.to_string());
-    let stat = std::fs::read(dir.join("stat")).ok()?;
-    let (pgid, sid) = parse_stat(&stat).map(|s| (s.pgrp, s.session)).unzip();
+    let stat = std::fs::read(dir.join("stat")).ok().and_then(|stat| parse_stat(&stat))?;
+    let (pgid, sid) = (Some(stat.pgrp), Some(stat.session));
     let cgroup = cgroup_at(&dir);
     let (exe, args, args_truncated) = if with_image {
         let (args, truncated) = cmdline(&dir).filter(|(a, _)| !a.is_empty()).unzip();
@@ -28,7 +28,51 @@ pub(super) fn read(proc_root: &Path, pid: u32, with_image: bool, task: Option<Ta
     if !task.is_none_or(|task| is_task(proc_root, pid, task)) {
         return None;
     }
-    Some(ProcInfo { exe, args, args_truncated, pgid, sid, cgroup, owner: task })
+    let started = match task {
+        Some(task) if task.tid == pid => Some(Started::exactly(task.start_ns)),
+        _ => (stat.start_ticks != 0).then(|| Started::in_tick(stat.start_ticks)),
+    };
+    Some(ProcInfo { exe, args, args_truncated, pgid, sid, cgroup, owner: task, ppid: stat.ppid, started })
+}
+
+/// When a process started, in CLOCK_MONOTONIC ns: exactly, as the kernel gave it, or the range
+/// a `/proc` start time (a clock tick of CLOCK_BOOTTIME) allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Started {
+    earliest: u64,
+    latest: u64,
+}
+
+impl Started {
+    /// The kernel's `task->start_time`.
+    pub fn exactly(ns: u64) -> Started {
+        Started { earliest: ns, latest: ns }
+    }
+
+    /// A start time `/proc/<pid>/stat` gives (field 22). CLOCK_BOOTTIME runs ahead of
+    /// CLOCK_MONOTONIC by the time the host spent suspended, so the start may be up to that
+    /// much earlier; on a host never suspended, it lies within the one clock tick.
+    pub fn in_tick(ticks: u64) -> Started {
+        // SAFETY: sysconf has no memory effects.
+        let hz = u128::from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64);
+        let suspended = (crate::clock::now_ns(libc::CLOCK_BOOTTIME) - crate::clock::monotonic_ns()).max(0) as u128;
+        let tick_start = |ticks: u128| (ticks * 1_000_000_000).div_ceil(hz);
+        let ticks = u128::from(ticks);
+        let earliest = tick_start(ticks).saturating_sub(suspended);
+        let latest = tick_start(ticks + 1) - 1;
+        Started { earliest: earliest as u64, latest: latest as u64 }
+    }
+
+    /// Whether a process started at `ns` (the kernel's clock) may be the one this describes.
+    pub fn may_be(self, ns: u64) -> bool {
+        (self.earliest..=self.latest).contains(&ns)
+    }
+
+    /// Whether this process may have started no later than `later`: a parent always starts
+    /// before its child, so a parent pid whose process started after the child is a reused pid.
+    pub fn may_precede(self, later: Started) -> bool {
+        self.earliest <= later.latest
+    }
 }
 
 /// A task as the kernel described it in an event: its id and start time (CLOCK_MONOTONIC ns).
@@ -40,21 +84,11 @@ pub(super) struct Task {
     pub start_ns: u64,
 }
 
-/// Whether `/proc/<pid>/task/<tid>` is `task`: its start time (field 22 of `stat`, clock ticks
-/// of CLOCK_BOOTTIME) agrees with the kernel's. CLOCK_BOOTTIME runs ahead of CLOCK_MONOTONIC by
-/// the time the host spent suspended, so a start up to that much later is accepted; on a host
-/// never suspended, only the same clock tick is.
+/// Whether `/proc/<pid>/task/<tid>` is `task`: its start time (field 22 of `stat`) agrees with
+/// the kernel's (see [`Started::in_tick`]).
 pub(super) fn is_task(proc_root: &Path, pid: u32, task: Task) -> bool {
     let path = proc_root.join(pid.to_string()).join("task").join(task.tid.to_string()).join("stat");
-    let Some(ticks) = std::fs::read(path).ok().and_then(|stat| parse_stat(&stat)).map(|s| s.start_ticks) else {
-        return false;
-    };
-    // SAFETY: sysconf has no memory effects.
-    let hz = u128::from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64);
-    let suspended = (crate::clock::now_ns(libc::CLOCK_BOOTTIME) - crate::clock::monotonic_ns()).max(0) as u128;
-    let start = u128::from(task.start_ns);
-    let (earliest, latest) = (start * hz / 1_000_000_000, (start + suspended) * hz / 1_000_000_000);
-    (earliest..=latest).contains(&u128::from(ticks))
+    std::fs::read(path).ok().and_then(|stat| parse_stat(&stat)).is_some_and(|s| Started::in_tick(s.start_ticks).may_be(task.start_ns))
 }
 
 /// `/proc/<pid>/cmdline`, at most [`ARGS_CAP`] bytes of it (a process chooses how long its
@@ -90,6 +124,8 @@ fn exe_at(dir: &Path) -> Option<Vec<u8>> {
 /// What ksense reads from `/proc/<pid>/stat`.
 #[derive(Debug, PartialEq, Eq)]
 struct Stat {
+    /// Field 4: the parent's pid.
+    ppid: u32,
     pgrp: u32,
     session: u32,
     /// Field 22, `starttime`: clock ticks after boot (CLOCK_BOOTTIME).
@@ -103,6 +139,7 @@ fn parse_stat(stat: &[u8]) -> Option<Stat> {
     let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
     let fields: Vec<&str> = rest.split_ascii_whitespace().take(20).collect(); // field 3 (state) on
     Some(Stat {
+        ppid: fields.get(1)?.parse().ok()?,
         pgrp: fields.get(2)?.parse().ok()?,
         session: fields.get(3)?.parse().ok()?,
         // Absent from short test fixtures: 0, which no event's start time matches.
@@ -161,7 +198,7 @@ mod tests {
     #[test]
     fn stat_with_hostile_comm() {
         let stat = parse_stat(b"42 (a) b (c) S 1 40 30 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 98765 0").unwrap();
-        assert_eq!((stat.pgrp, stat.session, stat.start_ticks), (40, 30, 98765));
+        assert_eq!((stat.ppid, stat.pgrp, stat.session, stat.start_ticks), (1, 40, 30, 98765));
     }
 
     fn fake_proc(name: &str) -> PathBuf {

@@ -18,8 +18,9 @@ use crate::{
 };
 
 /// Attributes shown after the body, in this order, when present, with their short labels.
-const SHOWN: [(&str, &str); 6] = [
+const SHOWN: [(&str, &str); 7] = [
     (schema::PROCESS_PARENT_PID, "ppid"),
+    (schema::KSENSE_PROCESS_PARENT_EXECUTABLE_PATH, "parent"),
     (schema::PROCESS_USER_ID, "uid"),
     (schema::PROCESS_OWNER, "user"),
     (schema::PROCESS_EXECUTABLE_PATH, "path"),

@@ -516,7 +516,7 @@ mod tests {
         assert_eq!(lineage_of(&mut enricher, 202, 201, child_start), ["201:/bin/b", "200:/bin/a"], "199 is not in the table");
         // 201's pid reused by a process started after 202: not 202's parent.
         let exec = |pid: u32, ppid: u32, start_ns: u64| {
-            let detail = ProcessExec { old_tid: pid, code_start: 0, code_end: 0, exec_path: None, executed_file: None };
+            let detail = ProcessExec { old_tid: pid, code_start: 0, code_end: 0, exec_path: None, executed_file: None, ..Default::default() };
             let mut e = event(pid, ppid, Detail::Exec(detail), Hook::TpBtfSchedProcessExec);
             e.process.start_ns = start_ns;
             e

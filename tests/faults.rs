@@ -58,11 +58,12 @@ fn assert_every_run_reported(events: &[Value], pids: &[u32], where_: &str) {
         .iter()
         .filter_map(|e| Some((e["event.name"].as_str()?.to_owned(), attr(e, "process.pid").as_u64()?)))
         .collect();
-    for &pid in pids {
-        for name in ["process.fork", "process.exec", "process.exit"] {
-            assert!(seen.contains(&(name.to_owned(), pid.into())), "no {name} of {pid} in {where_}");
-        }
-    }
+    let missing: Vec<(u32, &str)> = pids
+        .iter()
+        .flat_map(|&pid| ["process.fork", "process.exec", "process.exit"].map(|name| (pid, name)))
+        .filter(|&(pid, name)| !seen.contains(&(name.to_owned(), pid.into())))
+        .collect();
+    assert!(missing.is_empty(), "not in {where_} (pid, event) of {} runs: {missing:?}", pids.len());
 }
 
 /// Events lost after they were read from the ring buffer (decode errors, rate limits, a full

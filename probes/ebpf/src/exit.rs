@@ -109,5 +109,11 @@ fn is_process_exit(live_after: i32) -> bool {
         return false;
     }
     let _ = EXIT_LEADER_GONE.remove(&key);
-    EXIT_REPORTED.insert(&key, &1, BPF_NOEXIST as u64).is_ok()
+    // Only an entry already there means another thread reported it. Any other failure to note
+    // the report (an LRU map can fail to find a free element under contention) reports the
+    // exit all the same: at worst twice, never not at all.
+    EXIT_REPORTED.insert(&key, &1, BPF_NOEXIST as u64) != Err(-EEXIST)
 }
+
+/// `-EEXIST`, what inserting with `BPF_NOEXIST` returns for a key already in the map.
+const EEXIST: i32 = 17;

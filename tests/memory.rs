@@ -45,10 +45,11 @@ fn anonymous_code_made_executable_is_wx() {
     ksense.stop();
 }
 
-/// In each attach mode: an anonymous RWX mmap is reported as a W^X `mmap`, an RW mmap written
-/// then made RX as an `mprotect` (and its mmap not at all), a writable executable file mapping
-/// as an `mmap` and a read-only executable one not at all; each from the hook `ksense probes`
-/// chose in that mode. A mode whose hooks this kernel refuses is skipped, saying why.
+/// In each attach mode: an anonymous RWX mmap, private or shared, is reported as a W^X `mmap`,
+/// an RW mmap written then made RX as an `mprotect` (and its mmap not at all), a writable
+/// executable file mapping as an `mmap` and a read-only executable one not at all; each from
+/// the hook `ksense probes` chose in that mode. A mode whose hooks this kernel refuses is
+/// skipped, saying why.
 #[test]
 fn executable_mappings_are_reported_in_each_attach_mode() {
     let mut ran = 0;
@@ -61,6 +62,7 @@ fn executable_mappings_are_reported_in_each_attach_mode() {
         let ksense = Ksense::start(&["--attach", mode]);
         let events = [
             checks::anonymous_rwx_mapping_is_wx(&ksense),
+            checks::shared_anonymous_rwx_mapping_is_wx(&ksense),
             checks::anonymous_code_made_executable_is_wx(&ksense),
             checks::only_writable_executable_file_mappings_are_reported(&ksense),
         ];

@@ -28,6 +28,8 @@
 //!                                     one page after the other (2N ranges and transitions, each
 //!                                     seen twice)
 //! ksense-workload mmap-anon-rwx       mmap an anonymous RWX page and write code into it
+//! ksense-workload mmap-shared-anon-rwx
+//!                                     the same, shared (the kernel backs it with a file of its own)
 //! ksense-workload mmap-file-rx        mmap a page of this program's file read-only and
 //!                                     executable (as every shared library is loaded)
 //! ksense-workload mmap-file-rwx       mmap a page of this program's file private, writable and
@@ -67,9 +69,10 @@ fn main() {
             protect(page, libc::PROT_READ | libc::PROT_EXEC);
             println!("page={page:#x}");
         }
-        Some("mmap-anon-rwx") => {
+        Some(command @ ("mmap-anon-rwx" | "mmap-shared-anon-rwx")) => {
             let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
-            let page = map_pages(1, rwx, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1);
+            let sharing = if command == "mmap-anon-rwx" { libc::MAP_PRIVATE } else { libc::MAP_SHARED };
+            let page = map_pages(1, rwx, sharing | libc::MAP_ANONYMOUS, -1);
             unsafe { std::ptr::copy_nonoverlapping(RET.as_ptr(), page as *mut u8, RET.len()) };
             println!("page={page:#x}");
         }

@@ -236,7 +236,20 @@ fn mappings_of(ksense: &Ksense, pid: &Value) -> Vec<Value> {
 /// An anonymous page mapped RWX by `mmap`: a W^X mapping of an `anonymous` region, with no old
 /// protection, at WARN. Returns the event.
 pub fn anonymous_rwx_mapping_is_wx(ksense: &Ksense) -> Value {
-    let rwx = memory_change(ksense, "mmap-anon-rwx", "rwx");
+    anonymous_rwx_mapping(ksense, "mmap-anon-rwx")
+}
+
+/// [`anonymous_rwx_mapping_is_wx`] for a shared anonymous page, which the kernel backs with a
+/// file of its own: still `anonymous`, without a file. Returns the event.
+pub fn shared_anonymous_rwx_mapping_is_wx(ksense: &Ksense) -> Value {
+    let rwx = anonymous_rwx_mapping(ksense, "mmap-shared-anon-rwx");
+    assert!(attr(&rwx, "ksense.memory.file.path").is_null(), "{rwx}");
+    rwx
+}
+
+/// The checks of [`anonymous_rwx_mapping_is_wx`] on the mapping `workload` makes.
+fn anonymous_rwx_mapping(ksense: &Ksense, workload: &str) -> Value {
+    let rwx = memory_change(ksense, workload, "rwx");
     assert_eq!(attr(&rwx, "ksense.memory.operation"), "mmap", "{rwx}");
     assert_eq!(attr(&rwx, "ksense.memory.length"), 4096, "{rwx}");
     assert_eq!(attr(&rwx, "ksense.memory.region"), "anonymous", "{rwx}");

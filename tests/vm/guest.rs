@@ -305,11 +305,12 @@ fn check_memory(ksense: &Ksense) {
     ]);
 }
 
-/// Executable mappings made by `mmap`: an anonymous RWX one is reported as a W^X `mmap`, a
-/// writable executable file mapping too and a read-only executable one not at all.
+/// Executable mappings made by `mmap`: an anonymous RWX one, private or shared, is reported as a
+/// W^X `mmap`, a writable executable file mapping too and a read-only executable one not at all.
 fn check_memory_mmap(ksense: &Ksense) {
     each_case(ksense, &[
         ("mmap-anon-rwx", checks::anonymous_rwx_mapping_is_wx),
+        ("mmap-shared-anon-rwx", checks::shared_anonymous_rwx_mapping_is_wx),
         ("mmap-file-rx, mmap-file-rwx", checks::only_writable_executable_file_mappings_are_reported),
     ]);
 }

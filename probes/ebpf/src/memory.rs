@@ -366,7 +366,14 @@ fn exit_mmap(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>) -> 
         // Left by an `mprotect` whose exit no program saw.
         return 0;
     }
-    let made = if ret < MAX_ERRNO_VALUE { find(ret) } else { None };
+    let mut made = if ret < MAX_ERRNO_VALUE { find(ret) } else { None };
+    if let Some(vm) = &mut made
+        && state.record.region == Region::Anonymous as u32
+    {
+        // A shared anonymous mapping is backed by a file the kernel makes (shmem's `dev/zero`):
+        // it stays anonymous, as the fexit program, which sees the call's null file, says.
+        vm.file = core::ptr::null();
+    }
     mapped(&mut state.record, ret, made);
     finish(Hook::TracepointMprotect, state);
     0

@@ -48,13 +48,13 @@ helper or feature and the release that added it):
 
 | kernel | what it adds | below it |
 | --- | --- | --- |
-| 5.5 (x86-64), 6.4 (arm64) | BPF trampolines: `fentry`/`fexit` | the `tp_btf`/`tracepoint` hooks are used: the same events and fields; the fork hook fires in `copy_process` rather than once `kernel_clone` returns |
+| 5.5 (x86-64), 6.4 (arm64) | BPF trampolines: `fentry`/`fexit` | the `tp_btf`/`tracepoint` hooks are used: the same events and fields; the fork hook fires in `copy_process` rather than once `kernel_clone` returns; executable mappings are seen at the `mmap` syscall only (not `shmat`) |
 | 5.5 | BTF-typed tracepoints (`tp_btf`), `bpf_probe_read_kernel` | (below 5.8 anyway) |
 | 5.8 | the ring buffer | nothing loads |
-| 5.11 | `bpf_get_current_task_btf` | the `mprotect` tracepoint hook walks the VMA tree instead of calling `bpf_find_vma` |
+| 5.11 | `bpf_get_current_task_btf` | the memory tracepoint hook walks the VMA tree (at `mprotect` entry, at `mmap` exit) instead of calling `bpf_find_vma` |
 | 5.12 | a per-program guard in trampolines (`prog->active`): one fentry/fexit program never runs twice at once on a CPU | on 5.11 alone, whose fentry/fexit programs can be preempted (on a kernel built or booted preemptible), two tasks inside the memory hook on one CPU could build their records in the same per-CPU slot and one record mix both changes; 5.10 and older run these programs with preemption disabled |
 | 5.13 | BPF callbacks (a function passed to a helper) | as above: the callback of `bpf_find_vma` cannot even be loaded |
-| 5.17 | `bpf_find_vma`, `bpf_get_func_arg`/`bpf_get_func_ret` | ksense uses none it cannot do without: fentry/fexit programs read their arguments from the context, and on kernels before 6.1 the VMA under an `mprotect` is found by walking `mm->mm_rb` as the kernel's `find_vma` does; from 6.1 (maple tree, no `mm_rb`) `bpf_find_vma` is there |
+| 5.17 | `bpf_find_vma`, `bpf_get_func_arg`/`bpf_get_func_ret` | ksense uses none it cannot do without: fentry/fexit programs read their arguments from the context, and on kernels before 6.1 the VMA under an `mprotect` or a new `mmap` is found by walking `mm->mm_rb` as the kernel's `find_vma` does; from 6.1 (maple tree, no `mm_rb`) `bpf_find_vma` is there |
 
 Independently of the release: a kernel without BTF loses every hook but the plain tracepoints
 (fork, exec, exit, module load with only what BPF helpers give; no memory hook, which needs

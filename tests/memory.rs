@@ -1,7 +1,8 @@
 //! `process.memory.protect` end to end on this kernel: W^X and code patching are reported with
 //! their region and old protection, harmless changes only with `report = "all"`, failures with
 //! their errno, and a toggling loop is coalesced without loss, also when there are more ranges
-//! than the coalescing map holds.
+//! than the coalescing map holds. Executable mappings made by `mmap` are reported as such in
+//! each attach mode this kernel allows, and read-only executable file mappings are not.
 use ksense_e2e::{Ksense, Stopped, attr, checks, is, printed_hex, run_workload, temp_config};
 use serde_json::Value;
 
@@ -42,6 +43,36 @@ fn anonymous_code_made_executable_is_wx() {
     assert_eq!(attr(&rx, "ksense.memory.protection.old"), "rw-", "{rx}");
     assert_eq!(rx["severity"], "WARN", "{rx}");
     ksense.stop();
+}
+
+/// In each attach mode: an anonymous RWX mmap, private or shared, is reported as a W^X `mmap`,
+/// an RW mmap written then made RX as an `mprotect` (and its mmap not at all), a writable
+/// executable file mapping as an `mmap` and a read-only executable one not at all; each from
+/// the hook `ksense probes` chose in that mode. A mode whose hooks this kernel refuses is
+/// skipped, saying why.
+#[test]
+fn executable_mappings_are_reported_in_each_attach_mode() {
+    let mut ran = 0;
+    for mode in ["fentry", "tracepoint"] {
+        let probes = checks::probes_report(mode);
+        let Some(probe) = checks::chosen(&probes, "process.memory.protect") else {
+            eprintln!("skipped in {mode} mode: this kernel attaches no process.memory.protect hook in it (see `ksense probes --attach {mode}`)");
+            continue;
+        };
+        let ksense = Ksense::start(&["--attach", mode]);
+        let events = [
+            checks::anonymous_rwx_mapping_is_wx(&ksense),
+            checks::shared_anonymous_rwx_mapping_is_wx(&ksense),
+            checks::anonymous_code_made_executable_is_wx(&ksense),
+            checks::only_writable_executable_file_mappings_are_reported(&ksense),
+        ];
+        for event in events {
+            assert_eq!(attr(&event, "ksense.probe"), probe, "{mode} mode: {event}");
+        }
+        ksense.stop();
+        ran += 1;
+    }
+    assert!(ran > 0, "no attach mode has a process.memory.protect hook on this kernel");
 }
 
 /// One mprotect over a read-only file page and the written anonymous page after it: the

@@ -27,8 +27,15 @@
 //! ksense-workload mprotect-spread N   toggle each of N anonymous pages RW -> RX -> RW twice,
 //!                                     one page after the other (2N ranges and transitions, each
 //!                                     seen twice)
+//! ksense-workload mmap-anon-rwx       mmap an anonymous RWX page and write code into it
+//! ksense-workload mmap-shared-anon-rwx
+//!                                     the same, shared (the kernel backs it with a file of its own)
+//! ksense-workload mmap-file-rx        mmap a page of this program's file read-only and
+//!                                     executable (as every shared library is loaded)
+//! ksense-workload mmap-file-rwx       mmap a page of this program's file private, writable and
+//!                                     executable
 //! ```
-//! The mprotect commands print `page=0x<address>`; the toggler also `ns_per_call=<n>`.
+//! The mprotect and mmap commands print `page=0x<address>`; the toggler also `ns_per_call=<n>`.
 use std::{
     io::Write,
     os::fd::{AsRawFd, FromRawFd},
@@ -60,6 +67,19 @@ fn main() {
             // A stand-in for code a JIT would write.
             unsafe { std::ptr::copy_nonoverlapping(RET.as_ptr(), page as *mut u8, RET.len()) };
             protect(page, libc::PROT_READ | libc::PROT_EXEC);
+            println!("page={page:#x}");
+        }
+        Some(command @ ("mmap-anon-rwx" | "mmap-shared-anon-rwx")) => {
+            let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+            let sharing = if command == "mmap-anon-rwx" { libc::MAP_PRIVATE } else { libc::MAP_SHARED };
+            let page = map_pages(1, rwx, sharing | libc::MAP_ANONYMOUS, -1);
+            unsafe { std::ptr::copy_nonoverlapping(RET.as_ptr(), page as *mut u8, RET.len()) };
+            println!("page={page:#x}");
+        }
+        Some(command @ ("mmap-file-rx" | "mmap-file-rwx")) => {
+            let exe = std::fs::File::open("/proc/self/exe").expect("open /proc/self/exe");
+            let write = if command == "mmap-file-rwx" { libc::PROT_WRITE } else { 0 };
+            let page = map_pages(1, libc::PROT_READ | libc::PROT_EXEC | write, libc::MAP_PRIVATE, exe.as_raw_fd());
             println!("page={page:#x}");
         }
         Some("mprotect-span") => {
@@ -211,9 +231,13 @@ fn anonymous_page() -> usize {
 
 /// `n` fresh anonymous read-write pages, one after the other; the first one's address.
 fn anonymous_pages(n: usize) -> usize {
-    let prot = libc::PROT_READ | libc::PROT_WRITE;
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    let pages = unsafe { libc::mmap(std::ptr::null_mut(), n * PAGE, prot, flags, -1, 0) };
+    map_pages(n, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
+}
+
+/// `n` pages mapped with `prot` and `flags` (of `fd` from its start, or anonymous with -1);
+/// the first one's address.
+fn map_pages(n: usize, prot: i32, flags: i32, fd: i32) -> usize {
+    let pages = unsafe { libc::mmap(std::ptr::null_mut(), n * PAGE, prot, flags, fd, 0) };
     assert_ne!(pages, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
     pages as usize
 }

@@ -160,10 +160,11 @@ pub enum AttachMode {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
-    /// Which changes to report: `wx` (only those that matter) or `all`.
+    /// Which changes to report: `wx` (only those that matter) or `all`. Mappings made executable
+    /// by `mmap` are reported either way when anonymous or writable, never otherwise.
     pub report: MemoryReport,
-    /// Repeats of one (process, range, transition) within this many milliseconds are counted
-    /// into one event (`ksense.event.count`); 0 reports each one.
+    /// Repeats of one (process, range, transition, operation) within this many milliseconds are
+    /// counted into one event (`ksense.event.count`); 0 reports each one.
     pub coalesce_window_ms: u64,
 }
 

@@ -104,6 +104,9 @@ pub const KSENSE_MEMORY_FILE_PATH: &str = "ksense.memory.file.path";
 pub const KSENSE_MEMORY_WX: &str = "ksense.memory.wx";
 /// The syscall's return value (0 or -errno).
 pub const KSENSE_MEMORY_RESULT: &str = "ksense.memory.result";
+/// What made the change: `mprotect` (a protection change) or `mmap` (a mapping created
+/// executable).
+pub const KSENSE_MEMORY_OPERATION: &str = "ksense.memory.operation";
 /// How many identical occurrences one event stands for (coalescing).
 pub const KSENSE_EVENT_COUNT: &str = "ksense.event.count";
 /// The event name, repeated as an attribute for OTLP backends that predate the field.

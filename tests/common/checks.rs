@@ -211,13 +211,68 @@ pub fn own_text_made_rwx_is_main_code_wx_at_warn(ksense: &Ksense) -> Value {
     rwx
 }
 
-/// An anonymous page made executable (RW -> RX): a W^X change of an `anonymous` region.
-/// Returns the event.
+/// An anonymous page made executable (RW -> RX): a W^X change of an `anonymous` region, by
+/// `mprotect` (its `mmap`, read-write, is not reported). Returns the event.
 pub fn anonymous_code_made_executable_is_wx(ksense: &Ksense) -> Value {
     let rx = memory_change(ksense, "mprotect-anon-rx", "r-x");
     assert_eq!(attr(&rx, "ksense.memory.region"), "anonymous", "{rx}");
     assert_eq!(attr(&rx, "ksense.memory.wx"), true, "wx: {rx}");
+    assert_eq!(attr(&rx, "ksense.memory.operation"), "mprotect", "{rx}");
+    let pid = attr(&rx, "process.pid").clone();
+    let mappings = mappings_of(ksense, &pid);
+    assert!(mappings.is_empty(), "the read-write mmap was reported: {mappings:?}");
     rx
+}
+
+/// The `mmap` records of process `pid` so far.
+fn mappings_of(ksense: &Ksense, pid: &Value) -> Vec<Value> {
+    ksense
+        .events()
+        .into_iter()
+        .filter(|e| is(e, "process.memory.protect") && attr(e, "process.pid") == pid && attr(e, "ksense.memory.operation") == "mmap")
+        .collect()
+}
+
+/// An anonymous page mapped RWX by `mmap`: a W^X mapping of an `anonymous` region, with no old
+/// protection, at WARN. Returns the event.
+pub fn anonymous_rwx_mapping_is_wx(ksense: &Ksense) -> Value {
+    anonymous_rwx_mapping(ksense, "mmap-anon-rwx")
+}
+
+/// [`anonymous_rwx_mapping_is_wx`] for a shared anonymous page, which the kernel backs with a
+/// file of its own: still `anonymous`, without a file. Returns the event.
+pub fn shared_anonymous_rwx_mapping_is_wx(ksense: &Ksense) -> Value {
+    let rwx = anonymous_rwx_mapping(ksense, "mmap-shared-anon-rwx");
+    assert!(attr(&rwx, "ksense.memory.file.path").is_null(), "{rwx}");
+    rwx
+}
+
+/// The checks of [`anonymous_rwx_mapping_is_wx`] on the mapping `workload` makes.
+fn anonymous_rwx_mapping(ksense: &Ksense, workload: &str) -> Value {
+    let rwx = memory_change(ksense, workload, "rwx");
+    assert_eq!(attr(&rwx, "ksense.memory.operation"), "mmap", "{rwx}");
+    assert_eq!(attr(&rwx, "ksense.memory.length"), 4096, "{rwx}");
+    assert_eq!(attr(&rwx, "ksense.memory.region"), "anonymous", "{rwx}");
+    assert!(attr(&rwx, "ksense.memory.protection.old").is_null(), "a new mapping has no old protection: {rwx}");
+    assert_eq!(attr(&rwx, "ksense.memory.wx"), true, "wx: {rwx}");
+    assert_eq!(attr(&rwx, "ksense.memory.result"), 0, "{rwx}");
+    assert_eq!(rwx["severity"], "WARN", "severity: {rwx}");
+    rwx
+}
+
+/// A file page mapped read-only and executable (as every shared library is) is not reported;
+/// one mapped writable and executable is, as W^X with its file. Returns the latter's event.
+pub fn only_writable_executable_file_mappings_are_reported(ksense: &Ksense) -> Value {
+    let (_, read_only) = run_workload(&["mmap-file-rx"]);
+    let rwx = memory_change(ksense, "mmap-file-rwx", "rwx");
+    assert_eq!(attr(&rwx, "ksense.memory.operation"), "mmap", "{rwx}");
+    assert_eq!(attr(&rwx, "ksense.memory.wx"), true, "wx: {rwx}");
+    let file = attr(&rwx, "ksense.memory.file.path").as_str().unwrap_or_default();
+    assert!(file.ends_with("/ksense-workload"), "file: {rwx}");
+    // The read-only mapper exited before the other started: its events would be out by now.
+    let reported = mappings_of(ksense, &Value::from(read_only));
+    assert!(reported.is_empty(), "a read-only executable file mapping was reported: {reported:?}");
+    rwx
 }
 
 /// `n` RW/RX round trips yield a handful of events whose `ksense.event.count` add up to every

@@ -133,6 +133,7 @@ fn main() {
         report("thread", catch(|| checks::thread_is_flagged_and_its_exit_not_reported(&ksense)));
         report("module", catch(|| check_module(&ksense, probes.as_ref())));
         report("memory", catch(|| check_memory(&ksense)));
+        report("memory-mmap", catch(|| check_memory_mmap(&ksense)));
         report("memory-coalesce", catch(|| {
             checks::toggling_is_coalesced(&ksense, COALESCE_ROUND_TRIPS);
         }));
@@ -296,14 +297,29 @@ fn check_module(ksense: &Ksense, probes: Option<&Value>) {
 }
 
 /// A process's own text made RWX, and anonymous memory made executable, are each reported as
-/// W^X changes of their region; both cases are run and reported, whatever the first gave.
+/// W^X changes of their region.
 fn check_memory(ksense: &Ksense) {
-    let cases: [(&str, fn(&Ksense) -> Value); 2] = [
+    each_case(ksense, &[
         ("mprotect-text-rwx", checks::own_text_made_rwx_is_main_code_wx_at_warn),
         ("mprotect-anon-rx", checks::anonymous_code_made_executable_is_wx),
-    ];
+    ]);
+}
+
+/// Executable mappings made by `mmap`: an anonymous RWX one, private or shared, is reported as a
+/// W^X `mmap`, a writable executable file mapping too and a read-only executable one not at all.
+fn check_memory_mmap(ksense: &Ksense) {
+    each_case(ksense, &[
+        ("mmap-anon-rwx", checks::anonymous_rwx_mapping_is_wx),
+        ("mmap-shared-anon-rwx", checks::shared_anonymous_rwx_mapping_is_wx),
+        ("mmap-file-rx, mmap-file-rwx", checks::only_writable_executable_file_mappings_are_reported),
+    ]);
+}
+
+/// Runs every `(workloads, check)` case, whatever the others gave, and fails with the problems
+/// of all that failed.
+fn each_case(ksense: &Ksense, cases: &[(&str, fn(&Ksense) -> Value)]) {
     let problems: Vec<String> =
-        cases.into_iter().filter_map(|(workload, check)| catch(|| check(ksense)).err().map(|reason| format!("{workload}: {reason}"))).collect();
+        cases.iter().filter_map(|(workload, check)| catch(|| check(ksense)).err().map(|reason| format!("{workload}: {reason}"))).collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

@@ -4,8 +4,8 @@
 pub const MODES: [&str; 2] = ["fentry", "tracepoint"];
 
 /// The checks the guest runs in each mode, in order; the host expects one result line for each.
-pub const CHECKS: [&str; 9] =
-    ["probes", "fork", "exec", "exit", "thread", "module", "memory", "memory-coalesce", "memory-all"];
+pub const CHECKS: [&str; 10] =
+    ["probes", "fork", "exec", "exit", "thread", "module", "memory", "memory-mmap", "memory-coalesce", "memory-all"];
 
 /// The prefix of the guest's line carrying `ksense probes --json` of one attach mode, on one
 /// line: `vm-probes-json mode=<mode> {...}`.

@@ -187,6 +187,27 @@ pub struct MemoryOffsets {
     pub rb_left: u32,
     /// `rb_node.rb_right`.
     pub rb_right: u32,
+    /// Position of `mmap_region`'s `file` parameter (null: an anonymous mapping).
+    pub mmap_file_arg: u32,
+    /// Position of its `addr` parameter.
+    pub mmap_addr_arg: u32,
+    /// Position of its `len` parameter.
+    pub mmap_len_arg: u32,
+    /// Position of its `vm_flags` parameter.
+    pub mmap_vm_flags_arg: u32,
+    /// Position of its return value (the mapping's address, or -errno) in an fexit context: its
+    /// parameter count.
+    pub mmap_ret_arg: u32,
+    /// `sys_enter_mmap` record: `addr`.
+    pub tp_mmap_addr: u32,
+    /// `sys_enter_mmap` record: `len`.
+    pub tp_mmap_len: u32,
+    /// `sys_enter_mmap` record: `prot`.
+    pub tp_mmap_prot: u32,
+    /// `sys_enter_mmap` record: `flags`.
+    pub tp_mmap_flags: u32,
+    /// `sys_exit_mmap` record: `ret`.
+    pub tp_mmap_ret: u32,
 }
 
 /// Everything the probes are told. All zero means "nothing resolved": the probes then report
@@ -225,7 +246,7 @@ pub struct ProbeConfig {
 }
 
 // No padding: the daemon and the probes must agree byte for byte.
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 78 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 88 * 4 + 8);
 
 // SAFETY: plain old data: u32 fields, then one u64 at an offset divisible by 8, so no padding
 // (the size assert above proves it); every bit pattern is a valid value.

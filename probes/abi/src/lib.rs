@@ -179,33 +179,42 @@ impl Hook {
         }
     }
 
-    /// The eBPF programs implementing this hook and where each attaches: a function for
-    /// fentry/fexit, a tracepoint name for tp_btf, `group/name` for plain tracepoints. Most hooks
-    /// are one program at one place; the mprotect syscall hook is an enter and an exit program,
-    /// each on both `mprotect` and `pkey_mprotect`.
-    pub const fn attachments(self) -> &'static [(&'static str, &'static str)] {
+    /// The eBPF programs implementing this hook, where each attaches (a function for
+    /// fentry/fexit, a tracepoint name for tp_btf, `group/name` for plain tracepoints) and as
+    /// what. Most hooks are one program at one place. The memory-protection hooks also see the
+    /// mappings `mmap` creates executable: the mprotect_fixup hook with an fexit program on
+    /// `mmap_region` (where the new mapping's address is known), the syscall hook with an enter
+    /// and an exit program on `mmap`, next to its own enter and exit programs, each on both
+    /// `mprotect` and `pkey_mprotect`. Every program of a hook must attach, or none is used.
+    pub const fn attachments(self) -> &'static [(&'static str, &'static str, HookFamily)] {
+        use HookFamily::{Fentry, Fexit, TpBtf, Tracepoint};
         match self {
-            Hook::FexitKernelClone => &[("fexit_kernel_clone", "kernel_clone")],
-            Hook::TpBtfTaskNewtask => &[("tp_btf_task_newtask", "task_newtask")],
-            Hook::TracepointTaskNewtask => &[("tracepoint_task_newtask", "task/task_newtask")],
-            Hook::TpBtfSchedProcessExec => &[("tp_btf_sched_process_exec", "sched_process_exec")],
+            Hook::FexitKernelClone => &[("fexit_kernel_clone", "kernel_clone", Fexit)],
+            Hook::TpBtfTaskNewtask => &[("tp_btf_task_newtask", "task_newtask", TpBtf)],
+            Hook::TracepointTaskNewtask => &[("tracepoint_task_newtask", "task/task_newtask", Tracepoint)],
+            Hook::TpBtfSchedProcessExec => &[("tp_btf_sched_process_exec", "sched_process_exec", TpBtf)],
             Hook::TracepointSchedProcessExec => {
-                &[("tracepoint_sched_process_exec", "sched/sched_process_exec")]
+                &[("tracepoint_sched_process_exec", "sched/sched_process_exec", Tracepoint)]
             }
-            Hook::FentryDoExit => &[("fentry_do_exit", "do_exit")],
-            Hook::TpBtfSchedProcessExit => &[("tp_btf_sched_process_exit", "sched_process_exit")],
+            Hook::FentryDoExit => &[("fentry_do_exit", "do_exit", Fentry)],
+            Hook::TpBtfSchedProcessExit => &[("tp_btf_sched_process_exit", "sched_process_exit", TpBtf)],
             Hook::TracepointSchedProcessExit => {
-                &[("tracepoint_sched_process_exit", "sched/sched_process_exit")]
+                &[("tracepoint_sched_process_exit", "sched/sched_process_exit", Tracepoint)]
             }
-            Hook::FentryDoInitModule => &[("fentry_do_init_module", "do_init_module")],
-            Hook::TpBtfModuleLoad => &[("tp_btf_module_load", "module_load")],
-            Hook::TracepointModuleLoad => &[("tracepoint_module_load", "module/module_load")],
-            Hook::FentryMprotectFixup => &[("fentry_mprotect_fixup", "mprotect_fixup")],
+            Hook::FentryDoInitModule => &[("fentry_do_init_module", "do_init_module", Fentry)],
+            Hook::TpBtfModuleLoad => &[("tp_btf_module_load", "module_load", TpBtf)],
+            Hook::TracepointModuleLoad => &[("tracepoint_module_load", "module/module_load", Tracepoint)],
+            Hook::FentryMprotectFixup => &[
+                ("fentry_mprotect_fixup", "mprotect_fixup", Fentry),
+                ("fexit_mmap_region", "mmap_region", Fexit),
+            ],
             Hook::TracepointMprotect => &[
-                ("tracepoint_sys_enter_mprotect", "syscalls/sys_enter_mprotect"),
-                ("tracepoint_sys_enter_mprotect", "syscalls/sys_enter_pkey_mprotect"),
-                ("tracepoint_sys_exit_mprotect", "syscalls/sys_exit_mprotect"),
-                ("tracepoint_sys_exit_mprotect", "syscalls/sys_exit_pkey_mprotect"),
+                ("tracepoint_sys_enter_mprotect", "syscalls/sys_enter_mprotect", Tracepoint),
+                ("tracepoint_sys_enter_mprotect", "syscalls/sys_enter_pkey_mprotect", Tracepoint),
+                ("tracepoint_sys_exit_mprotect", "syscalls/sys_exit_mprotect", Tracepoint),
+                ("tracepoint_sys_exit_mprotect", "syscalls/sys_exit_pkey_mprotect", Tracepoint),
+                ("tracepoint_sys_enter_mmap", "syscalls/sys_enter_mmap", Tracepoint),
+                ("tracepoint_sys_exit_mmap", "syscalls/sys_exit_mmap", Tracepoint),
             ],
         }
     }

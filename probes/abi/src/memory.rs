@@ -15,6 +15,13 @@ pub const MEMORY_RESULT_KNOWN: u32 = 2;
 /// `Memory.flags`: the range goes past the first VMA it starts in (the syscall-tracepoint path
 /// sees only that one), so neither the old protection nor the region of the rest is known.
 pub const MEMORY_SPANS_VMAS: u32 = 4;
+/// `Memory.flags`: a mapping created by `mmap`, not a change by `mprotect`: `start` and `len`
+/// are the new mapping (its address once made, else the address asked for), there is no old
+/// protection, and `region` and `file` are known once the mapping exists.
+pub const MEMORY_MMAP: u32 = 8;
+
+/// `MAP_ANONYMOUS`, in `mmap`'s flags: no file behind the mapping (the same value on x86-64 and arm64).
+pub const MAP_ANONYMOUS: u32 = 0x20;
 
 /// Basename bytes of the backing file kept in the record.
 pub const MEMORY_FILE_CAP: usize = 64;
@@ -67,7 +74,7 @@ impl Region {
     }
 }
 
-/// A protection change. Fixed size.
+/// A protection change, or a mapping made executable by `mmap` (`MEMORY_MMAP`). Fixed size.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Memory {
@@ -99,13 +106,14 @@ pub struct Memory {
 
 assert_size!(Memory, 24 + 64 + 24 + 24 + MEMORY_FILE_CAP);
 
-/// Key of the coalescing map: one entry per (process, range, transition).
+/// Key of the coalescing map: one entry per (process, range, transition, operation).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CoalesceKey {
     /// Process.
     pub tgid: u32,
-    /// `old_prot | new_prot << 8`.
+    /// `old_prot | new_prot << 8`, plus `MEMORY_MMAP << 16` for a mapping made by `mmap`: a
+    /// mapping and a later change of the same range are never counted into one record.
     pub transition: u32,
     /// Range start.
     pub start: u64,

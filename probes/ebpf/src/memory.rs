@@ -1,12 +1,17 @@
 //! `process.memory.protect` hooks: fentry on `mprotect_fixup` (the seed hook: it sees each VMA
 //! whose protection changes, with the old flags), else the `mprotect`/`pkey_mprotect` syscall
 //! tracepoints, which find the VMA on entry (with `bpf_find_vma`, else by walking the VMA tree)
-//! and take the result on exit.
+//! and take the result on exit. Each also sees the mappings `mmap` creates executable: fexit on
+//! `mmap_region` (its arguments and the new address at once), else the `mmap` syscall
+//! tracepoints (the request on entry, the address and its VMA on exit).
 //!
 //! Both filter here, in the kernel: unless the daemon asked for every change, only changes that
-//! matter leave (W^X, code made writable, exec added to anonymous/stack/heap memory). Repeats of
-//! one (process, range, transition) within the coalescing window only bump a counter, so a JIT
-//! or a toggling loop writes at most one record per window per range.
+//! matter leave (W^X, code made writable, exec added to anonymous/stack/heap memory); of the
+//! mappings, only executable ones that are anonymous or writable, decided from the request
+//! alone before anything is read or copied (every shared library is a read-only executable file
+//! mapping). Repeats of one (process, range, transition, operation) within the coalescing window
+//! only bump a counter, so a JIT or a toggling loop writes at most one record per window per
+//! range.
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel_str_bytes,
@@ -23,8 +28,8 @@ use core::{
 use ksense_abi::{
     EventKind, Hook,
     memory::{
-        CoalesceKey, CoalesceState, MEMORY_OLD_KNOWN, MEMORY_RESULT_KNOWN, MEMORY_SPANS_VMAS, Memory, PROT_EXEC, PROT_WRITE,
-        Region,
+        CoalesceKey, CoalesceState, MAP_ANONYMOUS, MEMORY_MMAP, MEMORY_OLD_KNOWN, MEMORY_RESULT_KNOWN, MEMORY_SPANS_VMAS,
+        Memory, PROT_EXEC, PROT_WRITE, Region,
     },
 };
 
@@ -43,9 +48,10 @@ const PROT_MASK: u32 = 7;
 #[map]
 static MEMORY_COALESCE: HashMap<CoalesceKey, CoalesceState> = HashMap::with_max_entries(8192, 0);
 
-/// Records begun at syscall entry, by task id, finished at exit.
+/// Records begun at syscall entry (`mprotect` or `mmap`: a task is in one syscall at a time),
+/// by task id, finished at exit.
 #[map]
-static MPROTECT_INFLIGHT: HashMap<u32, Memory> = HashMap::with_max_entries(16384, 0);
+static SYSCALL_INFLIGHT: HashMap<u32, Memory> = HashMap::with_max_entries(16384, 0);
 
 /// Per-CPU room to build a record and its coalescing state (too large for the stack): one slot
 /// per [`Scratch`] user, since the fentry and fexit programs run together and either can be
@@ -65,11 +71,17 @@ enum Scratch {
     SysEnter,
     /// `tracepoint_sys_exit_mprotect`.
     SysExit,
+    /// `fexit_mmap_region`.
+    MmapRegion,
+    /// `tracepoint_sys_enter_mmap`.
+    MmapEnter,
+    /// `tracepoint_sys_exit_mmap` or `tracepoint_sys_exit_mmap_vma_tree`.
+    MmapExit,
 }
 
 impl Scratch {
     /// Slots in [`MEMORY_SCRATCH`]: one per variant.
-    const SLOTS: u32 = Scratch::SysExit as u32 + 1;
+    const SLOTS: u32 = Scratch::MmapExit as u32 + 1;
 }
 
 /// fentry `mprotect_fixup(..., vma, ..., start, end, newflags)`; argument positions come from
@@ -126,22 +138,20 @@ pub fn fexit_do_mprotect_pkey(ctx: FExitContext) -> i32 {
 /// `bpf_find_vma` (5.17+).
 #[tracepoint]
 pub fn tracepoint_sys_enter_mprotect(ctx: TracePointContext) -> i32 {
-    enter_mprotect(&ctx, |start| {
-        let mut vm = Vma { start: 0, end: 0, flags: 0, file: core::ptr::null() };
-        // SAFETY: the task is the current one, valid for the run; the callback has the prototype
-        // the helper calls (the verifier checks it) and gets `vm`, which outlives the call; no
-        // flags.
-        let found = unsafe {
-            bpf_find_vma(
-                bpf_get_current_task_btf(),
-                start,
-                find_vma_callback as *mut c_void,
-                (&raw mut vm).cast(),
-                0,
-            )
-        };
-        (found == 0).then_some(vm)
-    })
+    enter_mprotect(&ctx, vma_found)
+}
+
+/// The current task's VMA holding `address`, with `bpf_find_vma` (5.17+).
+#[inline(always)]
+fn vma_found(address: u64) -> Option<Vma> {
+    let mut vm = Vma { start: 0, end: 0, flags: 0, file: core::ptr::null() };
+    // SAFETY: the task is the current one, valid for the run; the callback has the prototype
+    // the helper calls (the verifier checks it) and gets `vm`, which outlives the call; no
+    // flags.
+    let found = unsafe {
+        bpf_find_vma(bpf_get_current_task_btf(), address, find_vma_callback as *mut c_void, (&raw mut vm).cast(), 0)
+    };
+    (found == 0).then_some(vm)
 }
 
 /// The same on kernels without `bpf_find_vma` (before 5.17), whose VMAs are also in a red-black
@@ -203,7 +213,7 @@ fn enter_mprotect(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>
     if let Some(vm) = &found {
         let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
         let old_prot = vm.flags as u32 & PROT_MASK;
-        if counted_as_repeat(&key(tgid, old_prot, prot & PROT_MASK, start, len)) {
+        if counted_as_repeat(&key(tgid, old_prot, prot & PROT_MASK, 0, start, len)) {
             return 0;
         }
     }
@@ -229,7 +239,7 @@ fn enter_mprotect(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>
     let tid = rec.task.tid;
     // Full (16,384 threads inside mprotect at once): the change cannot be followed to its
     // result, so it is counted as lost rather than dropped unseen.
-    if MPROTECT_INFLIGHT.insert(&tid, &*rec, 0).is_err() {
+    if SYSCALL_INFLIGHT.insert(&tid, &*rec, 0).is_err() {
         count_lost(EventKind::MemoryProtect);
     }
     0
@@ -242,17 +252,160 @@ pub fn tracepoint_sys_exit_mprotect(ctx: TracePointContext) -> i32 {
     // SAFETY: `bpf_probe_read_kernel` from the tracepoint record; a bad offset fails with an
     // error instead of faulting.
     let ret = unsafe { ctx.read_at::<i64>(ret_at as usize) }.unwrap_or(0);
-    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let Some(begun) = MPROTECT_INFLIGHT.get_ptr(&tid) else { return 0 };
-    let Some(state) = scratch(Scratch::SysExit) else { return 0 };
-    // SAFETY: a value of the in-flight map, valid for the program's run; only this task's
-    // programs write or remove the entry of its task id, and it is copied before removal.
-    state.record = unsafe { *begun };
-    let _ = MPROTECT_INFLIGHT.remove(&tid);
+    let Some(state) = take_inflight(Scratch::SysExit) else { return 0 };
+    if state.record.flags & MEMORY_MMAP != 0 {
+        // Left by an `mmap` whose exit no program saw (its exit program was attached after the
+        // call had begun).
+        return 0;
+    }
     state.record.result = ret as i32;
     state.record.flags |= MEMORY_RESULT_KNOWN;
     finish(Hook::TracepointMprotect, state);
     0
+}
+
+/// The current task's record begun at syscall entry, moved into this CPU's slot for `user`.
+#[inline(always)]
+fn take_inflight(user: Scratch) -> Option<&'static mut CoalesceState> {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let begun = SYSCALL_INFLIGHT.get_ptr(&tid)?;
+    let state = scratch(user)?;
+    // SAFETY: a value of the in-flight map, valid for the program's run; only this task's
+    // programs write or remove the entry of its task id, and it is copied before removal.
+    state.record = unsafe { *begun };
+    let _ = SYSCALL_INFLIGHT.remove(&tid);
+    Some(state)
+}
+
+/// Whether a mapping requested with protection `prot` (`PROT_*` or `VM_*` bits) is reported:
+/// executable, and anonymous or writable. A read-only executable file mapping (every shared
+/// library and executable loaded) is not.
+#[inline(always)]
+fn mapping_reported(prot: u32, anonymous: bool) -> bool {
+    prot & PROT_EXEC != 0 && (anonymous || prot & PROT_WRITE != 0)
+}
+
+/// Values above this, as an unsigned return value, are -errno (the kernel's `IS_ERR_VALUE`).
+const MAX_ERRNO_VALUE: u64 = -4096i64 as u64;
+
+/// fexit `mmap_region(file, addr, len, vm_flags, ...)`, which every `mmap` (and `shmat`) that
+/// gets as far as making a mapping calls; argument positions come from its BTF prototype. Its
+/// return value is the new mapping's address, or -errno.
+#[fexit(function = "mmap_region")]
+pub fn fexit_mmap_region(ctx: FExitContext) -> i32 {
+    let file = func_arg(&ctx, config!(memory.mmap_file_arg)) as *const u8;
+    let vm_flags = func_arg(&ctx, config!(memory.mmap_vm_flags_arg)) as u32;
+    if !mapping_reported(vm_flags, file.is_null()) {
+        return 0;
+    }
+    let addr = func_arg(&ctx, config!(memory.mmap_addr_arg));
+    let len = func_arg(&ctx, config!(memory.mmap_len_arg));
+    let ret = func_arg(&ctx, config!(memory.mmap_ret_arg));
+    let Some(state) = scratch(Scratch::MmapRegion) else { return 0 };
+    if !begin_mapping(&mut state.record, addr, len, vm_flags, file.is_null()) {
+        return 0;
+    }
+    let made = Vma { start: ret, end: ret.wrapping_add(len), flags: u64::from(vm_flags), file };
+    mapped(&mut state.record, ret, Some(made));
+    finish(Hook::FentryMprotectFixup, state);
+    0
+}
+
+/// `syscalls:sys_enter_mmap`: note an executable mapping asked for, when it is one to report.
+#[tracepoint]
+pub fn tracepoint_sys_enter_mmap(ctx: TracePointContext) -> i32 {
+    let (prot_at, flags_at) = (config!(memory.tp_mmap_prot), config!(memory.tp_mmap_flags));
+    // SAFETY: `bpf_probe_read_kernel` from the tracepoint record; a bad offset fails with an
+    // error instead of faulting.
+    let prot = unsafe { ctx.read_at::<u64>(prot_at as usize) }.unwrap_or(0) as u32;
+    // SAFETY: as above.
+    let flags = unsafe { ctx.read_at::<u64>(flags_at as usize) }.unwrap_or(0) as u32;
+    let anonymous = flags & MAP_ANONYMOUS != 0;
+    if !mapping_reported(prot, anonymous) {
+        return 0;
+    }
+    let (addr_at, len_at) = (config!(memory.tp_mmap_addr), config!(memory.tp_mmap_len));
+    // SAFETY: as above.
+    let addr = unsafe { ctx.read_at::<u64>(addr_at as usize) }.unwrap_or(0);
+    // SAFETY: as above.
+    let len = unsafe { ctx.read_at::<u64>(len_at as usize) }.unwrap_or(0);
+    let Some(state) = scratch(Scratch::MmapEnter) else { return 0 };
+    let rec = &mut state.record;
+    if !begin_mapping(rec, addr, len, prot, anonymous) {
+        return 0;
+    }
+    // Full: counted as lost, as for mprotect.
+    if SYSCALL_INFLIGHT.insert(&rec.task.tid, &*rec, 0).is_err() {
+        count_lost(EventKind::MemoryProtect);
+    }
+    0
+}
+
+/// `syscalls:sys_exit_mmap`: the mapping's address and its VMA (with `bpf_find_vma`), and
+/// report.
+#[tracepoint]
+pub fn tracepoint_sys_exit_mmap(ctx: TracePointContext) -> i32 {
+    exit_mmap(&ctx, vma_found)
+}
+
+/// The same on kernels without `bpf_find_vma` (before 5.17): the VMA from the VMA tree.
+#[tracepoint]
+pub fn tracepoint_sys_exit_mmap_vma_tree(ctx: TracePointContext) -> i32 {
+    exit_mmap(&ctx, vma_in_tree)
+}
+
+/// Both exit programs: `find` looks up the VMA holding an address.
+#[inline(always)]
+fn exit_mmap(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>) -> i32 {
+    let ret_at = config!(memory.tp_mmap_ret);
+    // SAFETY: `bpf_probe_read_kernel` from the tracepoint record; a bad offset fails with an
+    // error instead of faulting.
+    let ret = unsafe { ctx.read_at::<u64>(ret_at as usize) }.unwrap_or(0);
+    let Some(state) = take_inflight(Scratch::MmapExit) else { return 0 };
+    if state.record.flags & MEMORY_MMAP == 0 {
+        // Left by an `mprotect` whose exit no program saw.
+        return 0;
+    }
+    let mut made = if ret < MAX_ERRNO_VALUE { find(ret) } else { None };
+    if let Some(vm) = &mut made
+        && state.record.region == Region::Anonymous as u32
+    {
+        // A shared anonymous mapping is backed by a file the kernel makes (shmem's `dev/zero`):
+        // it stays anonymous, as the fexit program, which sees the call's null file, says.
+        vm.file = core::ptr::null();
+    }
+    mapped(&mut state.record, ret, made);
+    finish(Hook::TracepointMprotect, state);
+    0
+}
+
+/// Starts the record of a mapping of `len` bytes asked for at `addr` with protection `prot`;
+/// false when a filter excludes the task.
+#[inline(always)]
+fn begin_mapping(rec: &mut Memory, addr: u64, len: u64, prot: u32, anonymous: bool) -> bool {
+    if !begin(rec, addr, len, prot) {
+        return false;
+    }
+    rec.flags = MEMORY_MMAP;
+    if anonymous {
+        rec.region = Region::Anonymous as u32;
+    }
+    true
+}
+
+/// Adds the outcome of a mapping: the result and, once made (`ret` is its address), where it
+/// is and what it is, from `made`, its VMA.
+#[inline(always)]
+fn mapped(rec: &mut Memory, ret: u64, made: Option<Vma>) {
+    rec.flags |= MEMORY_RESULT_KNOWN;
+    if ret >= MAX_ERRNO_VALUE {
+        rec.result = ret as i32;
+        return;
+    }
+    rec.start = ret;
+    if let Some(vm) = &made {
+        locate(rec, vm);
+    }
 }
 
 /// What the VMA lookups hand back.
@@ -323,6 +476,12 @@ fn begin(rec: &mut Memory, start: u64, len: u64, new_prot: u32) -> bool {
 fn describe(rec: &mut Memory, vma: &Vma) {
     rec.old_prot = vma.flags as u32 & PROT_MASK;
     rec.flags |= MEMORY_OLD_KNOWN;
+    locate(rec, vma);
+}
+
+/// Fills the region and the backing file's name of `rec`'s range, held by `vma`.
+#[inline(always)]
+fn locate(rec: &mut Memory, vma: &Vma) {
     let mm = read_ptr(current(), config!(task.mm));
     let start_code: u64 = read(mm, config!(mm.start_code));
     let end_code: u64 = read(mm, config!(mm.end_code));
@@ -383,17 +542,18 @@ fn wanted(rec: &Memory) -> bool {
     config!(memory_report_all) != 0 || matters(rec)
 }
 
-/// The coalescing entry of `rec`'s (process, range, transition).
+/// The coalescing entry of `rec`'s (process, range, transition, operation).
 #[inline(always)]
 fn coalesce_key(rec: &Memory) -> CoalesceKey {
-    key(rec.task.tgid, rec.old_prot, rec.new_prot, rec.start, rec.len)
+    key(rec.task.tgid, rec.old_prot, rec.new_prot, rec.flags & MEMORY_MMAP, rec.start, rec.len)
 }
 
 /// The coalescing key of a change of `start..start + len` in process `tgid` from `old_prot` to
-/// `new_prot` (both already masked to rwx): the one layout the entry and exit paths share.
+/// `new_prot` (both already masked to rwx) by the operation `mmap` (`MEMORY_MMAP`, or 0 for
+/// mprotect): the one layout the entry and exit paths share.
 #[inline(always)]
-fn key(tgid: u32, old_prot: u32, new_prot: u32, start: u64, len: u64) -> CoalesceKey {
-    CoalesceKey { tgid, transition: old_prot | new_prot << 8, start, len }
+fn key(tgid: u32, old_prot: u32, new_prot: u32, mmap: u32, start: u64, len: u64) -> CoalesceKey {
+    CoalesceKey { tgid, transition: old_prot | new_prot << 8 | mmap << 16, start, len }
 }
 
 /// Counts a change as a repeat when its (process, range, transition) `key` was reported within

@@ -44,10 +44,11 @@ pub fn helpers_needed(hook: Hook) -> &'static [&'static str] {
 }
 
 /// The program to load instead of `program` on a kernel without `bpf_find_vma`: the mprotect
-/// enter program that walks the VMA tree.
+/// enter and mmap exit programs that walk the VMA tree.
 pub fn without_find_vma(program: &'static str) -> &'static str {
     match program {
         "tracepoint_sys_enter_mprotect" => "tracepoint_sys_enter_mprotect_vma_tree",
+        "tracepoint_sys_exit_mmap" => "tracepoint_sys_exit_mmap_vma_tree",
         other => other,
     }
 }

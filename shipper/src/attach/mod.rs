@@ -143,7 +143,7 @@ impl Probes {
         tracing::debug!(?config, "probe configuration resolved from BTF and tracefs");
         tracing::debug!(?missing_helpers, "BPF helpers this kernel lacks (from its BTF's enum bpf_func_id)");
         let missing = missing_helpers.as_deref().unwrap_or_default();
-        // Before 5.17 the mprotect hook finds VMAs by walking their tree, where there is one.
+        // Before 5.17 the memory syscall hook finds VMAs by walking their tree, where there is one.
         let vma_tree = missing.contains(&"find_vma") && config.memory.mm_rb != 0;
         for hook in Hook::ALL {
             if let Some(why) = kernel::unusable_for_helpers(hook, missing)
@@ -192,7 +192,7 @@ impl Probes {
                         }
                         (btf, _) => match load_and_attach(&mut ebpf, hook, btf.as_ref().ok(), vma_tree) {
                             Ok(programs) => {
-                                loaded.extend(programs.into_iter().map(|p| (hook.family(), p)));
+                                loaded.extend(programs);
                                 loaded.extend(attach_companions(&mut ebpf, hook, btf.as_ref().ok()));
                                 Outcome::Attached
                             }
@@ -303,34 +303,38 @@ fn excluded_by_mode(mode: AttachMode, hook: Hook) -> Option<String> {
     }
 }
 
-/// Loads and attaches one hook's programs, returning their names; on failure leaves nothing
-/// loaded and says why. `vma_tree`: use the mprotect enter program that walks the VMA tree.
-fn load_and_attach(ebpf: &mut Ebpf, hook: Hook, btf: Option<&aya::Btf>, vma_tree: bool) -> Result<Vec<&'static str>, String> {
-    let mut loaded: Vec<&'static str> = Vec::new();
+/// Loads and attaches one hook's programs, returning each with its family; on failure leaves
+/// nothing loaded and says why. `vma_tree`: use the memory programs that walk the VMA tree.
+fn load_and_attach(
+    ebpf: &mut Ebpf,
+    hook: Hook,
+    btf: Option<&aya::Btf>,
+    vma_tree: bool,
+) -> Result<Vec<(HookFamily, &'static str)>, String> {
+    let mut loaded: Vec<(HookFamily, &'static str)> = Vec::new();
     // A program's further plain tracepoints may be missing from this kernel: `pkey_mprotect`, the
     // mprotect hook's second syscall, exists only where the CPU has memory protection keys (x86
     // with PKU; not arm64 before 6.12). Such a place is left out; its first one is required.
     let tracefs = offsets::tracefs_root();
-    let absent = |target: &str| {
-        hook.family() == HookFamily::Tracepoint
-            && tracefs.as_ref().is_some_and(|root| !root.join("events").join(target).is_dir())
+    let absent = |family: HookFamily, target: &str| {
+        family == HookFamily::Tracepoint && tracefs.as_ref().is_some_and(|root| !root.join("events").join(target).is_dir())
     };
-    let result = hook.attachments().iter().try_for_each(|&(program, target)| {
+    let result = hook.attachments().iter().try_for_each(|&(program, target, family)| {
         let program = if vma_tree { kernel::without_find_vma(program) } else { program };
-        let fresh = !loaded.contains(&program);
-        if !fresh && absent(target) {
+        let fresh = !loaded.iter().any(|&(_, p)| p == program);
+        if !fresh && absent(family, target) {
             tracing::debug!(probe = %hook, "{target} is not in this kernel's tracefs: not attached there");
             return Ok(());
         }
-        let result = attach_one(ebpf, hook.family(), program, target, fresh, btf);
+        let result = attach_one(ebpf, family, program, target, fresh, btf);
         if fresh && result.is_ok() {
-            loaded.push(program);
+            loaded.push((family, program));
         }
         result
     });
     if let Err(why) = result {
-        for program in loaded {
-            let _ = unload(ebpf, hook.family(), program);
+        for (family, program) in loaded {
+            let _ = unload(ebpf, family, program);
         }
         return Err(why);
     }

@@ -580,6 +580,7 @@ mod tests {
     /// reported with, `/proc` being `proc_dir`.
     fn changed_file(proc_dir: &std::path::Path, pid: u32, exe: &[u8], file: &[u8]) -> Vec<u8> {
         let change = ProcessMemoryProtect {
+            operation: crate::kinds::memory::Operation::Mprotect,
             start: 0x1000,
             len: 4096,
             count: 1,

@@ -148,6 +148,7 @@ mod tests {
 
     fn memory_change_by(process: Process, old_prot: u32, new_prot: u32) -> Event {
         let detail = ProcessMemoryProtect {
+            operation: crate::kinds::memory::Operation::Mprotect,
             start: 0x1000,
             len: 4096,
             count: 1,

@@ -75,6 +75,7 @@ mod tests {
 
     fn memory_change_by(euid: u32, new_prot: u32) -> Event {
         let change = ProcessMemoryProtect {
+            operation: crate::kinds::memory::Operation::Mprotect,
             start: 0x1000,
             len: 4096,
             count: 1,

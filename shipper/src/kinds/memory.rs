@@ -4,8 +4,8 @@ use std::path::Path;
 use ksense_abi::{
     config::MemoryOffsets,
     memory::{
-        CoalesceKey, CoalesceState, MEMORY_FILE_CAP, MEMORY_OLD_KNOWN, MEMORY_RESULT_KNOWN, Memory, PROT_EXEC, PROT_READ,
-        PROT_WRITE, Region,
+        CoalesceKey, CoalesceState, MEMORY_FILE_CAP, MEMORY_MMAP, MEMORY_OLD_KNOWN, MEMORY_RESULT_KNOWN, Memory, PROT_EXEC,
+        PROT_READ, PROT_WRITE, Region,
     },
 };
 
@@ -15,16 +15,38 @@ use crate::{
     wire::as_bytes,
 };
 
-/// A protection change (or `count` identical ones, coalesced in the kernel).
+/// What made a memory change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `mprotect` or `pkey_mprotect` changed the protection of existing memory.
+    Mprotect,
+    /// `mmap` created a mapping executable (anonymous or writable).
+    Mmap,
+}
+
+impl Operation {
+    /// The contract's name: `mprotect` or `mmap`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Mprotect => "mprotect",
+            Operation::Mmap => "mmap",
+        }
+    }
+}
+
+/// A protection change or an executable mapping (or `count` identical ones, coalesced in the
+/// kernel).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessMemoryProtect {
+    /// What made it.
+    pub operation: Operation,
     /// Start of the range.
     pub start: u64,
     /// Length in bytes.
     pub len: u64,
     /// Identical changes this event stands for.
     pub count: u64,
-    /// Protection before (`PROT_*` bits), when known.
+    /// Protection before (`PROT_*` bits), when known (never for a new mapping).
     pub old_prot: Option<u32>,
     /// Protection requested.
     pub new_prot: u32,
@@ -120,13 +142,15 @@ fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError>
         return Err(DecodeError::Field("file_len"));
     }
     let old_known = rec.flags & MEMORY_OLD_KNOWN != 0;
+    let mmap = rec.flags & MEMORY_MMAP != 0;
     let memory = ProcessMemoryProtect {
+        operation: if mmap { Operation::Mmap } else { Operation::Mprotect },
         start: rec.start,
         len: rec.len,
         count: rec.count,
         old_prot: old_known.then_some(rec.old_prot),
         new_prot: rec.new_prot,
-        region: old_known.then(|| Region::from_u32(rec.region)),
+        region: (old_known || mmap).then(|| Region::from_u32(rec.region)),
         result: (rec.flags & MEMORY_RESULT_KNOWN != 0).then_some(rec.result),
         file: (rec.file_len > 0).then(|| rec.file[..rec.file_len as usize].to_vec()),
     };
@@ -147,7 +171,8 @@ pub(super) static KIND: KindSpec = KindSpec {
 /// The journald catalog entry (`journalctl -x`): what the event is and what its fields say.
 const CATALOG: &str = r#"ksense saw a process.memory.protect event: process @PROCESS_PID@ changed the
 protection of @KSENSE_MEMORY_LENGTH@ bytes at @KSENSE_MEMORY_START@ with
-mprotect() or pkey_mprotect().
+@KSENSE_MEMORY_OPERATION@: mprotect() or pkey_mprotect() changed existing
+memory, or mmap() created an executable mapping that is anonymous or writable.
 
 KSENSE_MEMORY_PROTECTION_OLD and KSENSE_MEMORY_PROTECTION_NEW give the
 protection before and after (rwx-style), KSENSE_MEMORY_REGION what the range
@@ -156,14 +181,15 @@ KSENSE_MEMORY_FILE_PATH its file. KSENSE_MEMORY_WX=true when the result is
 writable and executable, or executable memory was made writable: the pattern
 of code injection, also used by JIT compilers. KSENSE_MEMORY_RESULT is the
 call's return value (0, or -errno when it failed) and KSENSE_EVENT_COUNT how
-many identical changes this entry stands for.
+many identical changes this entry stands for. A new mapping has no old
+protection.
 
 Logged at priority warning when the change is W^X-relevant, else info.
 "#;
 
-/// VMA, `mm_struct` and file fields, where `mprotect_fixup` and `do_mprotect_pkey` take their
-/// arguments (fentry, fexit), and the fields of the plain mprotect syscall tracepoints (which
-/// need BTF too, to find the VMA).
+/// VMA, `mm_struct` and file fields, where `mprotect_fixup`, `do_mprotect_pkey` and
+/// `mmap_region` take their arguments (fentry, fexit), and the fields of the plain mprotect and
+/// mmap syscall tracepoints (which need BTF too, to find the VMA).
 fn offsets(r: &mut Resolver<'_>) {
     if let Some(why) = r.no_btf().map(|e| format!("no kernel BTF to find VMAs with: {e}")) {
         r.refuse(&[Hook::TracepointMprotect], &why);
@@ -176,6 +202,9 @@ fn offsets(r: &mut Resolver<'_>) {
         if let Err(e) = fixup_positions(btf, &mut r.config.memory) {
             r.refuse(&[Hook::FentryMprotectFixup], &e.to_string());
         }
+        if let Err(e) = mmap_positions(btf, &mut r.config.memory) {
+            r.refuse(&[Hook::FentryMprotectFixup], &e.to_string());
+        }
     }
     // Attachments 0 and 2: sys_enter_mprotect and sys_exit_mprotect (the pkey variants have
     // the same layout).
@@ -185,6 +214,14 @@ fn offsets(r: &mut Resolver<'_>) {
         ("prot", |c| &mut c.memory.tp_prot),
     ]);
     r.tracepoint_fields(Hook::TracepointMprotect, 2, &[("ret", |c| &mut c.memory.tp_ret)]);
+    // Attachments 4 and 5: sys_enter_mmap and sys_exit_mmap.
+    r.tracepoint_fields(Hook::TracepointMprotect, 4, &[
+        ("addr", |c| &mut c.memory.tp_mmap_addr),
+        ("len", |c| &mut c.memory.tp_mmap_len),
+        ("prot", |c| &mut c.memory.tp_mmap_prot),
+        ("flags", |c| &mut c.memory.tp_mmap_flags),
+    ]);
+    r.tracepoint_fields(Hook::TracepointMprotect, 5, &[("ret", |c| &mut c.memory.tp_mmap_ret)]);
 }
 
 /// Offsets the memory-protection hooks read (both paths).
@@ -239,6 +276,17 @@ fn fixup_positions(btf: &Btf, memory: &mut MemoryOffsets) -> Result<(), BtfError
     Ok(())
 }
 
+/// Positions of `mmap_region`'s parameters and return value (its fexit program): looked up by
+/// name, as its prototype is not the same on every kernel.
+fn mmap_positions(btf: &Btf, memory: &mut MemoryOffsets) -> Result<(), BtfError> {
+    memory.mmap_file_arg = btf.func_param_index("mmap_region", "file")? as u32;
+    memory.mmap_addr_arg = btf.func_param_index("mmap_region", "addr")? as u32;
+    memory.mmap_len_arg = btf.func_param_index("mmap_region", "len")? as u32;
+    memory.mmap_vm_flags_arg = btf.func_param_index("mmap_region", "vm_flags")? as u32;
+    memory.mmap_ret_arg = btf.func_param_count("mmap_region")? as u32;
+    Ok(())
+}
+
 impl Payload for ProcessMemoryProtect {
     fn render(&self, process: &Process, _time: SystemTime, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
         attrs.push((schema::KSENSE_MEMORY_START, hex(self.start)));
@@ -256,6 +304,7 @@ impl Payload for ProcessMemoryProtect {
         if let Some(result) = self.result {
             attrs.push((schema::KSENSE_MEMORY_RESULT, Value::Int(i64::from(result))));
         }
+        attrs.push((schema::KSENSE_MEMORY_OPERATION, Value::Str(self.operation.name().to_owned())));
         attrs.push((schema::KSENSE_EVENT_COUNT, Value::Int(self.count as i64)));
         let severity = if self.wx() || self.code_made_writable() { Severity::Warn } else { Severity::Info };
         let was = self.old_prot.map(|o| format!(" (was {})", prot_string(o))).unwrap_or_default();
@@ -264,13 +313,20 @@ impl Payload for ProcessMemoryProtect {
             Some(r) if r < 0 => format!(", failed with {r}"),
             _ => String::new(),
         };
+        let verb = match self.operation {
+            Operation::Mprotect => "set",
+            Operation::Mmap => "mapped",
+        };
         let body = format!(
-            "{} set {:#x}+{} ({region}{}) to {}{was}{times}{failed}",
+            "{} {verb} {:#x}+{} ({region}{}) {}{was}{times}{failed}",
             process.who(),
             self.start,
             self.len,
             self.file.as_deref().map(|f| format!(" {}", one_line(&lossless(f)))).unwrap_or_default(),
-            prot_string(self.new_prot),
+            match self.operation {
+                Operation::Mprotect => format!("to {}", prot_string(self.new_prot)),
+                Operation::Mmap => format!("as {}", prot_string(self.new_prot)),
+            },
         );
         (severity, body)
     }
@@ -333,7 +389,17 @@ mod tests {
     use super::*;
 
     fn change(old: Option<u32>, new: u32) -> ProcessMemoryProtect {
-        ProcessMemoryProtect { start: 0, len: 4096, count: 1, old_prot: old, new_prot: new, region: None, result: None, file: None }
+        ProcessMemoryProtect {
+            operation: Operation::Mprotect,
+            start: 0,
+            len: 4096,
+            count: 1,
+            old_prot: old,
+            new_prot: new,
+            region: None,
+            result: None,
+            file: None,
+        }
     }
 
     #[test]
@@ -346,6 +412,35 @@ mod tests {
         assert!(!change(Some(r | w), r | x).code_made_writable());
         assert_eq!(prot_string(r | x), "r-x");
         assert_eq!(prot_string(0), "---");
+    }
+
+    /// The fexit program reads `mmap_region`'s arguments and return value from the trampoline's
+    /// context, which holds six register arguments and the return value after them.
+    #[test]
+    fn mmap_region_fits_the_trampoline_on_this_kernel() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("skipped: no kernel BTF");
+            return;
+        };
+        let mut memory = MemoryOffsets::default();
+        mmap_positions(&btf, &mut memory).expect("mmap_region's parameters in this kernel's BTF");
+        let args = [memory.mmap_file_arg, memory.mmap_addr_arg, memory.mmap_len_arg, memory.mmap_vm_flags_arg];
+        assert!(args.iter().all(|&at| at < memory.mmap_ret_arg), "{memory:?}");
+        assert!(memory.mmap_ret_arg <= 6, "{memory:?}");
+    }
+
+    #[test]
+    fn mmap_records_say_so() {
+        let mut change = change(None, PROT_READ | PROT_WRITE | PROT_EXEC);
+        change.operation = Operation::Mmap;
+        change.region = Some(Region::Anonymous);
+        let mut attrs = Vec::new();
+        let (severity, body) = change.render(&Process::default(), SystemTime::UNIX_EPOCH, &mut attrs);
+        assert_eq!(severity, Severity::Warn);
+        assert!(body.contains("mapped 0x0+4096 (anonymous) as rwx"), "{body}");
+        let operation = attrs.iter().find(|(k, _)| *k == schema::KSENSE_MEMORY_OPERATION).map(|(_, v)| v);
+        assert_eq!(operation, Some(&Value::Str("mmap".into())));
+        assert!(!attrs.iter().any(|(k, _)| *k == schema::KSENSE_MEMORY_PROTECTION_OLD), "{attrs:?}");
     }
 
     #[test]

@@ -9,12 +9,13 @@ use std::{
 use ksense_abi::{
     Task,
     exec::{
-        ARGS_CAP, ENV_CAP, EXEC_ARGS_TRUNCATED, EXEC_ENV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EXEC_TTY, EXEC_TTY_KNOWN,
-        Exec, FILENAME_CAP,
+        ARGS_CAP, ENV_CAP, EXEC_ARGS_TRUNCATED, EXEC_CTIME_KNOWN, EXEC_ENV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EXEC_TTY,
+        EXEC_TTY_KNOWN, Exec, FILENAME_CAP,
     },
 };
 
 use super::prelude::*;
+use crate::identity::FileKey;
 
 /// A process exec'd. The event's [`Process`] carries argv, and, once enrichment established
 /// it, the canonical path of the file the kernel executed.
@@ -31,6 +32,9 @@ pub struct ProcessExec {
     pub exec_path: Option<Vec<u8>>,
     /// The file the kernel executed, when the probe could read it.
     pub executed_file: Option<FileId>,
+    /// Its change time (seconds, nanoseconds as the inode holds them), when the probe could
+    /// read it.
+    pub executed_ctime: Option<(i64, u64)>,
     /// The executed file has no name on any file system (its link count is 0: a memfd, or a
     /// file deleted before the exec), as the kernel saw it; `None` when the probe could not
     /// read its inode.
@@ -81,6 +85,14 @@ impl ReportedVariables {
                 }
             }
         }
+    }
+}
+
+impl ProcessExec {
+    /// What names the executed file's content, when the probe read its inode and change time.
+    pub fn identity_key(&self) -> Option<FileKey> {
+        let (file, (sec, nsec)) = self.executed_file.zip(self.executed_ctime)?;
+        Some(FileKey::new(file.ino, file.major, file.minor, sec, nsec))
     }
 }
 
@@ -144,6 +156,9 @@ fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError>
         code_start: read(bytes, offset_of!(Exec, code_start))?,
         code_end: read(bytes, offset_of!(Exec, code_end))?,
         exec_path: (!filename.is_empty()).then(|| filename.to_vec()),
+        executed_ctime: (exe_ino != 0 && flags & EXEC_CTIME_KNOWN != 0)
+            .then(|| Ok::<_, DecodeError>((read(bytes, offset_of!(Exec, exe_ctime_sec))?, read(bytes, offset_of!(Exec, exe_ctime_nsec))?)))
+            .transpose()?,
         executed_file: (exe_ino != 0).then(|| FileId::from_kernel(exe_ino, read(bytes, offset_of!(Exec, exe_dev)).unwrap_or(0))),
         fileless: (exe_ino != 0).then(|| read::<u32>(bytes, offset_of!(Exec, exe_nlink)).is_ok_and(|n| n == 0)),
         interactive: (flags & EXEC_TTY_KNOWN != 0).then_some(flags & EXEC_TTY != 0),

@@ -9,7 +9,7 @@ use std::{
 use ksense_e2e::{
     Ksense, attr, is,
     journald::{Run, value},
-    run_workload, temp_config, workload_bin,
+    temp_config, workload_bin,
 };
 use serde_json::Value;
 
@@ -35,6 +35,26 @@ fn text(event: &Value, name: &str) -> Option<String> {
     event["attributes"].get(name).map(|v| v.as_str().unwrap_or_else(|| panic!("{name} is not a string: {event}")).to_owned())
 }
 
+/// What a record says of its executable's hash: the hash, or why there is none.
+fn outcome(event: &Value) -> Result<String, String> {
+    match (text(event, "ksense.process.executable.sha256"), text(event, "ksense.process.executable.hash_skipped")) {
+        (Some(hash), None) => Ok(hash),
+        (None, Some(why)) => Err(why),
+        _ => panic!("a hash or a reason: {event}"),
+    }
+}
+
+/// The exec and exit records of process `pid`. The exit (seconds later: the programs run here
+/// sleep) carries the identity the worker found; the exec the same, or `pending` when the
+/// worker took longer than `wait_ms` (a loaded machine).
+fn exec_and_exit(ksense: &Ksense, pid: u32) -> (Value, Value) {
+    let exec = ksense.wait_for("the exec", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
+    let exit = ksense.wait_for("the exit", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
+    assert_ne!(outcome(&exit), Err("pending".into()), "{exit}");
+    assert!(outcome(&exec) == outcome(&exit) || outcome(&exec) == Err("pending".into()), "exec {exec}\nexit {exit}");
+    (exec, exit)
+}
+
 /// A copy of the workload in a directory of its own (removed with [`Copy`]'s drop).
 struct Copy(PathBuf);
 
@@ -55,71 +75,6 @@ impl Drop for Copy {
     }
 }
 
-/// An exec of the workload reports the SHA-256 `sha256sum` gives and the build-id `readelf`
-/// shows, in the JSON line and the journal entry; its exit (a later event) carries them too.
-#[test]
-fn exec_reports_the_sha256_and_build_id_of_the_executed_file() {
-    let run = Run::start("identity-exec");
-    let bin = workload_bin();
-    let (_, pid) = run_workload(&["marker"]);
-    let exec = run.ksense.wait_for("the workload's exec", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
-    let exit = run.ksense.wait_for("the workload's exit", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
-    let sha256 = sha256sum(&bin);
-    let build_id = readelf_build_id(&bin);
-    assert_eq!(text(&exec, "ksense.process.executable.sha256").as_deref(), Some(sha256.as_str()), "{exec}");
-    assert_eq!(text(&exec, "ksense.process.executable.hash_skipped"), None, "{exec}");
-    if let Some(build_id) = &build_id {
-        assert_eq!(text(&exec, "process.executable.build_id.gnu").as_ref(), Some(build_id), "{exec}");
-        assert_eq!(text(&exit, "process.executable.build_id.gnu").as_ref(), Some(build_id), "{exit}");
-    }
-    assert_eq!(text(&exit, "ksense.process.executable.sha256").as_deref(), Some(sha256.as_str()), "{exit}");
-    let entry = run.entry(&["SYSLOG_IDENTIFIER=ksense", "KSENSE_EVENT=process.exec", &format!("PROCESS_PID={pid}")]);
-    assert_eq!(value(&entry, "KSENSE_PROCESS_EXECUTABLE_SHA256"), sha256);
-    if let Some(build_id) = build_id {
-        assert_eq!(value(&entry, "PROCESS_EXECUTABLE_BUILD_ID_GNU"), build_id);
-    }
-    run.ksense.stop();
-}
-
-/// A program whose file is replaced right after its exec: the hash is the executed content's,
-/// never the new file's. While it runs, `/proc/<pid>/exe` still leads to what it executed (a
-/// rename over its path changes nothing); once it is gone, a file rewritten in place since has
-/// another change time, so it is not hashed (`changed`), unless ksense hashed it before.
-#[test]
-fn a_file_replaced_after_exec_is_never_hashed_in_its_place() {
-    let ksense = Ksense::start(&[]);
-    let executed = sha256sum(&workload_bin());
-
-    // Still running: replaced by a rename over its path.
-    let running = Copy::new("renamed");
-    let mut child = spawn(Command::new(&running.0).args(["sleep", "2"]));
-    let pid = child.id();
-    let other = running.0.with_file_name("other");
-    std::fs::write(&other, b"#!/bin/sh\nexit 0\n").unwrap();
-    std::fs::rename(&other, &running.0).unwrap();
-    assert!(child.wait().unwrap().success());
-    let exec = ksense.wait_for("the replaced program's exec", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
-    let exit = ksense.wait_for("the replaced program's exit", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
-    for event in [&exec, &exit] {
-        assert_eq!(text(event, "ksense.process.executable.sha256").as_deref(), Some(executed.as_str()), "the executed content's: {event}");
-    }
-
-    // Gone, then rewritten in place (same inode): its hash or none, never the new content's.
-    let rewritten = Copy::new("rewritten");
-    let (_, pid) = run_workload_at(&rewritten.0);
-    let mut content = std::fs::read(&rewritten.0).unwrap();
-    content.extend_from_slice(b"appended after the exec");
-    std::fs::write(&rewritten.0, &content).unwrap();
-    assert_ne!(sha256sum(&rewritten.0), executed, "the content changed");
-    let exec = ksense.wait_for("the rewritten program's exec", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
-    match (text(&exec, "ksense.process.executable.sha256"), text(&exec, "ksense.process.executable.hash_skipped")) {
-        (Some(hash), None) => assert_eq!(hash, executed, "hashed before the rewrite: the executed content's: {exec}"),
-        (None, Some(why)) => assert!(["changed", "pending"].contains(&why.as_str()), "{exec}"),
-        _ => panic!("a hash or a reason: {exec}"),
-    }
-    ksense.stop();
-}
-
 /// Starts `command`, its stdout piped. A copy just written may be refused for a moment
 /// (`ETXTBSY`): a test running beside this one may have forked while the copy was open for
 /// writing, and its child holds that descriptor until it execs.
@@ -135,28 +90,92 @@ fn spawn(command: &mut Command) -> std::process::Child {
     }
 }
 
-/// Runs the program at `path` in its `marker` mode, which exits at once.
-fn run_workload_at(path: &Path) -> (String, u32) {
-    let child = spawn(Command::new(path).arg("marker"));
+/// Runs `program` with `args` to its end; its pid.
+fn run_to_end(program: &Path, args: &[&str]) -> u32 {
+    let mut child = spawn(Command::new(program).args(args));
     let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{} marker: {:?}", path.display(), out.status);
-    (String::from_utf8(out.stdout).unwrap(), pid)
+    assert!(child.wait().unwrap().success(), "{} {args:?}", program.display());
+    pid
+}
+
+/// An exec of the workload reports the SHA-256 `sha256sum` gives and the build-id `readelf`
+/// shows, on the exec and the exit (a later event), in the JSON line and the journal entry.
+#[test]
+fn exec_reports_the_sha256_and_build_id_of_the_executed_file() {
+    let run = Run::start("identity-exec");
+    let bin = workload_bin();
+    let pid = run_to_end(&bin, &["sleep", "2"]);
+    let (exec, exit) = exec_and_exit(&run.ksense, pid);
+    let sha256 = sha256sum(&bin);
+    assert_eq!(outcome(&exit), Ok(sha256.clone()), "{exit}");
+    let build_id = readelf_build_id(&bin);
+    if let Some(build_id) = &build_id {
+        for event in [&exec, &exit] {
+            assert_eq!(text(event, "process.executable.build_id.gnu").as_ref(), Some(build_id), "{event}");
+        }
+    }
+    let entry = run.entry(&["SYSLOG_IDENTIFIER=ksense", "KSENSE_EVENT=process.exit", &format!("PROCESS_PID={pid}")]);
+    assert_eq!(value(&entry, "KSENSE_PROCESS_EXECUTABLE_SHA256"), sha256);
+    if let Some(build_id) = build_id {
+        assert_eq!(value(&entry, "PROCESS_EXECUTABLE_BUILD_ID_GNU"), build_id);
+    }
+    run.ksense.stop();
+}
+
+/// A program whose file is replaced right after its exec: the hash is the executed content's,
+/// or absent, never the new file's. Replaced by a rename while it runs, `/proc/<pid>/exe`
+/// still leads to the executed inode, but the rename dropped its link count, which moved its
+/// change time: ksense cannot tell that from a write, so unless it hashed the file before the
+/// rename, it says `changed`. Rewritten in place once the process is gone, the same inode has
+/// another change time too.
+#[test]
+fn a_file_replaced_after_exec_is_never_hashed_in_its_place() {
+    let ksense = Ksense::start(&[]);
+    let executed = sha256sum(&workload_bin());
+
+    let running = Copy::new("renamed");
+    let mut child = spawn(Command::new(&running.0).args(["sleep", "2"]));
+    let pid = child.id();
+    let other = running.0.with_file_name("other");
+    std::fs::write(&other, b"#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::rename(&other, &running.0).unwrap();
+    assert!(child.wait().unwrap().success());
+    let (_, exit) = exec_and_exit(&ksense, pid);
+    assert_executed_or(&exit, &executed, &sha256sum(&running.0), &["changed"]);
+
+    let rewritten = Copy::new("rewritten");
+    let pid = run_to_end(&rewritten.0, &["marker"]);
+    let mut content = std::fs::read(&rewritten.0).unwrap();
+    content.extend_from_slice(b"appended after the exec");
+    std::fs::write(&rewritten.0, &content).unwrap();
+    let exec = ksense.wait_for("the rewritten program's exec", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
+    // The program exits at once: its exec may go out before the hash is done.
+    assert_executed_or(&exec, &executed, &sha256sum(&rewritten.0), &["changed", "pending"]);
+    ksense.stop();
+}
+
+/// `event` carries the executed content's hash, or one of the reasons `allowed`; never
+/// `replacement`'s hash.
+fn assert_executed_or(event: &Value, executed: &str, replacement: &str, allowed: &[&str]) {
+    assert_ne!(executed, replacement, "the content changed");
+    match outcome(event) {
+        Ok(hash) => assert_eq!(hash, executed, "the executed content's: {event}"),
+        Err(why) => assert!(allowed.contains(&why.as_str()), "{event}"),
+    }
 }
 
 /// A file over `[identity] max_file_bytes` is not hashed and the record says why; its build-id
 /// is still read. With `wait_ms = 0` an exec does not wait: a file not hashed before goes out
-/// `pending`, and the process's later events carry its hash.
+/// `pending` (unless the worker was quicker), and the process's later events carry its hash.
 #[test]
 fn a_file_over_the_size_cap_says_too_large_and_a_pending_hash_comes_later() {
     let config = temp_config("identity-cap", "[identity]\nmax_file_bytes = 4096\n");
     let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
-    let (_, pid) = run_workload(&["marker"]);
-    let exec = ksense.wait_for("the workload's exec", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
-    assert_eq!(text(&exec, "ksense.process.executable.hash_skipped").as_deref(), Some("too_large"), "{exec}");
-    assert_eq!(text(&exec, "ksense.process.executable.sha256"), None, "{exec}");
+    let pid = run_to_end(&workload_bin(), &["sleep", "2"]);
+    let (exec, exit) = exec_and_exit(&ksense, pid);
+    assert_eq!(outcome(&exit), Err("too_large".into()), "{exit}");
     if let Some(build_id) = readelf_build_id(&workload_bin()) {
-        assert_eq!(text(&exec, "process.executable.build_id.gnu"), Some(build_id), "{exec}");
+        assert_eq!(text(&exit, "process.executable.build_id.gnu"), Some(build_id), "{exec}");
     }
     ksense.stop();
 
@@ -164,15 +183,8 @@ fn a_file_over_the_size_cap_says_too_large_and_a_pending_hash_comes_later() {
     let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
     // A file of its own, so no earlier exec put it in the cache.
     let copy = Copy::new("pending");
-    let mut child = spawn(Command::new(&copy.0).args(["sleep", "1"]));
-    let pid = child.id();
-    assert!(child.wait().unwrap().success());
-    let exec = ksense.wait_for("the copy's exec", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
-    let exit = ksense.wait_for("the copy's exit", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
-    let executed = sha256sum(&copy.0);
-    // The worker may be quicker than the pipeline: then the exec has it too.
-    let on_exec = text(&exec, "ksense.process.executable.sha256");
-    assert!(on_exec.as_ref() == Some(&executed) || text(&exec, "ksense.process.executable.hash_skipped").as_deref() == Some("pending"), "{exec}");
-    assert_eq!(text(&exit, "ksense.process.executable.sha256"), Some(executed), "the exit, a second later: {exit}");
+    let pid = run_to_end(&copy.0, &["sleep", "2"]);
+    let (_, exit) = exec_and_exit(&ksense, pid);
+    assert_eq!(outcome(&exit), Ok(sha256sum(&copy.0)), "the exit, seconds later: {exit}");
     ksense.stop();
 }

@@ -468,4 +468,62 @@ mod tests {
         close_all(running.workers);
         std::fs::remove_dir_all(proc_root).unwrap();
     }
+
+    /// An exec whose executable is being hashed is held, and what follows waits behind it: the
+    /// records keep their order. Hashed in time, the exec carries the hash; past `wait_ms`
+    /// (a worker that never answers) it goes out `pending`, and the events behind it with it.
+    #[test]
+    fn an_exec_waits_for_its_hash_at_most_wait_ms_and_order_is_kept() {
+        use crate::{identity::Identities, kinds::exec::{FileId, ProcessExec}};
+        use std::os::unix::fs::MetadataExt;
+        let file = std::env::temp_dir().join(format!("ksense-pipeline-identity-{}", std::process::id()));
+        std::fs::write(&file, b"the program").unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        let exec = |seq: u64| {
+            let detail = ProcessExec {
+                exec_path: Some(file.as_os_str().as_encoded_bytes().to_vec()),
+                executed_file: Some(FileId::of(&meta)),
+                executed_ctime: Some((meta.ctime(), meta.ctime_nsec() as u64)),
+                ..ProcessExec::default()
+            };
+            let process = Process { pid: u32::MAX - 1, tid: u32::MAX - 1, parent_pid: u32::MAX - 2, ..Process::default() };
+            let time = std::time::SystemTime::now();
+            Input::Event(Event { seq, time, observed_time: time, hook: Hook::TpBtfSchedProcessExec, process, detail: Detail::Exec(detail) }, Charge::default())
+        };
+        let run_with = |identities: Identities| {
+            let sink = Recorder::default();
+            let (tx, rx) = mpsc::channel(16);
+            tx.try_send(exec(1)).unwrap();
+            tx.try_send(fork(2)).unwrap();
+            drop(tx);
+            let proc_root = std::env::temp_dir().join("ksense-pipeline-test-no-proc");
+            let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), Default::default());
+            let context = Context {
+                counters: Arc::default(),
+                probes: Vec::new(),
+                sink_queue_records: 64,
+                memory_budget_bytes: 1 << 20,
+                environment: Default::default(),
+                identities: Some(identities),
+            };
+            let started = Instant::now();
+            run(rx, enricher, outputs(&sink), context);
+            let records = sink.records.lock().unwrap().clone();
+            let seqs: Vec<_> = records.iter().map(|r| r.attribute(schema::KSENSE_EVENT_SEQ).cloned()).collect();
+            assert_eq!(seqs, [Some(Value::Int(1)), Some(Value::Int(2))], "in order");
+            (records, started.elapsed())
+        };
+        let sha256 = crate::identity::hex(ring::digest::digest(&ring::digest::SHA256, b"the program").as_ref());
+        let hashed = Identities::start(&crate::identity::IdentityConfig { wait_ms: 60_000, ..Default::default() }, "/nonexistent".into()).unwrap();
+        let (records, elapsed) = run_with(hashed);
+        assert_eq!(records[0].attribute(schema::KSENSE_PROCESS_EXECUTABLE_SHA256), Some(&Value::Str(sha256)), "{:?}", records[0]);
+        assert!(elapsed < Duration::from_secs(30), "released when hashed, not at the deadline: {elapsed:?}");
+
+        let (stalled, _queue) = Identities::stalled(Duration::from_millis(50));
+        let (records, elapsed) = run_with(stalled);
+        let skipped = records[0].attribute(schema::KSENSE_PROCESS_EXECUTABLE_HASH_SKIPPED);
+        assert_eq!(skipped, Some(&Value::Str("pending".into())), "{:?}", records[0]);
+        assert!(elapsed >= Duration::from_millis(50), "held until the deadline: {elapsed:?}");
+        std::fs::remove_file(file).unwrap();
+    }
 }

@@ -91,14 +91,15 @@ impl FileKey {
         FileKey { ino, major, minor, ctime_sec, ctime_nsec: (ctime_nsec & ((1 << 30) - 1)) as u32 }
     }
 
-    /// Whether `stat` says this is the file, with this content.
-    fn matches(&self, meta: &Metadata) -> bool {
+    /// Whether `stat` says this is the file (device and inode).
+    fn is_file(&self, meta: &Metadata) -> bool {
         let dev = meta.dev();
-        meta.ino() == self.ino
-            && libc::major(dev) == self.major
-            && libc::minor(dev) == self.minor
-            && meta.ctime() == self.ctime_sec
-            && meta.ctime_nsec() == i64::from(self.ctime_nsec)
+        meta.ino() == self.ino && libc::major(dev) == self.major && libc::minor(dev) == self.minor
+    }
+
+    /// Whether `stat` says this is the file, with this content (change time).
+    fn matches(&self, meta: &Metadata) -> bool {
+        self.is_file(meta) && meta.ctime() == self.ctime_sec && meta.ctime_nsec() == i64::from(self.ctime_nsec)
     }
 }
 
@@ -111,11 +112,12 @@ pub enum Skipped {
     Pending,
     /// The queue of files to hash was full.
     Busy,
-    /// The executed file could not be opened: the process is gone and no absolute path leads
-    /// to it (a memfd, a relative execve path), or reading it was refused.
+    /// The executed file could not be reached: the process is gone (or runs another program)
+    /// and no path leads to it any more (a memfd, a file deleted or replaced, a script's
+    /// interpreter, a relative execve path), or reading it was refused.
     Unreadable,
-    /// What can be opened is not the executed content any more: the file was replaced,
-    /// rewritten or changed while it was read.
+    /// The executed inode was reached, but its change time is not the exec's any more: it was
+    /// rewritten, its links, mode or owner changed, or it changed while it was read.
     Changed,
 }
 
@@ -186,7 +188,7 @@ impl IdentitySlot {
 }
 
 /// A file to identify.
-struct Job {
+pub(crate) struct Job {
     key: FileKey,
     /// Where to open it, in order: `/proc/<pid>/exe`, then the absolute execve path.
     paths: Vec<PathBuf>,
@@ -215,6 +217,15 @@ impl Identities {
         let worker = Worker { cache: cache.clone(), done: done.clone(), max_bytes: config.max_file_bytes };
         std::thread::Builder::new().name("ksense-identity".into()).spawn(move || worker.run(queue))?;
         Ok(Identities { cache, jobs, done, wait: Duration::from_millis(config.wait_ms), proc_root })
+    }
+
+    /// Identities whose worker never takes a job (tests of what waits for one): the queue's
+    /// receiving end is returned, to keep or drop.
+    #[cfg(test)]
+    pub(crate) fn stalled(wait: Duration) -> (Identities, Receiver<Job>) {
+        let (jobs, queue) = sync_channel(16);
+        let cache = Arc::new(Mutex::new(LruMap::new(16)));
+        (Identities { cache, jobs, done: Arc::default(), wait, proc_root: "/nonexistent".into() }, queue)
     }
 
     /// The identity slot of an exec of the file `key` by process `pid`, which gave `exec_path`
@@ -272,15 +283,21 @@ pub fn identify(key: FileKey, paths: &[PathBuf], max_bytes: u64) -> Identity {
     Identity::skipped(why)
 }
 
-/// `path` opened for reading if it is the file `key` names. It is resolved first without being
-/// opened for I/O (`O_PATH`): a path swapped for a FIFO or a device is neither opened nor read.
+/// `path` opened for reading if it is the file `key` names, with the content it names. It is
+/// resolved first without being opened for I/O (`O_PATH`): a path swapped for a FIFO or a
+/// device is neither opened nor read. Another file there is `Unreadable` (not the one executed);
+/// the same file with another change time `Changed`.
 fn open_checked(path: &Path, key: FileKey) -> Result<File, Skipped> {
     let opened = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(path)
         .map_err(|_| Skipped::Unreadable)?;
-    if !key.matches(&opened.metadata().map_err(|_| Skipped::Unreadable)?) {
+    let meta = opened.metadata().map_err(|_| Skipped::Unreadable)?;
+    if !key.is_file(&meta) {
+        return Err(Skipped::Unreadable);
+    }
+    if !key.matches(&meta) {
         return Err(Skipped::Changed);
     }
     OpenOptions::new()
@@ -359,10 +376,10 @@ mod tests {
         let paths = [path.clone()];
         assert_eq!(identify(key, &paths, 1 << 20), Identity { build_id: None, sha256: Ok(sha256(b"first content")) });
         assert_eq!(identify(key, &paths, 5).sha256, Err(Skipped::TooLarge));
-        // Replaced by another file under the same name.
+        // Replaced by another file under the same name: the path no longer leads to it.
         std::fs::write(dir.join("new"), b"second content").unwrap();
         std::fs::rename(dir.join("new"), &path).unwrap();
-        assert_eq!(identify(key, &paths, 1 << 20).sha256, Err(Skipped::Changed));
+        assert_eq!(identify(key, &paths, 1 << 20).sha256, Err(Skipped::Unreadable));
         // Rewritten in place: same inode, its ctime moved.
         let key = key_of(&path);
         std::thread::sleep(Duration::from_millis(10));
@@ -376,7 +393,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let fifo = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        assert_eq!(identify(key, &paths, 1 << 20).sha256, Err(Skipped::Changed));
+        assert_eq!(identify(key, &paths, 1 << 20).sha256, Err(Skipped::Unreadable));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -415,13 +432,62 @@ mod tests {
         drop(slot);
 
         // A worker that takes no job: the queue fills, then requests are `busy`.
-        let (jobs, _queue) = sync_channel(1);
-        let stalled = Identities { jobs, ..identities };
+        let (stalled, _queue) = Identities::stalled(Duration::ZERO);
         let key = FileKey::new(u64::MAX, 0, 0, 0, 0);
-        assert!(stalled.request(key, 1, None).1, "queued");
+        for _ in 0..16 {
+            assert!(stalled.request(key, 1, None).1, "queued");
+        }
         let (busy, waiting) = stalled.request(key, 1, None);
         assert!(!waiting);
         assert_eq!(busy.get().map(|i| i.sha256.clone()), Some(Err(Skipped::Busy)));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// What identity costs per exec: on the pipeline, asking for an identity the cache holds (a
+    /// hit) and one it does not (a miss: a job queued); on the worker, hashing a miss, for files
+    /// of 1, 8 and 64 MiB in the page cache. It prints, it does not assert speed:
+    /// `cargo test --release -p ksense --lib identity_cost -- --ignored --nocapture`
+    /// (`KSENSE_BENCH_N` requests, default 200,000). Figures in docs/BENCHMARKS.md.
+    #[test]
+    #[ignore = "benchmark: run in release with --ignored --nocapture"]
+    fn identity_cost_per_exec() {
+        use std::time::Instant;
+        let n: u32 = std::env::var("KSENSE_BENCH_N").ok().and_then(|n| n.parse().ok()).unwrap_or(200_000);
+        let dir = dir("bench");
+        let path = dir.join("prog");
+        std::fs::write(&path, vec![0x5a; 1 << 20]).unwrap();
+        let key = key_of(&path);
+        let config = IdentityConfig { queue_files: Spanned::new(0..0, n as usize + 1), ..IdentityConfig::default() };
+        let identities = Identities::start(&config, dir.join("proc")).unwrap();
+        let (slot, _) = identities.request(key, 1, Some(path.as_os_str().as_bytes()));
+        while slot.get().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let started = Instant::now();
+        for _ in 0..n {
+            assert!(!identities.request(key, 1, None).1);
+        }
+        println!("cache hit: {} ns per exec on the pipeline", started.elapsed().as_nanos() / u128::from(n));
+        // Misses: keys of no file, so the worker's job is an open that fails at once.
+        let started = Instant::now();
+        for ino in 0..u64::from(n) {
+            assert!(identities.request(FileKey::new(ino, 0, 0, 0, 0), 1, None).1);
+        }
+        println!("cache miss: {} ns per exec on the pipeline (the job queued)", started.elapsed().as_nanos() / u128::from(n));
+        drop(identities);
+        for mib in [1u64, 8, 64] {
+            let path = dir.join(format!("prog{mib}"));
+            std::fs::write(&path, vec![0xa5; (mib << 20) as usize]).unwrap();
+            let key = key_of(&path);
+            let rounds = 10;
+            let started = Instant::now();
+            for _ in 0..rounds {
+                assert!(identify(key, &[path.clone()], 1 << 30).sha256.is_ok());
+            }
+            let per_file = started.elapsed() / rounds;
+            let rate = (mib as f64) / per_file.as_secs_f64();
+            println!("hash of a {mib} MiB file on the worker: {} us ({rate:.0} MiB/s)", per_file.as_micros());
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

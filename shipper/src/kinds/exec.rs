@@ -269,7 +269,10 @@ runs, PROCESS_INTERACTIVE whether it has a controlling terminal.
 
 KSENSE_PROCESS_EXECUTABLE_FILELESS=true says the executed file has no name on
 any file system (a memfd, or a file deleted before the exec), as the kernel
-saw it. PROCESS_ENVIRONMENT_VARIABLE_<NAME> holds the value of each variable of
+saw it. KSENSE_PROCESS_EXECUTABLE_SHA256 is the SHA-256 of the very file the
+kernel executed and PROCESS_EXECUTABLE_BUILD_ID_GNU its GNU build-id; when there
+is no hash, KSENSE_PROCESS_EXECUTABLE_HASH_SKIPPED says why (too_large, pending,
+busy, unreadable, changed). PROCESS_ENVIRONMENT_VARIABLE_<NAME> holds the value of each variable of
 [probes] environment (default LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT) the new
 program started with.
 

@@ -388,6 +388,27 @@ mod tests {
         assert_eq!(record.attribute("process.environment_variable.LD_AUDIT"), None, "not configured");
     }
 
+    /// The identity key is the executed inode, its device and its change time, read only when
+    /// the probe says it read the change time; a flag bit in the nanoseconds is dropped.
+    #[test]
+    fn the_identity_key_is_inode_device_and_change_time() {
+        let mut bytes = exec_record(Task { tgid: 42, tid: 42, ..Task::default() }, b"/usr/bin/ls", b"ls\0");
+        let mut put = |at: usize, value: u64| bytes[at..at + 8].copy_from_slice(&value.to_ne_bytes());
+        put(offset_of!(Exec, exe_ino), 77);
+        put(offset_of!(Exec, exe_dev), (254 << 20) | 3);
+        put(offset_of!(Exec, exe_ctime_sec), 1_700_000_000);
+        put(offset_of!(Exec, exe_ctime_nsec), (1 << 31) | 123_456_789);
+        let key = |bytes: &[u8]| {
+            let event = crate::decode::decode(bytes, 1, &Clock::sample(), SystemTime::now()).unwrap();
+            let Detail::Exec(exec) = event.detail else { panic!("not an exec") };
+            exec.identity_key()
+        };
+        assert_eq!(key(&bytes), None, "the change time was not read");
+        bytes[offset_of!(Exec, flags)..][..4].copy_from_slice(&EXEC_CTIME_KNOWN.to_ne_bytes());
+        let expected = FileKey { ino: 77, major: 254, minor: 3, ctime_sec: 1_700_000_000, ctime_nsec: 123_456_789 };
+        assert_eq!(key(&bytes), Some(expected));
+    }
+
     #[test]
     fn split_args_cases() {
         assert_eq!(split_args(b""), Vec::<Vec<u8>>::new());

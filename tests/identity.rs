@@ -2,6 +2,7 @@
 //! on the exec and the process's later events, in the JSON line and the journal entry; never the
 //! hash of a file put in its place; the reason when a file is not hashed.
 use std::{
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -145,6 +146,13 @@ fn a_file_replaced_after_exec_is_never_hashed_in_its_place() {
 
     let rewritten = Copy::new("rewritten");
     let pid = run_to_end(&rewritten.0, &["marker"]);
+    // Change times have the clock's granularity (a timer tick on many file systems): the
+    // rewrite must come after the copy's tick for its change time to differ.
+    let meta = std::fs::metadata(&rewritten.0).unwrap();
+    let changed = std::time::UNIX_EPOCH + std::time::Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+    while std::time::SystemTime::now() < changed + std::time::Duration::from_millis(20) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     let mut content = std::fs::read(&rewritten.0).unwrap();
     content.extend_from_slice(b"appended after the exec");
     std::fs::write(&rewritten.0, &content).unwrap();

@@ -156,7 +156,7 @@ fn real_events_carry_the_documented_types() {
     for kind in ["process.fork", "process.exec", "process.exit", "process.memory.protect", "ksense.status"] {
         assert!(kinds.contains(kind), "no {kind} event seen, so its attributes went unchecked: {kinds:?}");
     }
-    for name in ["ksense.process.exit.signal", "ksense.memory.wx", "process.command_args", "ksense.clone.flags", "ksense.status.probes"] {
+    for name in ["ksense.process.exit.signal", "ksense.memory.wx", "process.command_args", "ksense.clone.flags", "ksense.status.probes", "ksense.process.executable.sha256"] {
         assert!(checked.contains(name), "`{name}` never seen: {checked:?}");
     }
 }

@@ -13,7 +13,7 @@ use std::{
 
 use ksense_abi::{
     Header, Hook, PF_KTHREAD, TASK_COMM_LEN, Task,
-    exec::{ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_ARGS_UNREADABLE, EXEC_FILENAME_TRUNCATED, Exec, FILENAME_CAP},
+    exec::{ARGS_CAP, EXEC_ARGS_TRUNCATED, EXEC_ARGS_UNREADABLE, EXEC_CTIME_KNOWN, EXEC_FILENAME_TRUNCATED, Exec, FILENAME_CAP},
     exit::Exit,
     fork::{CLONE_THREAD, Fork},
     memory::{MEMORY_FILE_CAP, MEMORY_OLD_KNOWN, MEMORY_RESULT_KNOWN, Memory, PROT_EXEC, PROT_READ, PROT_WRITE, Region},
@@ -203,6 +203,17 @@ fn decode_seeds() -> Vec<(String, Vec<u8>)> {
     add("exec-tracepoint", exec(Hook::TracepointSchedProcessExec, bash, 0, b"./run.sh", b"/bin/sh\0./run.sh\0"));
     let hostile = b"sh\0-c\0echo \"a b\" 'c'\nline\r\x1b[31m\\\0\xff\xfe\xc3\0\0caf\xc3\xa9 \xe2\x80\xa8\0";
     add("exec-hostile-argv", exec(Hook::TpBtfSchedProcessExec, bash, 0, b"/bin/sh\n\xff", hostile));
+    // The executed file's inode, device and change time (a flag in the nanoseconds' bit 31).
+    let mut identified = exec(Hook::TpBtfSchedProcessExec, bash, EXEC_CTIME_KNOWN, b"/usr/bin/ls", b"ls\0");
+    for (at, value) in [
+        (offset_of!(Exec, exe_ino), 1_234_567u64),
+        (offset_of!(Exec, exe_dev), (254 << 20) | 1),
+        (offset_of!(Exec, exe_ctime_sec), 1_700_000_000),
+        (offset_of!(Exec, exe_ctime_nsec), (1 << 31) | 123_456_789),
+    ] {
+        identified[at..at + 8].copy_from_slice(&value.to_ne_bytes());
+    }
+    add("exec-executed-file", identified);
     add("exec-args-unreadable", exec(Hook::TpBtfSchedProcessExec, bash, EXEC_ARGS_UNREADABLE, b"/usr/bin/true", b""));
     let mut long: Vec<u8> = (0..ARGS_CAP).map(|i| if i % 64 == 63 { 0 } else { b'a' + (i % 26) as u8 }).collect();
     long[ARGS_CAP - 1] = b'z'; // cut mid-argument: no final NUL

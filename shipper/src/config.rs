@@ -34,6 +34,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// ksense's own records in the stream.
     pub telemetry: TelemetryConfig,
+    /// Build-id and SHA-256 of executed files.
+    pub identity: crate::identity::IdentityConfig,
 }
 
 /// `[telemetry]`.
@@ -312,6 +314,11 @@ impl Config {
                 ),
             ));
         }
+        for (key, value) in [("cache_entries", &config.identity.cache_entries), ("queue_files", &config.identity.queue_files)] {
+            if *value.get_ref() == 0 {
+                return Err(error(Some(value.span()), format!("identity.{key} must be at least 1")));
+            }
+        }
         let status = &config.telemetry.status_interval_s;
         if *status.get_ref() == 0 {
             return Err(error(Some(status.span()), "telemetry.status_interval_s must be at least 1".to_owned()));
@@ -424,6 +431,7 @@ mod tests {
         assert_eq!(config.limits.queue_events.get_ref(), defaults.limits.queue_events.get_ref());
         assert_eq!(config.limits.memory_budget_bytes.get_ref(), defaults.limits.memory_budget_bytes.get_ref());
         assert_eq!(config.telemetry, defaults.telemetry);
+        assert_eq!(config.identity, defaults.identity);
     }
 
     #[test]
@@ -432,6 +440,10 @@ mod tests {
         assert!(err.starts_with("/etc/ksense/ksense.toml:2:23: ") && err.contains("at least 1048576"), "{err}");
         let err = parse("[telemetry]\nstatus_interval_s = 0\n").unwrap_err().to_string();
         assert!(err.starts_with("/etc/ksense/ksense.toml:2:21: ") && err.contains("at least 1"), "{err}");
+        let err = parse("[identity]\nwait_ms = 5\ncache_entries = 0\n").unwrap_err().to_string();
+        assert!(err.starts_with("/etc/ksense/ksense.toml:3:17: identity.cache_entries must be at least 1"), "{err}");
+        let err = parse("[identity]\nhash = true\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `hash`"), "{err}");
     }
 
     #[test]

@@ -93,6 +93,9 @@ impl Event {
             attrs.push((schema::CONTAINER_ID, Value::Str(id.to_string())));
         }
         push_lineage(p, &mut attrs);
+        if let Some(identity) = &p.identity {
+            identity.render(&mut attrs);
+        }
         let (severity, body) = self.detail.payload().render(p, self.time, &mut attrs);
         attrs.push((schema::KSENSE_PROBE, Value::Str(self.probe())));
         attrs.push((schema::KSENSE_EVENT_SEQ, Value::Int(self.seq as i64)));

@@ -33,6 +33,7 @@ pub mod decode;
 pub mod enrich;
 pub mod event;
 pub mod filter;
+pub mod identity;
 pub mod kinds;
 pub mod loss;
 pub mod lru;
@@ -173,6 +174,7 @@ async fn run_async(
             sink_queue_records: *config.limits.queue_events.get_ref(),
             memory_budget_bytes,
             environment: ReportedVariables::new(config.probes.environment.get_ref()),
+            identities: identities(&config.identity),
         };
         std::thread::Builder::new()
             .name("ksense-pipeline".into())
@@ -274,6 +276,17 @@ async fn run_async(
     Ok(())
 }
 
+/// The executables' identities as `[identity]` asks; `None` when off, or when the hashing
+/// thread cannot start (said in the log: events are reported without them).
+fn identities(config: &identity::IdentityConfig) -> Option<identity::Identities> {
+    if !config.enabled {
+        return None;
+    }
+    identity::Identities::start(config, "/proc".into())
+        .inspect_err(|e| tracing::error!("cannot start the hashing thread, executables are not hashed: {e}"))
+        .ok()
+}
+
 /// What runs after enrichment for `config`: filter, rate limits, sinks.
 fn outputs(config: &Config, output: Option<OutputFormat>, counters: &Counters) -> anyhow::Result<pipeline::Outputs> {
     Ok(pipeline::Outputs {
@@ -303,11 +316,11 @@ fn reload(
     let restart_only = |c: &Config| {
         let l = &c.limits;
         let sizes = (l.ring_buffer_bytes.clone(), l.queue_events.clone(), l.memory_budget_bytes.clone(), l.read_interval_ms);
-        (c.probes.clone(), c.memory.clone(), c.telemetry.clone(), sizes)
+        (c.probes.clone(), c.memory.clone(), c.telemetry.clone(), c.identity.clone(), sizes)
     };
     if restart_only(&new) != restart_only(running) {
         tracing::warn!(
-            "SIGHUP: changes to [probes], [memory], [telemetry] and the [limits] sizes, memory budget and read interval take effect when ksense restarts"
+            "SIGHUP: changes to [probes], [memory], [telemetry], [identity] and the [limits] sizes, memory budget and read interval take effect when ksense restarts"
         );
     }
     match outputs(&new, output, counters) {

@@ -170,6 +170,7 @@ fn core_offsets(btf: &Btf) -> Result<(TaskOffsets, MmOffsets, MiscOffsets), BtfE
             .filter(|_| (0..max).contains(&value))
             .ok_or_else(|| BtfError::unsupported(format!("enum pid_type {name} = {value} is not below PIDTYPE_MAX = {max}")))
     };
+    let (inode_ctime_sec, inode_ctime_nsec) = inode_ctime(btf);
     Ok((
         TaskOffsets {
             pid: task("pid")?,
@@ -206,10 +207,23 @@ fn core_offsets(btf: &Btf) -> Result<(TaskOffsets, MmOffsets, MiscOffsets), BtfE
             inode_sb: btf.field_offset("inode", "i_sb")?,
             sb_dev: btf.field_offset("super_block", "s_dev")?,
             inode_nlink: btf.field_offset("inode", "i_nlink")?,
+            inode_ctime_sec,
+            inode_ctime_nsec,
             signal_tty: btf.field_offset("signal_struct", "tty")?,
             ..MiscOffsets::default()
         },
     ))
+}
+
+/// Where the inode's change time is, seconds and nanoseconds, under whichever name this kernel
+/// gives it: `i_ctime_sec`/`i_ctime_nsec` (6.11+), `__i_ctime` (a `timespec64`, 6.6-6.10),
+/// `i_ctime` (before); `(0, 0)` when none is found (no change time is read, so nothing is
+/// hashed: an exec is reported without its executable's identity).
+fn inode_ctime(btf: &Btf) -> (u32, u32) {
+    [("i_ctime_sec", "i_ctime_nsec"), ("__i_ctime.tv_sec", "__i_ctime.tv_nsec"), ("i_ctime.tv_sec", "i_ctime.tv_nsec")]
+        .into_iter()
+        .find_map(|(sec, nsec)| Some((btf.field_offset("inode", sec).ok()?, btf.field_offset("inode", nsec).ok()?)))
+        .unwrap_or((0, 0))
 }
 
 /// Field name -> offset from `events/<group>/<name>/format`.

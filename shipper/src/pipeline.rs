@@ -5,9 +5,17 @@
 //! the sink's own thread: the pipeline never waits on a sink. The pipeline also writes
 //! ksense's own records (`ksense.loss`, `ksense.status`: [`crate::loss`]) when the run loop
 //! asks, in order with the events, so a report made after the last event counts every loss.
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering::Relaxed},
+//!
+//! An exec whose executable is being hashed ([`crate::identity`]) is held back for at most
+//! `[identity] wait_ms`, and everything queued after it waits behind it, so records keep their
+//! order and no event waits longer than that for any exec before it.
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Instant,
 };
 
 use tokio::sync::mpsc;
@@ -18,6 +26,7 @@ use crate::{
     event::Event,
     kinds::{Detail, exec::ReportedVariables},
     filter::{Filter, rate::RateLimiter},
+    identity::{Identities, IdentitySlot},
     loss::{Ledger, State, Status, loss_record, status_record},
     record::LogRecord,
     sinks::{
@@ -67,6 +76,8 @@ pub struct Context {
     pub memory_budget_bytes: usize,
     /// `[probes] environment`: what an exec reports of its environment.
     pub environment: ReportedVariables,
+    /// The executables' identities (`[identity]`); `None` when off.
+    pub identities: Option<Identities>,
 }
 
 /// The outputs at work: the sinks are running, each on its thread.
@@ -80,41 +91,71 @@ struct Running {
 /// closes every sink (which delivers what it still holds). An [`Input::Reload`] replaces the
 /// current [`Outputs`]: the old sinks are closed first, so they deliver what they hold, and no
 /// event is lost in the switch.
-pub fn run(mut queue: mpsc::Receiver<Input>, mut enricher: Enricher, outputs: Outputs, context: Context) {
+pub fn run(mut queue: mpsc::Receiver<Input>, mut enricher: Enricher, outputs: Outputs, mut context: Context) {
     let reader_gone = Arc::new(AtomicBool::new(false));
     let mut running = start(outputs, &context, &reader_gone);
     let mut ledger = Ledger::default();
-    let counters = &context.counters;
-    while let Some(input) = queue.blocking_recv() {
-        Counters::bump(&counters.heartbeat);
-        match input {
-            Input::Event(mut event, _charge) => {
-                if let Detail::Exec(exec) = &mut event.detail {
-                    context.environment.pick(exec);
+    // Waiting for a hash or a new input, whichever comes first, takes a timer.
+    let timer = tokio::runtime::Builder::new_current_thread().enable_time().build();
+    if let Err(e) = &timer
+        && context.identities.take().is_some()
+    {
+        tracing::error!("cannot start the pipeline's timer, executables are not hashed: {e}");
+    }
+    let mut held = Held::default();
+    let mut closed = false;
+    loop {
+        let woke = match (held.waiting(), &timer) {
+            (None, _) if closed => break,
+            (Some(deadline), Ok(timer)) => {
+                let done = context.identities.as_ref().map(|i| i.done.clone()).unwrap_or_default();
+                // Beyond the queue's size, nothing more is taken: events wait in the queue (and
+                // then the ring buffer), as when the pipeline is slow.
+                let room = !closed && held.inputs.len() < context.sink_queue_records;
+                timer.block_on(async {
+                    tokio::select! {
+                        input = queue.recv(), if room => Some(input),
+                        _ = done.notified() => None,
+                        _ = tokio::time::sleep_until(deadline.into()) => None,
+                    }
+                })
+            }
+            _ => Some(queue.blocking_recv()),
+        };
+        match woke {
+            Some(Some(input)) => {
+                Counters::bump(&context.counters.heartbeat);
+                held.admit(input, &context);
+            }
+            Some(None) => closed = true,
+            None => {}
+        }
+        let counters = &context.counters;
+        while let Some(input) = held.next_ready() {
+            match input {
+                Input::Event(event, _charge) => ship(event, &mut enricher, &mut running, counters),
+                Input::Reload(new) => {
+                    close_all(std::mem::take(&mut running.workers));
+                    running = start(*new, &context, &reader_gone);
+                    let names: Vec<&str> = running.workers.iter().map(Worker::name).collect();
+                    tracing::info!(sinks = ?names, "filters and sinks reloaded");
                 }
-                ship(event, &mut enricher, &mut running, counters)
-            }
-            Input::Reload(new) => {
-                close_all(std::mem::take(&mut running.workers));
-                running = start(*new, &context, &reader_gone);
-                let names: Vec<&str> = running.workers.iter().map(Worker::name).collect();
-                tracing::info!(sinks = ?names, "filters and sinks reloaded");
-            }
-            Input::Losses(ring_lost) => {
-                for (key, count) in ledger.report(&counters.snapshot(ring_lost).losses) {
-                    own(loss_record(key, count, counters.last_seq()), &running, counters);
+                Input::Losses(ring_lost) => {
+                    for (key, count) in ledger.report(&counters.snapshot(ring_lost).losses) {
+                        own(loss_record(key, count, counters.last_seq()), &running, counters);
+                    }
                 }
-            }
-            Input::Status(state, ring_lost) => {
-                let snapshot = counters.snapshot(ring_lost);
-                let status = Status {
-                    state,
-                    events_read: snapshot.read,
-                    events_written: snapshot.written,
-                    lost_total: snapshot.lost() + snapshot.sink_lost(),
-                    probes: &context.probes,
-                };
-                own(status_record(&status, counters.last_seq()), &running, counters);
+                Input::Status(state, ring_lost) => {
+                    let snapshot = counters.snapshot(ring_lost);
+                    let status = Status {
+                        state,
+                        events_read: snapshot.read,
+                        events_written: snapshot.written,
+                        lost_total: snapshot.lost() + snapshot.sink_lost(),
+                        probes: &context.probes,
+                    };
+                    own(status_record(&status, counters.last_seq()), &running, counters);
+                }
             }
         }
         // A sink's reader went away (`ksense run | head`): a normal end, not a failure.
@@ -123,6 +164,52 @@ pub fn run(mut queue: mpsc::Receiver<Input>, mut enricher: Enricher, outputs: Ou
         }
     }
     close_all(running.workers);
+}
+
+/// The inputs taken from the queue and not handled yet, in order: the first is an exec waiting
+/// for its executable's hash (until its deadline), the others wait behind it.
+#[derive(Default)]
+struct Held {
+    /// Each input, and for an exec that waits, its identity slot and until when it waits.
+    inputs: VecDeque<(Input, Option<(IdentitySlot, Instant)>)>,
+}
+
+impl Held {
+    /// Takes `input` in: an exec's environment is picked and its executable's identity asked
+    /// for (a file not hashed before makes it wait).
+    fn admit(&mut self, mut input: Input, context: &Context) {
+        let mut waits = None;
+        if let Input::Event(event, _) = &mut input
+            && let Detail::Exec(exec) = &mut event.detail
+        {
+            context.environment.pick(exec);
+            if let Some(identities) = &context.identities
+                && let Some(key) = exec.identity_key()
+            {
+                let (slot, wait) = identities.request(key, event.process.pid, exec.exec_path.as_deref());
+                waits = wait.then(|| (slot.clone(), Instant::now() + identities.wait));
+                event.process.identity = Some(slot);
+            }
+        }
+        self.inputs.push_back((input, waits));
+    }
+
+    /// Until when the first input waits, if it waits.
+    fn waiting(&self) -> Option<Instant> {
+        self.inputs.front().map(|(_, waits)| waits.as_ref().map_or_else(Instant::now, |(_, deadline)| *deadline))
+    }
+
+    /// The first input, unless it waits for a hash not known yet and its deadline is ahead.
+    fn next_ready(&mut self) -> Option<Input> {
+        let (_, waits) = self.inputs.front()?;
+        if let Some((slot, deadline)) = waits
+            && slot.get().is_none()
+            && Instant::now() < *deadline
+        {
+            return None;
+        }
+        self.inputs.pop_front().map(|(input, _)| input)
+    }
 }
 
 /// Starts a thread per sink of `outputs`, each with its share of the memory budget.
@@ -249,7 +336,7 @@ mod tests {
         let proc_root = std::env::temp_dir().join("ksense-pipeline-test-no-proc");
         let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), Default::default());
         let context =
-            Context { counters, probes: vec!["process.fork=test".into()], sink_queue_records: 64, memory_budget_bytes: 1 << 20, environment: Default::default() };
+            Context { counters, probes: vec!["process.fork=test".into()], sink_queue_records: 64, memory_budget_bytes: 1 << 20, environment: Default::default(), identities: None };
         run(queue, enricher, outputs, context);
     }
 
@@ -355,7 +442,7 @@ mod tests {
         let mut enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), Default::default());
         let limits = [("process.fork".to_owned(), 1), ("process.exit".to_owned(), 1)].into();
         let outputs = Outputs { filter: Filter::new(Default::default()), limiter: RateLimiter::new(&limits), sinks: Vec::new() };
-        let context = Context { counters: Arc::default(), probes: Vec::new(), sink_queue_records: 64, memory_budget_bytes: 1 << 20, environment: Default::default() };
+        let context = Context { counters: Arc::default(), probes: Vec::new(), sink_queue_records: 64, memory_budget_bytes: 1 << 20, environment: Default::default(), identities: None };
         let mut running = start(outputs, &context, &Arc::default());
         let event = |pid: u32, detail: Detail, hook: Hook| Event {
             seq: 0,
@@ -380,5 +467,63 @@ mod tests {
         assert_eq!(enricher.len(), 1, "no entry for a child gone");
         close_all(running.workers);
         std::fs::remove_dir_all(proc_root).unwrap();
+    }
+
+    /// An exec whose executable is being hashed is held, and what follows waits behind it: the
+    /// records keep their order. Hashed in time, the exec carries the hash; past `wait_ms`
+    /// (a worker that never answers) it goes out `pending`, and the events behind it with it.
+    #[test]
+    fn an_exec_waits_for_its_hash_at_most_wait_ms_and_order_is_kept() {
+        use crate::{identity::Identities, kinds::exec::{FileId, ProcessExec}};
+        use std::os::unix::fs::MetadataExt;
+        let file = std::env::temp_dir().join(format!("ksense-pipeline-identity-{}", std::process::id()));
+        std::fs::write(&file, b"the program").unwrap();
+        let meta = std::fs::metadata(&file).unwrap();
+        let exec = |seq: u64| {
+            let detail = ProcessExec {
+                exec_path: Some(file.as_os_str().as_encoded_bytes().to_vec()),
+                executed_file: Some(FileId::of(&meta)),
+                executed_ctime: Some((meta.ctime(), meta.ctime_nsec() as u64)),
+                ..ProcessExec::default()
+            };
+            let process = Process { pid: u32::MAX - 1, tid: u32::MAX - 1, parent_pid: u32::MAX - 2, ..Process::default() };
+            let time = std::time::SystemTime::now();
+            Input::Event(Event { seq, time, observed_time: time, hook: Hook::TpBtfSchedProcessExec, process, detail: Detail::Exec(detail) }, Charge::default())
+        };
+        let run_with = |identities: Identities| {
+            let sink = Recorder::default();
+            let (tx, rx) = mpsc::channel(16);
+            tx.try_send(exec(1)).unwrap();
+            tx.try_send(fork(2)).unwrap();
+            drop(tx);
+            let proc_root = std::env::temp_dir().join("ksense-pipeline-test-no-proc");
+            let enricher = Enricher::new(proc_root.clone(), proc_root.join("passwd"), Default::default());
+            let context = Context {
+                counters: Arc::default(),
+                probes: Vec::new(),
+                sink_queue_records: 64,
+                memory_budget_bytes: 1 << 20,
+                environment: Default::default(),
+                identities: Some(identities),
+            };
+            let started = Instant::now();
+            run(rx, enricher, outputs(&sink), context);
+            let records = sink.records.lock().unwrap().clone();
+            let seqs: Vec<_> = records.iter().map(|r| r.attribute(schema::KSENSE_EVENT_SEQ).cloned()).collect();
+            assert_eq!(seqs, [Some(Value::Int(1)), Some(Value::Int(2))], "in order");
+            (records, started.elapsed())
+        };
+        let sha256 = crate::identity::hex(ring::digest::digest(&ring::digest::SHA256, b"the program").as_ref());
+        let hashed = Identities::start(&crate::identity::IdentityConfig { wait_ms: 60_000, ..Default::default() }, "/nonexistent".into()).unwrap();
+        let (records, elapsed) = run_with(hashed);
+        assert_eq!(records[0].attribute(schema::KSENSE_PROCESS_EXECUTABLE_SHA256), Some(&Value::Str(sha256)), "{:?}", records[0]);
+        assert!(elapsed < Duration::from_secs(30), "released when hashed, not at the deadline: {elapsed:?}");
+
+        let (stalled, _queue) = Identities::stalled(Duration::from_millis(50));
+        let (records, elapsed) = run_with(stalled);
+        let skipped = records[0].attribute(schema::KSENSE_PROCESS_EXECUTABLE_HASH_SKIPPED);
+        assert_eq!(skipped, Some(&Value::Str("pending".into())), "{:?}", records[0]);
+        assert!(elapsed >= Duration::from_millis(50), "held until the deadline: {elapsed:?}");
+        std::fs::remove_file(file).unwrap();
     }
 }

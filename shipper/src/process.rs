@@ -5,6 +5,7 @@ use ksense_abi::{PF_KTHREAD, Task};
 
 use crate::{
     clock::Clock,
+    identity::IdentitySlot,
     text::{lossless, one_line},
 };
 
@@ -55,6 +56,9 @@ pub struct Process {
     pub parent_args: Option<Arc<[Vec<u8>]>>,
     /// Ancestors from the parent upward, from the process table: pid and executable path.
     pub lineage: Vec<(u32, Option<Arc<[u8]>>)>,
+    /// The executed file's build-id and hash, as the exec that started the image asked for
+    /// them (`None` when it did not: identities off, or the exec was not seen).
+    pub identity: Option<IdentitySlot>,
 }
 
 impl Process {

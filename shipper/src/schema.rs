@@ -63,6 +63,15 @@ pub const KSENSE_ESCAPED: &str = "ksense.escaped";
 /// The executed file has no name on any file system (a memfd, a deleted file), as the kernel
 /// saw it at exec (`process.exec` only).
 pub const KSENSE_PROCESS_EXECUTABLE_FILELESS: &str = "ksense.process.executable.fileless";
+/// The GNU build-id note of the executed file, hex, when it has one: on the exec and every
+/// later event of the process.
+pub const PROCESS_EXECUTABLE_BUILD_ID_GNU: &str = "process.executable.build_id.gnu";
+/// SHA-256 of the executed file's content (of the very inode the kernel executed), hex: on the
+/// exec and every later event of the process.
+pub const KSENSE_PROCESS_EXECUTABLE_SHA256: &str = "ksense.process.executable.sha256";
+/// Why `ksense.process.executable.sha256` is absent: `too_large`, `pending`, `busy`,
+/// `unreadable`, `changed`.
+pub const KSENSE_PROCESS_EXECUTABLE_HASH_SKIPPED: &str = "ksense.process.executable.hash_skipped";
 /// The process has a controlling terminal (`process.exec` only).
 pub const PROCESS_INTERACTIVE: &str = "process.interactive";
 /// The value of environment variable `<NAME>` when the new image started, one attribute per

@@ -83,6 +83,13 @@ pub struct MiscOffsets {
     pub sb_dev: u32,
     /// `inode.i_nlink` (0: the executed file has no name on any file system).
     pub inode_nlink: u32,
+    /// The seconds of the inode's change time: `inode.i_ctime_sec` (6.11+),
+    /// `inode.__i_ctime.tv_sec` (6.6-6.10) or `inode.i_ctime.tv_sec` (before); 0 when none
+    /// exists (the exec probe then reads no change time).
+    pub inode_ctime_sec: u32,
+    /// Its nanoseconds: `i_ctime_nsec`, `__i_ctime.tv_nsec` or `i_ctime.tv_nsec` (read as 32
+    /// bits: a `long` holding a nanosecond count, little-endian).
+    pub inode_ctime_nsec: u32,
     /// `signal_struct.tty` (a `tty_struct *`, null without a controlling terminal).
     pub signal_tty: u32,
     /// Position of `kernel_clone`'s `struct kernel_clone_args *` parameter.
@@ -246,7 +253,7 @@ pub struct ProbeConfig {
 }
 
 // No padding: the daemon and the probes must agree byte for byte.
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 88 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 90 * 4 + 8);
 
 // SAFETY: plain old data: u32 fields, then one u64 at an offset divisible by 8, so no padding
 // (the size assert above proves it); every bit pattern is a valid value.

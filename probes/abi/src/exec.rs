@@ -21,6 +21,9 @@ pub const EXEC_ENV_TRUNCATED: u32 = 8;
 pub const EXEC_TTY: u32 = 16;
 /// `Exec::flags`: `task->signal->tty` was read (without it, [`EXEC_TTY`] tells nothing).
 pub const EXEC_TTY_KNOWN: u32 = 32;
+/// `Exec::flags`: the executed file's change time was read ([`Exec::exe_ctime_sec`] and
+/// [`Exec::exe_ctime_nsec`] hold it).
+pub const EXEC_CTIME_KNOWN: u32 = 64;
 
 /// A process exec'd. Variable size: the file name, argv and the environment follow each other
 /// in `data` with nothing in between, and the record ends after them, so its size is
@@ -57,6 +60,13 @@ pub struct Exec {
     pub exe_ino: u64,
     /// `s_dev` of the executed file's filesystem, in the kernel's encoding (major << 20 | minor).
     pub exe_dev: u64,
+    /// The executed inode's change time (ctime), seconds: with [`Exec::exe_ino`] and
+    /// [`Exec::exe_dev`], what tells that a file opened later still has the content the kernel
+    /// executed (any write or metadata change moves it). Valid with [`EXEC_CTIME_KNOWN`].
+    pub exe_ctime_sec: i64,
+    /// Its nanoseconds, as the inode holds them (some kernels keep a flag in bit 31: the
+    /// daemon uses only the bits a nanosecond count can have).
+    pub exe_ctime_nsec: u64,
     /// The path given to execve (may be relative), then argv, then the environment.
     pub data: [u8; FILENAME_CAP + ARGS_CAP + ENV_CAP],
 }
@@ -68,4 +78,4 @@ impl Exec {
     }
 }
 
-assert_size!(Exec, 24 + 64 + 56 + FILENAME_CAP + ARGS_CAP + ENV_CAP);
+assert_size!(Exec, 24 + 64 + 72 + FILENAME_CAP + ARGS_CAP + ENV_CAP);

@@ -13,8 +13,8 @@ use aya_ebpf::{
 use ksense_abi::{
     EventKind, Hook,
     exec::{
-        ARGS_CAP, ENV_CAP, EXEC_ARGS_TRUNCATED, EXEC_ARGS_UNREADABLE, EXEC_ENV_TRUNCATED, EXEC_FILENAME_TRUNCATED,
-        EXEC_TTY, EXEC_TTY_KNOWN, Exec, FILENAME_CAP,
+        ARGS_CAP, ENV_CAP, EXEC_ARGS_TRUNCATED, EXEC_ARGS_UNREADABLE, EXEC_CTIME_KNOWN, EXEC_ENV_TRUNCATED,
+        EXEC_FILENAME_TRUNCATED, EXEC_TTY, EXEC_TTY_KNOWN, Exec, FILENAME_CAP,
     },
 };
 
@@ -87,6 +87,7 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
     let task = current();
     (ev.code_start, ev.code_end) = code_range(task);
     (ev.exe_ino, ev.exe_dev, ev.exe_nlink) = (0, 0, 0);
+    (ev.exe_ctime_sec, ev.exe_ctime_nsec) = (0, 0);
     let mut args_len = 0usize;
     let mut env_len = 0usize;
     if have_offsets() {
@@ -102,6 +103,14 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
             ev.exe_ino = read(inode, config!(misc.inode_ino));
             ev.exe_dev = u64::from(read::<u32>(read_ptr(inode, config!(misc.inode_sb)), config!(misc.sb_dev)));
             ev.exe_nlink = read(inode, config!(misc.inode_nlink));
+            // Its change time: user space hashes the file only if what it opens still has it
+            // (a write since the exec moves it), and keys its cache of hashes on it.
+            let ctime_sec_at = config!(misc.inode_ctime_sec);
+            if ctime_sec_at != 0 && !inode.is_null() {
+                ev.exe_ctime_sec = read(inode, ctime_sec_at);
+                ev.exe_ctime_nsec = u64::from(read::<u32>(inode, config!(misc.inode_ctime_nsec)));
+                ev.flags |= EXEC_CTIME_KNOWN;
+            }
         }
         let signal = read_ptr(task, config!(task.signal));
         if !signal.is_null() {

@@ -8,7 +8,7 @@
 //! replaces it, so short-lived processes are described even after `/proc/<pid>` is gone.
 use std::{path::PathBuf, sync::Arc};
 
-use crate::{event::Event, kinds::Detail, lru::LruMap, process::Process};
+use crate::{event::Event, identity::IdentitySlot, kinds::Detail, lru::LruMap, process::Process};
 
 mod cgroups;
 mod procfs;
@@ -42,6 +42,9 @@ struct ProcInfo {
     /// When the process started; `None` when unknown. Tells a parent from a later process that
     /// reused the parent's pid, with no `/proc` read.
     started: Option<procfs::Started>,
+    /// The executed file's build-id and hash, from the exec (a fork child's is its parent's:
+    /// the same image); filled by the hashing worker, possibly after the exec's record.
+    identity: Option<IdentitySlot>,
 }
 
 /// The process table and the `/proc` and `/etc/passwd` lookups behind it.
@@ -112,6 +115,7 @@ impl Enricher {
                     owner: task,
                     ppid: p.parent_pid,
                     started: started(p),
+                    identity: p.identity.clone(),
                 };
                 self.procs.insert(pid, Arc::new(info));
             }
@@ -282,6 +286,9 @@ fn fill(p: &mut Process, info: &ProcInfo) {
     if p.args.is_none() {
         p.args = info.args.clone();
         p.args_truncated = info.args_truncated;
+    }
+    if p.identity.is_none() {
+        p.identity = info.identity.clone();
     }
     p.pgid = p.pgid.or(info.pgid);
     p.sid = p.sid.or(info.sid);

@@ -32,7 +32,7 @@ pub(super) fn read(proc_root: &Path, pid: u32, with_image: bool, task: Option<Ta
         Some(task) if task.tid == pid => Some(Started::exactly(task.start_ns)),
         _ => (stat.start_ticks != 0).then(|| Started::in_tick(stat.start_ticks)),
     };
-    Some(ProcInfo { exe, args, args_truncated, pgid, sid, cgroup, owner: task, ppid: stat.ppid, started })
+    Some(ProcInfo { exe, args, args_truncated, pgid, sid, cgroup, owner: task, ppid: stat.ppid, started, identity: None })
 }
 
 /// When a process started, in CLOCK_MONOTONIC ns: exactly, as the kernel gave it, or the range

@@ -9,12 +9,13 @@ use std::{
 use ksense_abi::{
     Task,
     exec::{
-        ARGS_CAP, ENV_CAP, EXEC_ARGS_TRUNCATED, EXEC_ENV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EXEC_TTY, EXEC_TTY_KNOWN,
-        Exec, FILENAME_CAP,
+        ARGS_CAP, ENV_CAP, EXEC_ARGS_TRUNCATED, EXEC_CTIME_KNOWN, EXEC_ENV_TRUNCATED, EXEC_FILENAME_TRUNCATED, EXEC_TTY,
+        EXEC_TTY_KNOWN, Exec, FILENAME_CAP,
     },
 };
 
 use super::prelude::*;
+use crate::identity::FileKey;
 
 /// A process exec'd. The event's [`Process`] carries argv, and, once enrichment established
 /// it, the canonical path of the file the kernel executed.
@@ -31,6 +32,9 @@ pub struct ProcessExec {
     pub exec_path: Option<Vec<u8>>,
     /// The file the kernel executed, when the probe could read it.
     pub executed_file: Option<FileId>,
+    /// Its change time (seconds, nanoseconds as the inode holds them), when the probe could
+    /// read it.
+    pub executed_ctime: Option<(i64, u64)>,
     /// The executed file has no name on any file system (its link count is 0: a memfd, or a
     /// file deleted before the exec), as the kernel saw it; `None` when the probe could not
     /// read its inode.
@@ -81,6 +85,14 @@ impl ReportedVariables {
                 }
             }
         }
+    }
+}
+
+impl ProcessExec {
+    /// What names the executed file's content, when the probe read its inode and change time.
+    pub fn identity_key(&self) -> Option<FileKey> {
+        let (file, (sec, nsec)) = self.executed_file.zip(self.executed_ctime)?;
+        Some(FileKey::new(file.ino, file.major, file.minor, sec, nsec))
     }
 }
 
@@ -144,6 +156,9 @@ fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError>
         code_start: read(bytes, offset_of!(Exec, code_start))?,
         code_end: read(bytes, offset_of!(Exec, code_end))?,
         exec_path: (!filename.is_empty()).then(|| filename.to_vec()),
+        executed_ctime: (exe_ino != 0 && flags & EXEC_CTIME_KNOWN != 0)
+            .then(|| Ok::<_, DecodeError>((read(bytes, offset_of!(Exec, exe_ctime_sec))?, read(bytes, offset_of!(Exec, exe_ctime_nsec))?)))
+            .transpose()?,
         executed_file: (exe_ino != 0).then(|| FileId::from_kernel(exe_ino, read(bytes, offset_of!(Exec, exe_dev)).unwrap_or(0))),
         fileless: (exe_ino != 0).then(|| read::<u32>(bytes, offset_of!(Exec, exe_nlink)).is_ok_and(|n| n == 0)),
         interactive: (flags & EXEC_TTY_KNOWN != 0).then_some(flags & EXEC_TTY != 0),
@@ -254,7 +269,10 @@ runs, PROCESS_INTERACTIVE whether it has a controlling terminal.
 
 KSENSE_PROCESS_EXECUTABLE_FILELESS=true says the executed file has no name on
 any file system (a memfd, or a file deleted before the exec), as the kernel
-saw it. PROCESS_ENVIRONMENT_VARIABLE_<NAME> holds the value of each variable of
+saw it. KSENSE_PROCESS_EXECUTABLE_SHA256 is the SHA-256 of the very file the
+kernel executed and PROCESS_EXECUTABLE_BUILD_ID_GNU its GNU build-id; when there
+is no hash, KSENSE_PROCESS_EXECUTABLE_HASH_SKIPPED says why (too_large, pending,
+busy, unreadable, changed). PROCESS_ENVIRONMENT_VARIABLE_<NAME> holds the value of each variable of
 [probes] environment (default LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT) the new
 program started with.
 
@@ -368,6 +386,27 @@ mod tests {
         assert_eq!(record.severity, Severity::Warn);
         let record = exec_with(Some(1), b"LD_AUDIT=/x.so\0", &["LD_LIBRARY_PATH"]);
         assert_eq!(record.attribute("process.environment_variable.LD_AUDIT"), None, "not configured");
+    }
+
+    /// The identity key is the executed inode, its device and its change time, read only when
+    /// the probe says it read the change time; a flag bit in the nanoseconds is dropped.
+    #[test]
+    fn the_identity_key_is_inode_device_and_change_time() {
+        let mut bytes = exec_record(Task { tgid: 42, tid: 42, ..Task::default() }, b"/usr/bin/ls", b"ls\0");
+        let mut put = |at: usize, value: u64| bytes[at..at + 8].copy_from_slice(&value.to_ne_bytes());
+        put(offset_of!(Exec, exe_ino), 77);
+        put(offset_of!(Exec, exe_dev), (254 << 20) | 3);
+        put(offset_of!(Exec, exe_ctime_sec), 1_700_000_000);
+        put(offset_of!(Exec, exe_ctime_nsec), (1 << 31) | 123_456_789);
+        let key = |bytes: &[u8]| {
+            let event = crate::decode::decode(bytes, 1, &Clock::sample(), SystemTime::now()).unwrap();
+            let Detail::Exec(exec) = event.detail else { panic!("not an exec") };
+            exec.identity_key()
+        };
+        assert_eq!(key(&bytes), None, "the change time was not read");
+        bytes[offset_of!(Exec, flags)..][..4].copy_from_slice(&EXEC_CTIME_KNOWN.to_ne_bytes());
+        let expected = FileKey { ino: 77, major: 254, minor: 3, ctime_sec: 1_700_000_000, ctime_nsec: 123_456_789 };
+        assert_eq!(key(&bytes), Some(expected));
     }
 
     #[test]

@@ -16,14 +16,15 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 export PATH="$HOME/.cargo/bin:$PATH"
 
-# Debian packages: LLVM 22 for bpf-linker (rustc nightly uses LLVM 22), journald, a
+# Debian packages: LLVM 22 for bpf-linker (rustc nightly uses LLVM 22), journald, btrfs-progs (a
+# test runs a program from btrfs), a
 # shell toolkit for the tests, and for the VM tests (tests/vm) qemu (TCG), cpio and a static
 # busybox to build and boot an initramfs on Debian's 5.10, 6.1 and 6.12 kernels, the archive
 # keyring their private apt configuration checks against and xz for 6.12's modules; for the packages
 # (scripts/package.sh, tests/package.rs) dpkg-dev (cargo-deb's dependency resolution and strip)
 # and rpm (to list and check the .rpm); for the arm64 build, its packages and its VM test
 # (tests/vm/arm64.rs) the cross C compiler and linker, the arm64 C library and qemu for arm64.
-APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev systemd python3-venv
+APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev systemd python3-venv btrfs-progs
               qemu-system-x86 cpio busybox-static debian-archive-keyring xz-utils dpkg-dev rpm
               gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm)
 missing=()

@@ -196,3 +196,102 @@ fn a_file_over_the_size_cap_says_too_large_and_a_pending_hash_comes_later() {
     assert_eq!(outcome(&exit), Ok(sha256sum(&copy.0)), "the exit, seconds later: {exit}");
     ksense.stop();
 }
+
+/// A file system mounted for a test under a directory of its own, unmounted (and the
+/// directory removed) on drop.
+struct Mounted(PathBuf);
+
+impl Mounted {
+    /// `mount ARGS... <dir>/mnt`, or why not.
+    fn new(name: &str, prepare: impl FnOnce(&Path) -> Result<Vec<String>, String>) -> Result<Mounted, String> {
+        let dir = std::env::temp_dir().join(format!("ksense-identity-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("mnt")).unwrap();
+        let mounted = Mounted(dir.clone());
+        let mut args = prepare(&dir)?;
+        args.push(dir.join("mnt").display().to_string());
+        let out = Command::new("mount").args(&args).output().map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("mount {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(mounted)
+    }
+
+    fn at(&self) -> PathBuf {
+        self.0.join("mnt")
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.at()).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether this kernel has file system `name` (`/proc/filesystems`).
+fn kernel_has(name: &str) -> bool {
+    std::fs::read_to_string("/proc/filesystems").unwrap_or_default().lines().any(|l| l.split_whitespace().last() == Some(name))
+}
+
+/// A btrfs file system in an image file, with a subvolume `sub`.
+fn btrfs(dir: &Path) -> Result<Vec<String>, String> {
+    let image = dir.join("btrfs.img");
+    std::fs::File::create(&image).unwrap().set_len(300 << 20).unwrap();
+    let made = Command::new("mkfs.btrfs").arg("-q").arg(&image).output().map_err(|e| format!("mkfs.btrfs (btrfs-progs): {e}"))?;
+    if !made.status.success() {
+        return Err(format!("mkfs.btrfs: {}", String::from_utf8_lossy(&made.stderr).trim()));
+    }
+    Ok(vec!["-o".into(), "loop".into(), image.display().to_string()])
+}
+
+/// An overlay of an empty lower and upper directory on the temporary directory's file system.
+fn overlay(dir: &Path) -> Result<Vec<String>, String> {
+    for d in ["lower", "upper", "work"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let at = |d: &str| dir.join(d).display().to_string();
+    let options = format!("lowerdir={},upperdir={},workdir={}", at("lower"), at("upper"), at("work"));
+    Ok(vec!["-t".into(), "overlay".into(), "overlay".into(), "-o".into(), options])
+}
+
+/// A program run from btrfs (top level and a subvolume) and from overlayfs (what container
+/// images are) is named and hashed like any other, although `stat` gives btrfs files a device
+/// number other than the one the kernel's inode holds. Skipped, saying why, for a file system
+/// this kernel or host lacks.
+#[test]
+fn programs_on_btrfs_and_overlayfs_are_named_and_hashed() {
+    let config = temp_config("identity-fs", "[sinks.journald]\nenabled = false\n");
+    let ksense = Ksense::start(&["--config", config.to_str().unwrap()]);
+    let sha256 = sha256sum(&workload_bin());
+    let mut tried = 0;
+    for (fs, prepare, dirs) in [("btrfs", btrfs as fn(&Path) -> _, &["", "sub"][..]), ("overlay", overlay, &[""][..])] {
+        let mounted = match kernel_has(fs).then(|| Mounted::new(fs, prepare)) {
+            None => {
+                eprintln!("skipped {fs}: this kernel has no {fs} (/proc/filesystems)");
+                continue;
+            }
+            Some(Err(why)) => {
+                eprintln!("skipped {fs}: {why}");
+                continue;
+            }
+            Some(Ok(mounted)) => mounted,
+        };
+        for dir in dirs {
+            let at = mounted.at().join(dir);
+            if !dir.is_empty() {
+                let made = Command::new("btrfs").args(["subvolume", "create"]).arg(&at).output().expect("btrfs (btrfs-progs)");
+                assert!(made.status.success(), "btrfs subvolume create: {}", String::from_utf8_lossy(&made.stderr));
+            }
+            let program = at.join("prog");
+            std::fs::copy(workload_bin(), &program).unwrap();
+            let pid = run_to_end(&program, &["marker"]);
+            let exit = ksense.wait_for("the exit", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
+            assert_eq!(text(&exit, "process.executable.path"), Some(program.display().to_string()), "{fs}: {exit}");
+            assert_eq!(outcome(&exit), Ok(sha256.clone()), "{fs}: {exit}");
+            tried += 1;
+        }
+    }
+    eprintln!("programs run from {tried} mounts were named and hashed");
+    ksense.stop();
+}

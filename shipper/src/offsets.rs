@@ -192,6 +192,7 @@ fn core_offsets(btf: &Btf) -> Result<(TaskOffsets, MmOffsets, MiscOffsets), BtfE
             arg_end: mm("arg_end")?,
             env_start: mm("env_start")?,
             env_end: mm("env_end")?,
+            exe_file: mm("exe_file")?,
         },
         MiscOffsets {
             cred_uid: btf.field_offset("cred", "uid.val")?,

@@ -6,6 +6,7 @@ use ksense_abi::{PF_KTHREAD, Task};
 use crate::{
     clock::Clock,
     identity::IdentitySlot,
+    kinds::exec::FileId,
     text::{lossless, one_line},
 };
 
@@ -56,6 +57,9 @@ pub struct Process {
     pub parent_args: Option<Arc<[Vec<u8>]>>,
     /// Ancestors from the parent upward, from the process table: pid and executable path.
     pub lineage: Vec<(u32, Option<Arc<[u8]>>)>,
+    /// The file the task's image runs, as the kernel said at the event (`None` when it did not:
+    /// no BTF offsets, a kernel thread, an exiting task): what `/proc/<pid>` is checked against.
+    pub executable: Option<FileId>,
     /// The executed file's build-id and hash, as the exec that started the image asked for
     /// them (`None` when it did not: identities off, or the exec was not seen).
     pub identity: Option<IdentitySlot>,
@@ -79,6 +83,7 @@ impl Process {
             pgid: (task.pgid != 0).then_some(task.pgid),
             sid: (task.sid != 0).then_some(task.sid),
             cgroup_id: task.cgroup_id,
+            executable: (task.exe_ino != 0).then(|| FileId::from_kernel(task.exe_ino, task.exe_dev)),
             ..Process::default()
         }
     }

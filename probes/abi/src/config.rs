@@ -48,6 +48,8 @@ pub struct MmOffsets {
     pub env_start: u32,
     /// `env_end`; 0 when the environment is not to be read (no variable is reported).
     pub env_end: u32,
+    /// `exe_file`: the file the image runs, which every event's task is described by.
+    pub exe_file: u32,
 }
 
 /// Offsets and argument positions the fork/exec/exit hooks need beyond task and mm.
@@ -72,7 +74,7 @@ pub struct MiscOffsets {
     pub clone_args_flags: u32,
     /// `linux_binprm.filename`.
     pub binprm_filename: u32,
-    /// `file.f_inode` (with `mm_struct.exe_file`, from [`MemoryOffsets::mm_exe_file`], the
+    /// `file.f_inode` (with `mm_struct.exe_file`, from [`MmOffsets::exe_file`], the
     /// executed file's inode).
     pub file_inode: u32,
     /// `inode.i_ino`.
@@ -155,8 +157,6 @@ pub struct MemoryOffsets {
     pub mm_brk: u32,
     /// `mm_struct.start_stack`.
     pub mm_start_stack: u32,
-    /// `mm_struct.exe_file`.
-    pub mm_exe_file: u32,
     /// `file.f_path.dentry`.
     pub file_dentry: u32,
     /// `dentry.d_name.name`.

@@ -78,4 +78,4 @@ impl Exec {
     }
 }
 
-assert_size!(Exec, 24 + 64 + 72 + FILENAME_CAP + ARGS_CAP + ENV_CAP);
+assert_size!(Exec, 24 + 80 + 72 + FILENAME_CAP + ARGS_CAP + ENV_CAP);

@@ -16,7 +16,7 @@ pub struct Exit {
     pub group_dead: u32,
 }
 
-assert_size!(Exit, 24 + 64 + 8);
+assert_size!(Exit, 24 + 80 + 8);
 
 // SAFETY: plain old data, integers and byte arrays only, no padding (its size, asserted above,
 // is the sum of its fields): every bit pattern is a valid value.

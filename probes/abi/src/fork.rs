@@ -28,7 +28,7 @@ pub struct Fork {
     pub code_end: u64,
 }
 
-assert_size!(Fork, 24 + 64 + 40);
+assert_size!(Fork, 24 + 80 + 40);
 
 // SAFETY: plain old data, integers and byte arrays only, no padding (its size, asserted above,
 // is the sum of its fields): every bit pattern is a valid value.

@@ -353,6 +353,13 @@ pub struct Task {
     pub pgid: u32,
     /// Session id (`task->signal->pids[PIDTYPE_SID]`); 0 when unknown.
     pub sid: u32,
+    /// Inode number of the file the task's image runs (`mm->exe_file`); 0 when unknown (no
+    /// BTF offsets, a kernel thread, an exiting task whose memory is gone). With
+    /// [`Task::exe_dev`], what tells whether `/proc/<pid>/exe` still shows the image the event
+    /// was about (an exec since then replaces it).
+    pub exe_ino: u64,
+    /// That file's device, as the kernel's `s_dev` (major << 20 | minor).
+    pub exe_dev: u64,
 }
 
 /// Value of `Task::flags` bit PF_KTHREAD (stable across kernels since 2.6).
@@ -367,7 +374,7 @@ macro_rules! assert_size {
 pub(crate) use assert_size;
 
 assert_size!(Header, 24);
-assert_size!(Task, 64);
+assert_size!(Task, 80);
 
 // SAFETY: plain old data, integers only, no padding (the size asserted above is the sum of the
 // fields): every bit pattern is a valid value.

@@ -104,7 +104,7 @@ pub struct Memory {
     pub file: [u8; MEMORY_FILE_CAP],
 }
 
-assert_size!(Memory, 24 + 64 + 24 + 24 + MEMORY_FILE_CAP);
+assert_size!(Memory, 24 + 80 + 24 + 24 + MEMORY_FILE_CAP);
 
 /// Key of the coalescing map: one entry per (process, range, transition, operation).
 #[repr(C)]

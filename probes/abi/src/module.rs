@@ -29,7 +29,7 @@ pub struct ModuleLoad {
     pub name: [u8; MODULE_NAME_CAP],
 }
 
-assert_size!(ModuleLoad, 24 + 64 + 24 + MODULE_NAME_CAP);
+assert_size!(ModuleLoad, 24 + 80 + 24 + MODULE_NAME_CAP);
 
 // SAFETY: plain old data, integers and byte arrays only, no padding (its size, asserted above,
 // is the sum of its fields): every bit pattern is a valid value.

@@ -20,7 +20,7 @@ use ksense_abi::{
 
 use crate::{
     maps::{config, count_lost, excluded, output},
-    task::{code_range, current, fill_current, have_offsets, header, read, read_ptr},
+    task::{code_range, current, exe_inode, file_id, fill_current, have_offsets, header, read, read_ptr},
 };
 
 /// Per-CPU room to build an exec record, too large for the 512-byte BPF stack. One slot: the
@@ -96,17 +96,14 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
         // against /proc/<pid>/exe: the execve string may name it through `..` or a symlink.
         // Its link count says whether it has a name at all: 0 for a memfd (created unlinked)
         // and for a file deleted before the exec, whatever path string named it.
-        // (The `mm_struct` offset is 0 only when the memory offsets were not resolved.)
-        let exe_file_at = config!(memory.mm_exe_file);
-        if exe_file_at != 0 {
-            let inode = read_ptr(read_ptr(mm, exe_file_at), config!(misc.file_inode));
-            ev.exe_ino = read(inode, config!(misc.inode_ino));
-            ev.exe_dev = u64::from(read::<u32>(read_ptr(inode, config!(misc.inode_sb)), config!(misc.sb_dev)));
+        let inode = exe_inode(mm);
+        if !inode.is_null() {
+            (ev.exe_ino, ev.exe_dev) = file_id(inode);
             ev.exe_nlink = read(inode, config!(misc.inode_nlink));
             // Its change time: user space hashes the file only if what it opens still has it
             // (a write since the exec moves it), and keys its cache of hashes on it.
             let ctime_sec_at = config!(misc.inode_ctime_sec);
-            if ctime_sec_at != 0 && !inode.is_null() {
+            if ctime_sec_at != 0 {
                 ev.exe_ctime_sec = read(inode, ctime_sec_at);
                 ev.exe_ctime_nsec = u64::from(read::<u32>(inode, config!(misc.inode_ctime_nsec)));
                 ev.flags |= EXEC_CTIME_KNOWN;

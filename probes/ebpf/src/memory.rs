@@ -489,7 +489,7 @@ fn locate(rec: &mut Memory, vma: &Vma) {
     let region = if rec.start < end_code && rec.start + rec.len > start_code {
         Region::MainCode
     } else if !vma.file.is_null() {
-        let exe: *const u8 = read_ptr(mm, config!(memory.mm_exe_file));
+        let exe: *const u8 = read_ptr(mm, config!(mm.exe_file));
         match (exec, vma.file == exe) {
             (true, true) => Region::MainCode,
             (true, false) => Region::LibraryCode,

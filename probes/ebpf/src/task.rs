@@ -68,6 +68,8 @@ pub fn fill_current(out: &mut Task) {
         out.uid = uid;
         out.euid = uid;
         out.comm = bpf_get_current_comm().unwrap_or_default();
+        // Unknown without offsets; the record may be built in a reused scratch slot.
+        (out.pgid, out.sid, out.exe_ino, out.exe_dev) = (0, 0, 0, 0);
     }
     // SAFETY: a helper without preconditions.
     out.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -95,6 +97,21 @@ pub fn fill_from(task: *const u8, out: &mut Task) {
     let pid_of = |pid_type: u32| read_ptr(signal, config!(misc.signal_pids) + pid_type * size_of::<u64>() as u32);
     out.pgid = read(pid_of(config!(misc.pidtype_pgid)), config!(misc.pid_nr));
     out.sid = read(pid_of(config!(misc.pidtype_sid)), config!(misc.pid_nr));
+    (out.exe_ino, out.exe_dev) = file_id(exe_inode(read_ptr(task, config!(task.mm))));
+}
+
+/// The inode of the file `mm` runs (`mm->exe_file->f_inode`); null when unknown (no `mm`: a
+/// kernel thread, or an exiting task whose memory is gone).
+#[inline(always)]
+pub fn exe_inode(mm: *const u8) -> *const u8 {
+    read_ptr(read_ptr(mm, config!(mm.exe_file)), config!(misc.file_inode))
+}
+
+/// Inode number and device (`s_dev`) of `inode`; zeros when it is null.
+#[inline(always)]
+pub fn file_id(inode: *const u8) -> (u64, u64) {
+    let dev = read::<u32>(read_ptr(inode, config!(misc.inode_sb)), config!(misc.sb_dev));
+    (read(inode, config!(misc.inode_ino)), u64::from(dev))
 }
 
 /// `mm->start_code` and `mm->end_code` of `task`'s address space; zeros for kernel threads.

@@ -8,7 +8,13 @@
 //! replaces it, so short-lived processes are described even after `/proc/<pid>` is gone.
 use std::{path::PathBuf, sync::Arc};
 
-use crate::{event::Event, identity::IdentitySlot, kinds::Detail, lru::LruMap, process::Process};
+use crate::{
+    event::Event,
+    identity::IdentitySlot,
+    kinds::{Detail, exec::FileId},
+    lru::LruMap,
+    process::Process,
+};
 
 mod cgroups;
 mod procfs;
@@ -31,6 +37,9 @@ struct ProcInfo {
     exe: Option<Arc<[u8]>>,
     args: Option<Arc<[Vec<u8>]>>,
     args_truncated: bool,
+    /// The file `exe` and `args` belong to, when known: an event whose task runs another image
+    /// (an exec the table missed) does not match the entry.
+    executable: Option<FileId>,
     pgid: Option<u32>,
     sid: Option<u32>,
     cgroup: Option<Cgroup>,
@@ -109,6 +118,7 @@ impl Enricher {
                     exe: p.exe.clone(),
                     args: p.args.clone(),
                     args_truncated: p.args_truncated,
+                    executable: exec.executed_file,
                     pgid: ids.map(|(pgid, _)| pgid).or(inherited.and_then(|i| i.pgid)),
                     sid: ids.map(|(_, sid)| sid).or(inherited.and_then(|i| i.sid)),
                     cgroup: cgroup.or_else(|| inherited.and_then(|i| i.cgroup.clone())),
@@ -121,7 +131,7 @@ impl Enricher {
             }
             Detail::Fork(fork) if !fork.thread() => {
                 let (tid, start_ns) = fork.parent_task;
-                let parent = (start_ns != 0).then_some(procfs::Task { tid, start_ns });
+                let parent = (start_ns != 0).then_some(procfs::Task { tid, start_ns, executable: None });
                 if let Some(parent) = self.lookup(event.process.parent_pid, event.process.kernel_thread, 0, parent) {
                     // The child's image is its parent's until it execs; the entry is the child's.
                     let p = &event.process;
@@ -192,15 +202,24 @@ impl Enricher {
         }
         let info = Arc::new(self.read_proc(pid, !kernel_thread, cgroup_id, task)?);
         self.procs.insert(pid, info.clone());
+        // The image /proc shows now is not the one the event's task ran (it exec'd since): the
+        // entry is right for the events that follow, not for this one.
+        if runs_another_image(&info, task) {
+            return None;
+        }
         Some(info)
     }
 
-    /// Whether the table entry `info` of process `pid` describes the process of `task` too: the
-    /// same task with the same start time, or, for another thread, the entry's task still alive
+    /// Whether the table entry `info` of process `pid` describes the process of `task` too: not
+    /// if the kernel says the task runs another file than the entry's (an exec the table
+    /// missed, in a ring-buffer overrun). Else the same task with the same start time, or, for another thread, the entry's task still alive
     /// in `/proc` (a reused pid means the owner's process is gone). An entry read from `/proc`
     /// for no task (seeded at start, or a parent's) describes `pid`'s main task if their start
     /// times agree. Unknown on either side: trusted, as before the kernel gave start times.
     fn same_process(&self, pid: u32, info: &ProcInfo, task: Option<procfs::Task>) -> bool {
+        if runs_another_image(info, task) {
+            return false;
+        }
         match (info.owner, task) {
             (Some(owner), Some(task)) if owner.tid == task.tid => owner.start_ns == task.start_ns,
             (Some(owner), Some(_)) => procfs::is_task(&self.proc_root, pid, owner),
@@ -270,7 +289,15 @@ impl Enricher {
 /// The kernel's description of `p`'s task, against which `/proc` is checked; `None` when the
 /// probes could not read its start time (then `/proc` is trusted as it is).
 fn identity(p: &Process) -> Option<procfs::Task> {
-    (p.start_ns != 0).then_some(procfs::Task { tid: p.tid, start_ns: p.start_ns })
+    (p.start_ns != 0).then_some(procfs::Task { tid: p.tid, start_ns: p.start_ns, executable: p.executable })
+}
+
+/// Whether the kernel says `task` runs another file than the one `info`'s image is of (both
+/// known). Inode numbers only: the device `stat` gives is not the kernel's on btrfs (see
+/// [`FileId::is`]), and an image whose inode number is that of the one before, on another
+/// file system, is not told apart.
+fn runs_another_image(info: &ProcInfo, task: Option<procfs::Task>) -> bool {
+    matches!((info.executable, task.and_then(|t| t.executable)), (Some(entry), Some(kernel)) if entry.ino != kernel.ino)
 }
 
 /// When the kernel says `p`'s task started (its main task's start is the process's).
@@ -464,6 +491,42 @@ mod tests {
         std::fs::write(dir.join("stat"), format!("{pid} (p) S {ppid} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {ticks} 0")).unwrap();
         std::fs::write(dir.join("cmdline"), args).unwrap();
         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(exe), dir.join("exe")).unwrap();
+    }
+
+    /// An event of a process that exec'd since (its exec not seen): the kernel names the file
+    /// the event's image ran, `/proc` now shows another. Neither the table's entry nor a fresh
+    /// `/proc` read describes the event with the new image; an event of the new image is.
+    #[test]
+    fn an_event_of_the_image_before_an_unseen_exec_is_not_given_the_new_one() {
+        let dir = std::env::temp_dir().join(format!("ksense-enrich-image-{}", std::process::id()));
+        let proc_dir = dir.join("proc");
+        let (old, new) = (dir.join("old"), dir.join("new"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&old, b"old image").unwrap();
+        std::fs::write(&new, b"new image").unwrap();
+        let id = |path: &std::path::Path| FileId::of(&std::fs::metadata(path).unwrap());
+        fake_process(&proc_dir, 200, 1, 8, new.as_os_str().as_encoded_bytes(), b"new\0");
+        let task_dir = proc_dir.join("200/task/200");
+        std::fs::create_dir_all(&task_dir).unwrap();
+        std::fs::copy(proc_dir.join("200/stat"), task_dir.join("stat")).unwrap();
+        // Started within clock tick 8 (of 100 per second on Linux).
+        let start_ns = 8 * 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let enriched = |enricher: &mut Enricher, executable: FileId| {
+            let exit = ProcessExit { status: 0, process_exit: false };
+            let mut e = event(200, 1, Detail::Exit(exit), Hook::TpBtfSchedProcessExit);
+            (e.process.start_ns, e.process.executable) = (start_ns, Some(executable));
+            enricher.enrich(&mut e);
+            e.process.exe
+        };
+
+        let mut enricher = Enricher::new(proc_dir.clone(), "/nonexistent".into(), Mounts::default());
+        assert_eq!(enriched(&mut enricher, id(&old)), None, "a table miss: /proc shows another image");
+        let mut enricher = Enricher::new(proc_dir, "/nonexistent".into(), Mounts::default());
+        assert_eq!(enricher.seed(), 1);
+        assert_eq!(enriched(&mut enricher, id(&old)), None, "the seeded entry is of another image");
+        let exe = enriched(&mut enricher, id(&new));
+        assert_eq!(exe.as_deref(), Some(new.as_os_str().as_encoded_bytes()), "an event of the image /proc shows");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// An exit of `pid` (child of `ppid`, started at `start_ns`), enriched, as a record.

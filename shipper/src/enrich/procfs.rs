@@ -7,7 +7,7 @@ use std::{
 use ksense_abi::exec::ARGS_CAP;
 
 use super::{ProcInfo, cgroups::Cgroup};
-use crate::kinds::exec::split_args;
+use crate::kinds::exec::{FileId, split_args};
 
 /// Reads what `/proc/<pid>` tells of a process; `None` when it is gone, or when it is not the
 /// process `task` (see [`is_task`]) describes. `with_image` also reads the executable path and
@@ -17,12 +17,17 @@ pub(super) fn read(proc_root: &Path, pid: u32, with_image: bool, task: Option<Ta
     let stat = std::fs::read(dir.join("stat")).ok().and_then(|stat| parse_stat(&stat))?;
     let (pgid, sid) = (Some(stat.pgrp), Some(stat.session));
     let cgroup = cgroup_at(&dir);
-    let (exe, args, args_truncated) = if with_image {
-        let (args, truncated) = cmdline(&dir).filter(|(a, _)| !a.is_empty()).unzip();
-        (exe_at(&dir).map(Into::into), args.map(|a| split_args(&a).into()), truncated.unwrap_or(false))
-    } else {
-        (None, None, false)
-    };
+    let (mut exe, mut args, mut args_truncated, mut executable) = (None, None, false, None);
+    if with_image {
+        let before = executable_at(&dir);
+        let (read_args, truncated) = cmdline(&dir).filter(|(a, _)| !a.is_empty()).unzip();
+        (exe, args, args_truncated) = (exe_at(&dir).map(Into::into), read_args.map(|a| split_args(&a).into()), truncated.unwrap_or(false));
+        // An exec during the reads would mix two images: then neither is told.
+        executable = before;
+        if executable_at(&dir) != before {
+            (exe, args, args_truncated, executable) = (None, None, false, None);
+        }
+    }
     // Checked after the reads: if the process the event is about still has the pid now, it
     // had it during them (a pid is not reused while its process lives).
     if !task.is_none_or(|task| is_task(proc_root, pid, task)) {
@@ -32,7 +37,7 @@ pub(super) fn read(proc_root: &Path, pid: u32, with_image: bool, task: Option<Ta
         Some(task) if task.tid == pid => Some(Started::exactly(task.start_ns)),
         _ => (stat.start_ticks != 0).then(|| Started::in_tick(stat.start_ticks)),
     };
-    Some(ProcInfo { exe, args, args_truncated, pgid, sid, cgroup, owner: task, ppid: stat.ppid, started, identity: None })
+    Some(ProcInfo { exe, args, args_truncated, executable, pgid, sid, cgroup, owner: task, ppid: stat.ppid, started, identity: None })
 }
 
 /// When a process started, in CLOCK_MONOTONIC ns: exactly, as the kernel gave it, or the range
@@ -82,6 +87,9 @@ pub(super) struct Task {
     pub tid: u32,
     /// `task->start_time`.
     pub start_ns: u64,
+    /// The file its image runs, when the kernel said: an exec since the event replaces the
+    /// image `/proc` shows.
+    pub executable: Option<FileId>,
 }
 
 /// Whether `/proc/<pid>/task/<tid>` is `task`: its start time (field 22 of `stat`) agrees with
@@ -114,6 +122,11 @@ pub(super) fn cgroup(proc_root: &Path, pid: u32) -> Option<Cgroup> {
 
 fn cgroup_at(dir: &Path) -> Option<Cgroup> {
     pick_cgroup(&std::fs::read_to_string(dir.join("cgroup")).ok()?).map(Cgroup::from_line)
+}
+
+/// The file `/proc/<pid>/exe` leads to, as `stat` identifies it.
+fn executable_at(dir: &Path) -> Option<FileId> {
+    std::fs::metadata(dir.join("exe")).ok().map(|m| FileId::of(&m))
 }
 
 fn exe_at(dir: &Path) -> Option<Vec<u8>> {
@@ -223,12 +236,12 @@ mod tests {
         std::fs::write(root.join("40/stat"), stat_line(500 * hz)).unwrap();
         std::fs::write(root.join("40/task/41/stat"), stat_line(500 * hz)).unwrap();
         std::fs::write(root.join("40/cmdline"), b"/bin/other\0").unwrap();
-        let at = |secs: u64| Task { tid: 41, start_ns: secs * 1_000_000_000 };
+        let at = |secs: u64| Task { tid: 41, start_ns: secs * 1_000_000_000, executable: None };
         assert!(is_task(&root, 40, at(500)));
         assert!(read(&root, 40, true, Some(at(500))).is_some());
         assert!(!is_task(&root, 40, at(499)), "an earlier process that had the pid");
         assert!(read(&root, 40, true, Some(at(499))).is_none());
-        assert!(!is_task(&root, 40, Task { tid: 42, start_ns: 500_000_000_000 }), "no such task");
+        assert!(!is_task(&root, 40, Task { tid: 42, start_ns: 500_000_000_000, executable: None }), "no such task");
         assert!(read(&root, 40, true, None).is_some(), "no start time known: trusted");
         std::fs::remove_dir_all(root).unwrap();
     }

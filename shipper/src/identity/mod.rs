@@ -31,7 +31,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{lru::LruMap, record::Value, schema};
+use crate::{kinds::exec::FileId, lru::LruMap, record::Value, schema};
 
 pub mod elf;
 
@@ -91,15 +91,14 @@ impl FileKey {
         FileKey { ino, major, minor, ctime_sec, ctime_nsec: (ctime_nsec & ((1 << 30) - 1)) as u32 }
     }
 
-    /// Whether `stat` says this is the file (device and inode).
-    fn is_file(&self, meta: &Metadata) -> bool {
-        let dev = meta.dev();
-        meta.ino() == self.ino && libc::major(dev) == self.major && libc::minor(dev) == self.minor
+    /// Whether `opened` is the file (see [`FileId::is`]).
+    fn is_file(&self, opened: &File, meta: &Metadata) -> bool {
+        FileId { ino: self.ino, major: self.major, minor: self.minor }.is(opened, meta)
     }
 
-    /// Whether `stat` says this is the file, with this content (change time).
-    fn matches(&self, meta: &Metadata) -> bool {
-        self.is_file(meta) && meta.ctime() == self.ctime_sec && meta.ctime_nsec() == i64::from(self.ctime_nsec)
+    /// Whether `stat` says the file has this content (change time).
+    fn same_content(&self, meta: &Metadata) -> bool {
+        meta.ctime() == self.ctime_sec && meta.ctime_nsec() == i64::from(self.ctime_nsec)
     }
 }
 
@@ -294,10 +293,10 @@ fn open_checked(path: &Path, key: FileKey) -> Result<File, Skipped> {
         .open(path)
         .map_err(|_| Skipped::Unreadable)?;
     let meta = opened.metadata().map_err(|_| Skipped::Unreadable)?;
-    if !key.is_file(&meta) {
+    if !key.is_file(&opened, &meta) {
         return Err(Skipped::Unreadable);
     }
-    if !key.matches(&meta) {
+    if !key.same_content(&meta) {
         return Err(Skipped::Changed);
     }
     OpenOptions::new()
@@ -335,7 +334,7 @@ fn read_identity(file: &File, key: FileKey, max_bytes: u64) -> Identity {
         }
     }
     match file.metadata() {
-        Ok(after) if key.matches(&after) && after.len() == total => Identity { build_id, sha256: Ok(hex(digest.finish().as_ref())) },
+        Ok(after) if key.same_content(&after) && after.len() == total => Identity { build_id, sha256: Ok(hex(digest.finish().as_ref())) },
         _ => Identity::skipped(Skipped::Changed),
     }
 }

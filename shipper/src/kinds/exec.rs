@@ -119,6 +119,23 @@ impl FileId {
         use std::os::unix::fs::MetadataExt;
         FileId { ino: metadata.ino(), major: libc::major(metadata.dev()), minor: libc::minor(metadata.dev()) }
     }
+
+    /// Whether `opened` (with its `metadata`) is this file, as the kernel named it: the same
+    /// inode number, on the same device unless `opened` is on btrfs, whose `stat` gives each
+    /// subvolume a device number of its own, never the file system's that the kernel's inode
+    /// holds (an inode number is unique within a subvolume).
+    pub fn is(&self, opened: &std::fs::File, metadata: &std::fs::Metadata) -> bool {
+        FileId::of(metadata) == *self || (FileId::of(metadata).ino == self.ino && on_btrfs(opened))
+    }
+}
+
+/// Whether `file` is on a btrfs file system.
+fn on_btrfs(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `fstatfs` fills the buffer it is given for an open descriptor, and reports failure
+    // otherwise, in which case the buffer is not read.
+    unsafe { libc::fstatfs(file.as_raw_fd(), fs.as_mut_ptr()) == 0 && fs.assume_init().f_type == libc::BTRFS_SUPER_MAGIC }
 }
 
 fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
@@ -218,7 +235,7 @@ fn open_path(path: &Path) -> Option<std::fs::File> {
 fn canonical_if(path: &Path, file: FileId) -> Option<Vec<u8>> {
     use std::os::fd::AsRawFd;
     let opened = open_path(path)?;
-    if FileId::of(&opened.metadata().ok()?) != file {
+    if !file.is(&opened, &opened.metadata().ok()?) {
         return None;
     }
     let path = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?;

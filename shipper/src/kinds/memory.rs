@@ -236,7 +236,6 @@ fn memory_offsets(btf: &Btf) -> Result<MemoryOffsets, BtfError> {
         mm_start_brk: mm("start_brk")?,
         mm_brk: mm("brk")?,
         mm_start_stack: mm("start_stack")?,
-        mm_exe_file: mm("exe_file")?,
         file_dentry: btf.field_offset("file", "f_path.dentry")?,
         dentry_name: btf.field_offset("dentry", "d_name.name")?,
         ..vma_tree_offsets(btf).unwrap_or_default()

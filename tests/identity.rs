@@ -8,7 +8,9 @@ use std::{
 };
 
 use ksense_e2e::{
-    Ksense, attr, is,
+    Ksense, attr,
+    collector::Collector,
+    is,
     journald::{Run, value},
     temp_config, workload_bin,
 };
@@ -100,10 +102,13 @@ fn run_to_end(program: &Path, args: &[&str]) -> u32 {
 }
 
 /// An exec of the workload reports the SHA-256 `sha256sum` gives and the build-id `readelf`
-/// shows, on the exec and the exit (a later event), in the JSON line and the journal entry.
+/// shows, on the exec and the exit (a later event), in the JSON line, the journal entry and the
+/// OTLP record (as strings).
 #[test]
 fn exec_reports_the_sha256_and_build_id_of_the_executed_file() {
-    let run = Run::start("identity-exec");
+    let collector = Collector::start();
+    let otlp = format!("[sinks.otlp]\nendpoint = \"http://127.0.0.1:{}\"\n", collector.grpc_port);
+    let run = Run::start_with("identity-exec", &otlp);
     let bin = workload_bin();
     let pid = run_to_end(&bin, &["sleep", "2"]);
     let (exec, exit) = exec_and_exit(&run.ksense, pid);
@@ -117,10 +122,17 @@ fn exec_reports_the_sha256_and_build_id_of_the_executed_file() {
     }
     let entry = run.entry(&["SYSLOG_IDENTIFIER=ksense", "KSENSE_EVENT=process.exit", &format!("PROCESS_PID={pid}")]);
     assert_eq!(value(&entry, "KSENSE_PROCESS_EXECUTABLE_SHA256"), sha256);
-    if let Some(build_id) = build_id {
-        assert_eq!(value(&entry, "PROCESS_EXECUTABLE_BUILD_ID_GNU"), build_id);
+    if let Some(build_id) = &build_id {
+        assert_eq!(&value(&entry, "PROCESS_EXECUTABLE_BUILD_ID_GNU"), build_id);
     }
-    run.ksense.stop();
+    let pid_attr = format!("Int({pid})");
+    let record = collector.wait_for("the exit", |r| r.event_name == "process.exit" && r.attributes.get("process.pid") == Some(&pid_attr));
+    assert_eq!(record.attributes.get("ksense.process.executable.sha256"), Some(&format!("Str({sha256})")), "{record:?}");
+    if let Some(build_id) = build_id {
+        assert_eq!(record.attributes.get("process.executable.build_id.gnu"), Some(&format!("Str({build_id})")), "{record:?}");
+    }
+    let stopped = run.ksense.stop();
+    assert_eq!(stopped.counter("sink_otlp_failed"), 0, "{}", stopped.stderr);
 }
 
 /// A program whose file is replaced right after its exec: the hash is the executed content's,

@@ -99,6 +99,7 @@ fn emit(hook: Hook, old_tid: u32, filename: *const u8) {
         let inode = exe_inode(mm);
         if !inode.is_null() {
             (ev.exe_ino, ev.exe_dev) = file_id(inode);
+            (ev.task.exe_ino, ev.task.exe_dev) = (ev.exe_ino, ev.exe_dev);
             ev.exe_nlink = read(inode, config!(misc.inode_nlink));
             // Its change time: user space hashes the file only if what it opens still has it
             // (a write since the exec moves it), and keys its cache of hashes on it.

@@ -35,7 +35,7 @@ use ksense_abi::{
 
 use crate::{
     maps::{as_bytes, config, count_lost, excluded, output},
-    task::{current, func_arg, fill_current, have_offsets, header, read, read_ptr},
+    task::{current, func_arg, fill_current_with_image, have_offsets, header, read, read_ptr},
 };
 
 /// Low `vm_flags`/`PROT_*` bits: read, write, exec.
@@ -454,7 +454,7 @@ fn scratch(user: Scratch) -> Option<&'static mut CoalesceState> {
 #[inline(always)]
 fn begin(rec: &mut Memory, start: u64, len: u64, new_prot: u32) -> bool {
     rec.task = Default::default();
-    fill_current(&mut rec.task);
+    fill_current_with_image(&mut rec.task);
     if excluded(&rec.task, EventKind::MemoryProtect) {
         return false;
     }

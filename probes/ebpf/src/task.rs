@@ -54,7 +54,8 @@ pub fn header(hook: Hook, size: usize) -> Header {
     Header::new(hook, size, cpu, now)
 }
 
-/// Fills `out` with the current task's identity.
+/// Fills `out` with the current task's identity (the image's file left as it is: see
+/// [`fill_current_with_image`]).
 #[inline(always)]
 pub fn fill_current(out: &mut Task) {
     let task = current();
@@ -69,8 +70,9 @@ pub fn fill_current(out: &mut Task) {
         out.euid = uid;
         out.comm = bpf_get_current_comm().unwrap_or_default();
         // Unknown without offsets; the record may be built in a reused scratch slot.
-        (out.pgid, out.sid, out.exe_ino, out.exe_dev) = (0, 0, 0, 0);
+        (out.pgid, out.sid) = (0, 0);
     }
+    (out.exe_ino, out.exe_dev) = (0, 0);
     // SAFETY: a helper without preconditions.
     out.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }
@@ -97,7 +99,17 @@ pub fn fill_from(task: *const u8, out: &mut Task) {
     let pid_of = |pid_type: u32| read_ptr(signal, config!(misc.signal_pids) + pid_type * size_of::<u64>() as u32);
     out.pgid = read(pid_of(config!(misc.pidtype_pgid)), config!(misc.pid_nr));
     out.sid = read(pid_of(config!(misc.pidtype_sid)), config!(misc.pid_nr));
-    (out.exe_ino, out.exe_dev) = file_id(exe_inode(read_ptr(task, config!(task.mm))));
+}
+
+/// Fills `out` as [`fill_current`] does, and with the file the current task's image runs. Not
+/// for the fork hooks: a child runs its parent's image until it execs, and on 5.10 these
+/// reads' branches take the fork programs past the verifier's limit.
+#[inline(always)]
+pub fn fill_current_with_image(out: &mut Task) {
+    fill_current(out);
+    if have_offsets() {
+        (out.exe_ino, out.exe_dev) = file_id(exe_inode(read_ptr(current(), config!(task.mm))));
+    }
 }
 
 /// The inode of the file `mm` runs (`mm->exe_file->f_inode`); null when unknown (no `mm`: a

@@ -7,7 +7,7 @@ use std::{
 use ksense_abi::exec::ARGS_CAP;
 
 use super::{ProcInfo, cgroups::Cgroup};
-use crate::kinds::exec::{FileId, split_args};
+use crate::kinds::exec::{FileId, open_path, split_args};
 
 /// Reads what `/proc/<pid>` tells of a process; `None` when it is gone, or when it is not the
 /// process `task` (see [`is_task`]) describes. `with_image` also reads the executable path and
@@ -124,9 +124,10 @@ fn cgroup_at(dir: &Path) -> Option<Cgroup> {
     pick_cgroup(&std::fs::read_to_string(dir.join("cgroup")).ok()?).map(Cgroup::from_line)
 }
 
-/// The file `/proc/<pid>/exe` leads to, as `stat` identifies it.
+/// The file `/proc/<pid>/exe` leads to, as `stat` identifies it (asked without reaching its
+/// file system: see [`FileId::of_open`]).
 fn executable_at(dir: &Path) -> Option<FileId> {
-    std::fs::metadata(dir.join("exe")).ok().map(|m| FileId::of(&m))
+    FileId::of_open(&open_path(&dir.join("exe"))?)
 }
 
 fn exe_at(dir: &Path) -> Option<Vec<u8>> {

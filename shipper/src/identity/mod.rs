@@ -92,8 +92,8 @@ impl FileKey {
     }
 
     /// Whether `opened` is the file (see [`FileId::is`]).
-    fn is_file(&self, opened: &File, meta: &Metadata) -> bool {
-        FileId { ino: self.ino, major: self.major, minor: self.minor }.is(opened, meta)
+    fn is_file(&self, opened: &File) -> bool {
+        FileId { ino: self.ino, major: self.major, minor: self.minor }.is(opened)
     }
 
     /// Whether `stat` says the file has this content (change time).
@@ -292,10 +292,10 @@ fn open_checked(path: &Path, key: FileKey) -> Result<File, Skipped> {
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(path)
         .map_err(|_| Skipped::Unreadable)?;
-    let meta = opened.metadata().map_err(|_| Skipped::Unreadable)?;
-    if !key.is_file(&opened, &meta) {
+    if !key.is_file(&opened) {
         return Err(Skipped::Unreadable);
     }
+    let meta = opened.metadata().map_err(|_| Skipped::Unreadable)?;
     if !key.same_content(&meta) {
         return Err(Skipped::Changed);
     }

@@ -120,12 +120,27 @@ impl FileId {
         FileId { ino: metadata.ino(), major: libc::major(metadata.dev()), minor: libc::minor(metadata.dev()) }
     }
 
-    /// Whether `opened` (with its `metadata`) is this file, as the kernel named it: the same
-    /// inode number, on the same device unless `opened` is on btrfs, whose `stat` gives each
-    /// subvolume a device number of its own, never the file system's that the kernel's inode
-    /// holds (an inode number is unique within a subvolume).
-    pub fn is(&self, opened: &std::fs::File, metadata: &std::fs::Metadata) -> bool {
-        FileId::of(metadata) == *self || (FileId::of(metadata).ino == self.ino && on_btrfs(opened))
+    /// The identity of the open file `file` as its file system last told the kernel, without
+    /// asking it again (`statx` with `AT_STATX_DONT_SYNC`): a FUSE file system, which any user
+    /// may run, could leave that question unanswered, and ksense waiting with it.
+    pub fn of_open(file: &std::fs::File) -> Option<FileId> {
+        use std::os::fd::AsRawFd;
+        let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+        let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC;
+        // SAFETY: `statx` of an open descriptor with an empty path fills the buffer it is given
+        // and reports failure otherwise; the buffer is zeroed, a valid `statx` either way.
+        let stx = unsafe {
+            (libc::statx(file.as_raw_fd(), c"".as_ptr(), flags, libc::STATX_INO, stx.as_mut_ptr()) == 0).then(|| stx.assume_init())?
+        };
+        Some(FileId { ino: stx.stx_ino, major: stx.stx_dev_major, minor: stx.stx_dev_minor })
+    }
+
+    /// Whether `opened` is this file, as the kernel named it: the same inode number, on the same
+    /// device unless `opened` is on btrfs, whose `stat` gives each subvolume a device number of
+    /// its own, never the file system's that the kernel's inode holds (an inode number is unique
+    /// within a subvolume). Asked as [`FileId::of_open`] does.
+    pub fn is(&self, opened: &std::fs::File) -> bool {
+        FileId::of_open(opened).is_some_and(|id| id == *self || (id.ino == self.ino && on_btrfs(opened)))
     }
 }
 
@@ -223,7 +238,7 @@ fn interpreter(script: &Path) -> Option<PathBuf> {
 }
 
 /// `path` opened `O_PATH`: resolved, but neither read nor opened as a device.
-fn open_path(path: &Path) -> Option<std::fs::File> {
+pub(crate) fn open_path(path: &Path) -> Option<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_CLOEXEC).open(path).ok()
 }
@@ -235,7 +250,7 @@ fn open_path(path: &Path) -> Option<std::fs::File> {
 fn canonical_if(path: &Path, file: FileId) -> Option<Vec<u8>> {
     use std::os::fd::AsRawFd;
     let opened = open_path(path)?;
-    if !file.is(&opened, &opened.metadata().ok()?) {
+    if !file.is(&opened) {
         return None;
     }
     let path = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?;
@@ -432,6 +447,16 @@ mod tests {
         assert_eq!(split_args(b"a\0"), vec![b"a".to_vec()]);
         assert_eq!(split_args(b"a\0\0"), vec![b"a".to_vec(), b"".to_vec()]);
         assert_eq!(split_args(b"a\0bc"), vec![b"a".to_vec(), b"bc".to_vec()]);
+    }
+
+    /// Asked without reaching the file system, an open file's identity is the one `stat` gives.
+    #[test]
+    fn an_open_files_identity_is_the_one_stat_gives() {
+        let exe = std::env::current_exe().unwrap();
+        let opened = open_path(&exe).unwrap();
+        assert_eq!(FileId::of_open(&opened), Some(FileId::of(&std::fs::metadata(&exe).unwrap())));
+        assert!(FileId::of(&std::fs::metadata(&exe).unwrap()).is(&opened));
+        assert!(!FileId::of(&std::fs::metadata("/").unwrap()).is(&opened));
     }
 
     /// The executed file's canonical path: `..` and symlinks resolved, and only for the file the

@@ -18,7 +18,7 @@ use ksense_abi::{EventKind, Hook, exit::Exit};
 
 use crate::{
     maps::{as_bytes, config, excluded, output},
-    task::{current, fill_current_with_image, func_arg, have_offsets, header, live_threads, read, read_ptr},
+    task::{current, fill_current, func_arg, have_offsets, header, live_threads, read, read_ptr},
 };
 
 /// A process, told apart from a later one with the same id by its leader's start time.
@@ -77,7 +77,7 @@ fn emit(hook: Hook, exit_code: u32, live_after: i32) {
         return;
     }
     let mut ev = Exit::default();
-    fill_current_with_image(&mut ev.task);
+    fill_current(&mut ev.task);
     if excluded(&ev.task, EventKind::Exit) {
         return;
     }

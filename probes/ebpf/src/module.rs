@@ -13,7 +13,7 @@ use ksense_abi::{
 
 use crate::{
     maps::{as_bytes, config, excluded, output},
-    task::{fill_current_with_image, func_arg, have_offsets, header, read},
+    task::{fill_current, func_arg, have_offsets, header, read},
 };
 
 /// At most this many size fields are added up (`module_memory` core regions).
@@ -98,7 +98,7 @@ fn read_name(ev: &mut ModuleLoad, name: *const u8) {
 
 #[inline(always)]
 fn submit(hook: Hook, ev: &mut ModuleLoad) {
-    fill_current_with_image(&mut ev.task);
+    fill_current(&mut ev.task);
     if excluded(&ev.task, EventKind::ModuleLoad) {
         return;
     }

@@ -101,9 +101,11 @@ pub fn fill_from(task: *const u8, out: &mut Task) {
     out.sid = read(pid_of(config!(misc.pidtype_sid)), config!(misc.pid_nr));
 }
 
-/// Fills `out` as [`fill_current`] does, and with the file the current task's image runs. Not
-/// for the fork hooks: a child runs its parent's image until it execs, and on 5.10 these
-/// reads' branches take the fork programs past the verifier's limit.
+/// Fills `out` as [`fill_current`] does, and with the file the current task's image runs: for
+/// the memory hooks, whose W^X records must not be described by an image an exec put in place
+/// since. Only there: these reads' branches take the fork programs (5.10) and the module load's
+/// BTF tracepoint program (6.1) past the verifier's limit; a forked child runs its parent's
+/// image, and an exiting task's memory is gone by the exit tracepoint.
 #[inline(always)]
 pub fn fill_current_with_image(out: &mut Task) {
     fill_current(out);

@@ -154,7 +154,7 @@ fn cpu_time(who: libc::c_int) -> Duration {
 /// sink writing to /dev/null (or `KSENSE_BENCH_JSON_FILE`), one thread, flushing every 256
 /// events as the pipeline does when its queue runs dry. `KSENSE_BENCH_N` events (default 2M).
 #[test]
-#[ignore]
+#[ignore = "benchmark: run in release with --ignored --nocapture"]
 fn decode_json_throughput() {
     use crate::sinks::{Sink, jsonl::JsonlSink};
     let n: usize = std::env::var("KSENSE_BENCH_N").ok().and_then(|n| n.parse().ok()).unwrap_or(2_000_000);

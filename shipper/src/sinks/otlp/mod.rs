@@ -462,7 +462,7 @@ mod tests {
     /// The standard `OTEL_EXPORTER_OTLP_*` variables apply (`..._PROTOCOL=http/protobuf`,
     /// `..._COMPRESSION=gzip`). `KSENSE_BENCH_N` records (default 500k) from the realistic mix.
     #[test]
-    #[ignore]
+    #[ignore = "benchmark: needs a collector at KSENSE_BENCH_OTLP; run in release with --ignored --nocapture"]
     fn otlp_throughput() {
         let endpoint = std::env::var("KSENSE_BENCH_OTLP").expect("KSENSE_BENCH_OTLP=<collector URL>");
         let n: u64 = std::env::var("KSENSE_BENCH_N").ok().and_then(|n| n.parse().ok()).unwrap_or(500_000);

@@ -52,8 +52,11 @@ fn first_marker_to_arrive(what: &str, arrived: impl Fn(u32) -> bool) -> usize {
 }
 
 /// The `process.fork`, `process.exec` and `process.exit` of every process in `pids` are in
-/// `events` (`where_` names the output for the failure message).
-fn assert_every_run_reported(events: &[Value], pids: &[u32], where_: &str) {
+/// `events`, what `sink` delivered, except at most as many as that sink counted as dropped
+/// (queue full, memory budget): a test's reader of stdout can fall behind on a loaded machine,
+/// and a record the sink drops then is counted, not lost. A record lost in a switch of sinks,
+/// or never sent, shows up as missing.
+fn assert_every_run_reported(events: &[Value], pids: &[u32], stopped: &Stopped, sink: &str) {
     let seen: HashSet<(String, u64)> = events
         .iter()
         .filter_map(|e| Some((e["event.name"].as_str()?.to_owned(), attr(e, "process.pid").as_u64()?)))
@@ -63,7 +66,16 @@ fn assert_every_run_reported(events: &[Value], pids: &[u32], where_: &str) {
         .flat_map(|&pid| ["process.fork", "process.exec", "process.exit"].map(|name| (pid, name)))
         .filter(|&(pid, name)| !seen.contains(&(name.to_owned(), pid.into())))
         .collect();
-    assert!(missing.is_empty(), "not in {where_} (pid, event) of {} runs: {missing:?}", pids.len());
+    let dropped = ["queue_full", "memory_budget"].map(|c| stopped.counter(&format!("sink_{sink}_{c}"))).iter().sum::<u64>();
+    if dropped > 0 {
+        eprintln!("the {sink} sink dropped {dropped} records (counted); {} of the runs' events are missing", missing.len());
+    }
+    assert!(
+        missing.len() as u64 <= dropped,
+        "not from the {sink} sink, which counted {dropped} dropped, (pid, event) of {} runs: {missing:?}\n{}",
+        pids.len(),
+        stopped.stderr.lines().rev().find(|l| l.contains("ksense stopped: ")).unwrap_or(&stopped.stderr)
+    );
 }
 
 /// Events lost after they were read from the ring buffer (decode errors, rate limits, a full
@@ -217,11 +229,13 @@ fn sighup_under_load_loses_nothing() {
     assert_eq!(stopped.counter("lost_total"), 0, "{}", stopped.stderr);
     assert_eq!(written, read - filtered, "{}", stopped.stderr);
     assert_eq!((stopped.events.len() + stopped.own.len()) as u64, stopped.counter("sink_stdout_delivered"));
-    assert_every_run_reported(&stopped.events, &pids, "stdout");
+    let offered = written + stopped.counter("own_records");
+    assert_eq!(stopped.sink_accounted("stdout"), offered, "stdout got or counted every record:\n{}", stopped.stderr);
+    assert_every_run_reported(&stopped.events, &pids, &stopped, "stdout");
     let in_file: Vec<Value> =
         std::fs::read_to_string(&file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(in_file.len() as u64, stopped.counter("sink_file_delivered"));
-    assert_every_run_reported(&in_file, &pids[first_after..], "the file added by SIGHUP");
+    assert_every_run_reported(&in_file, &pids[first_after..], &stopped, "file");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -248,7 +262,9 @@ fn sigterm_under_load_ships_what_was_read() {
     assert_eq!((stopped.events.len() + stopped.own.len()) as u64, stopped.counter("sink_stdout_delivered"), "{}", stopped.stderr);
     // Nothing lost anywhere, so every event the kernel wrote before the signal was shipped.
     assert_eq!(stopped.counter("lost_total"), 0, "{}", stopped.stderr);
-    assert_every_run_reported(&stopped.events, &before_signal, "the output");
+    let offered = written + stopped.counter("own_records");
+    assert_eq!(stopped.sink_accounted("stdout"), offered, "stdout got or counted every record:\n{}", stopped.stderr);
+    assert_every_run_reported(&stopped.events, &before_signal, &stopped, "stdout");
 }
 
 /// The uid the toggler runs as in [`ring_buffer_overrun_is_counted_exactly`]: in no passwd entry.

@@ -44,7 +44,7 @@ impl Event {
 
     /// The `ksense.probe` value: family and target, e.g. `tracepoint/sched/sched_process_exec`.
     pub fn probe(&self) -> String {
-        self.hook.to_string()
+        self.detail.payload().probe(self.hook)
     }
 
     /// Renders the event as the contract's log record.

@@ -233,6 +233,13 @@ fn mappings_of(ksense: &Ksense, pid: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// A mapping names the program that saw it: the fexit on `mmap_region` or the `mmap` syscall's
+/// exit tracepoint, not the `mprotect` one of the same hook.
+fn assert_mmap_probe(mapping: &Value) {
+    let probe = attr(mapping, "ksense.probe");
+    assert!(probe == "fexit/mmap_region" || probe == "tracepoint/syscalls/sys_exit_mmap", "{mapping}");
+}
+
 /// An anonymous page mapped RWX by `mmap`: a W^X mapping of an `anonymous` region, with no old
 /// protection, at WARN. Returns the event.
 pub fn anonymous_rwx_mapping_is_wx(ksense: &Ksense) -> Value {
@@ -251,6 +258,7 @@ pub fn shared_anonymous_rwx_mapping_is_wx(ksense: &Ksense) -> Value {
 fn anonymous_rwx_mapping(ksense: &Ksense, workload: &str) -> Value {
     let rwx = memory_change(ksense, workload, "rwx");
     assert_eq!(attr(&rwx, "ksense.memory.operation"), "mmap", "{rwx}");
+    assert_mmap_probe(&rwx);
     assert_eq!(attr(&rwx, "ksense.memory.length"), 4096, "{rwx}");
     assert_eq!(attr(&rwx, "ksense.memory.region"), "anonymous", "{rwx}");
     assert!(attr(&rwx, "ksense.memory.protection.old").is_null(), "a new mapping has no old protection: {rwx}");
@@ -266,6 +274,7 @@ pub fn only_writable_executable_file_mappings_are_reported(ksense: &Ksense) -> V
     let (_, read_only) = run_workload(&["mmap-file-rx"]);
     let rwx = memory_change(ksense, "mmap-file-rwx", "rwx");
     assert_eq!(attr(&rwx, "ksense.memory.operation"), "mmap", "{rwx}");
+    assert_mmap_probe(&rwx);
     assert_eq!(attr(&rwx, "ksense.memory.wx"), true, "wx: {rwx}");
     let file = attr(&rwx, "ksense.memory.file.path").as_str().unwrap_or_default();
     assert!(file.ends_with("/ksense-workload"), "file: {rwx}");

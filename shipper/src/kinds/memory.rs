@@ -287,6 +287,19 @@ fn mmap_positions(btf: &Btf, memory: &mut MemoryOffsets) -> Result<(), BtfError>
 }
 
 impl Payload for ProcessMemoryProtect {
+    /// A mapping is written by the hook's `mmap` program: the fexit on `mmap_region`
+    /// (attachment 1 of the fentry hook) or the `sys_exit_mmap` tracepoint (attachment 5 of the
+    /// syscall hook).
+    fn probe(&self, hook: Hook) -> String {
+        let mmap_program = match (self.operation, hook) {
+            (Operation::Mmap, Hook::FentryMprotectFixup) => 1,
+            (Operation::Mmap, Hook::TracepointMprotect) => 5,
+            _ => return hook.to_string(),
+        };
+        let (_, target, family) = hook.attachments()[mmap_program];
+        format!("{}/{target}", family.name())
+    }
+
     fn render(&self, process: &Process, _time: SystemTime, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
         attrs.push((schema::KSENSE_MEMORY_START, hex(self.start)));
         attrs.push((schema::KSENSE_MEMORY_LENGTH, Value::Int(self.len as i64)));

@@ -9,7 +9,7 @@
 //! variant of [`Detail`]), its test file `tests/<kind>.rs`, its entry in `docs/EVENTS.md`.
 use std::{path::Path, time::SystemTime};
 
-use ksense_abi::EventKind;
+use ksense_abi::{EventKind, Hook};
 use serde::Deserialize;
 
 use crate::{
@@ -142,6 +142,12 @@ pub trait Payload {
     /// Bytes it holds on the heap, for the memory budget.
     fn heap_bytes(&self) -> usize {
         0
+    }
+
+    /// The `ksense.probe` value of this event from `hook`: the hook, unless one of the hook's
+    /// other programs wrote the record.
+    fn probe(&self, hook: Hook) -> String {
+        hook.to_string()
     }
 }
 

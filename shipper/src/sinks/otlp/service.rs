@@ -210,7 +210,6 @@ async fn serve(
             send(batch).await;
         }
     }
-    drop(send);
     while in_flight.join_next().await.is_some() {}
 }
 

@@ -47,6 +47,13 @@ fn thread_exits_are_reported_when_configured() {
 }
 
 #[test]
+fn main_thread_exiting_first_leaves_one_process() {
+    let ksense = Ksense::start(&[]);
+    checks::main_thread_exiting_first_leaves_one_process(&ksense);
+    ksense.stop();
+}
+
+#[test]
 fn sigterm_stops_cleanly_with_totals() {
     let ksense = Ksense::start(&[]);
     let (_, pid) = run_workload(&["marker"]);

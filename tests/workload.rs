@@ -6,6 +6,9 @@
 //! ksense-workload fork-exit N         fork N children that _exit(0) at once, reaping each;
 //!                                     prints "child=<pid>" for the first
 //! ksense-workload thread              start and join one thread; prints "tid=<tid>"
+//! ksense-workload leader-exits-first  start a thread, print "tid=<tid>", end the main thread
+//!                                     alone (the exit system call); the thread ends the
+//!                                     process 200 ms later
 //! ksense-workload chain N             run `chain N-1` as a child and wait for it, down to
 //!                                     `chain 0`: N+1 nested processes, alive until the leaf exits
 //! ksense-workload sleep SECONDS       sleep (a target for kill -9)
@@ -52,6 +55,7 @@ fn main() {
             let tid = std::thread::spawn(|| unsafe { libc::gettid() }).join().unwrap();
             println!("tid={tid}");
         }
+        Some("leader-exits-first") => leader_exits_first(),
         Some("mprotect-text-rwx") => {
             let page = page_of(fork_exit as *const () as usize);
             protect(page, libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC);
@@ -245,6 +249,21 @@ fn map_pages(n: usize, prot: i32, flags: i32, fd: i32) -> usize {
 fn protect(page: usize, prot: i32) {
     let rc = unsafe { libc::mprotect(page as *mut libc::c_void, PAGE, prot) };
     assert_eq!(rc, 0, "mprotect({page:#x}, {prot}): {}", std::io::Error::last_os_error());
+}
+
+/// The main thread exits first, alone; the process lives on in the thread it started, whose
+/// exit then is the process's.
+fn leader_exits_first() {
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        std::process::exit(0);
+    });
+    println!("tid={}", tid_rx.recv().unwrap());
+    std::io::stdout().flush().unwrap();
+    // SAFETY: ends the calling thread only (not exit_group); nothing of its stack is used after.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
 }
 
 fn fork_exit(n: usize) {

@@ -327,7 +327,7 @@ mod tests {
             observed_time: std::time::SystemTime::now(),
             hook: Hook::TpBtfTaskNewtask,
             process: Process { pid: u32::MAX - 1, tid: u32::MAX - 1, parent_pid: u32::MAX - 2, ..Process::default() },
-            detail: Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0, parent_task: (0, 0) }),
+            detail: Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0, parent_start_ns: 0 }),
         };
         Input::Event(event, Charge::default())
     }
@@ -454,7 +454,7 @@ mod tests {
         };
         let counters = Counters::starting_now();
         for child in 11..=20 {
-            let fork = ProcessFork { clone_flags: 0, code_start: 0, code_end: 0, parent_task: (0, 0) };
+            let fork = ProcessFork { clone_flags: 0, code_start: 0, code_end: 0, parent_start_ns: 0 };
             ship(event(child, Detail::Fork(fork), Hook::TpBtfTaskNewtask), &mut enricher, &mut running, &counters);
         }
         assert_eq!(counters.rate_limited.read().iter().sum::<u64>(), 9, "all forks but the first are rate limited");

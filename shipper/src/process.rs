@@ -30,8 +30,8 @@ pub struct Process {
     pub kernel_thread: bool,
     /// When the process was created.
     pub start_time: Option<SystemTime>,
-    /// The task's `start_time` (CLOCK_MONOTONIC ns) as the kernel gave it; 0 when unknown.
-    /// What tells whether `/proc/<pid>` still is this process.
+    /// When the process was created (its main thread's `start_time`, CLOCK_MONOTONIC ns) as the
+    /// kernel gave it; 0 when unknown. What tells whether `/proc/<pid>` still is this process.
     pub start_ns: u64,
     /// Executable path, raw bytes.
     pub exe: Option<Arc<[u8]>>,

@@ -185,7 +185,7 @@ mod tests {
             observed_time: SystemTime::now(),
             hook: Hook::TpBtfTaskNewtask,
             process: Process::default(),
-            detail: Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0, parent_task: (0, 0) }),
+            detail: Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0, parent_start_ns: 0 }),
         }
     }
 

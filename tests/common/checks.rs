@@ -88,9 +88,15 @@ pub fn thread_is_flagged_and_its_exit_not_reported(ksense: &Ksense) {
     let (out, pid) = run_workload(&["thread"]);
     let tid = printed(&out, "tid");
     let mut problems = Vec::new();
+    let started = caused_by(ksense, pid, "exec", |e| is(e, "process.exec") && attr(e, "process.pid") == pid)["attributes"]
+        ["process.creation.time"]
+        .clone();
     match try_caused_by(ksense, pid, "fork event of the thread", |e| is(e, "process.fork") && attr(e, "thread.id") == tid) {
         Ok(fork) if attr(&fork, "ksense.clone.thread") != true => problems.push(format!("ksense.clone.thread is not true: {fork}")),
         Ok(fork) if attr(&fork, "process.pid") != pid => problems.push(format!("the thread is not in its process {pid}: {fork}")),
+        Ok(fork) if attr(&fork, "process.creation.time") != &started => {
+            problems.push(format!("the thread's fork has not its process's creation time {started}: {fork}"))
+        }
         Ok(_) => {}
         Err(reason) => problems.push(reason),
     }
@@ -106,6 +112,25 @@ pub fn thread_is_flagged_and_its_exit_not_reported(ksense: &Ksense) {
         problems.push(format!("the exit of thread {tid} was reported although thread exits are off by default: {}", thread_exits.join("\n")));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A process whose main thread exits first, alone, and whose other thread then exits: the
+/// exec, the thread's fork and the process's exit (reported by that last thread) are one
+/// process, with one `process.creation.time`, and the exit is described by the exec's image.
+pub fn main_thread_exiting_first_leaves_one_process(ksense: &Ksense) {
+    let (out, pid) = run_workload(&["leader-exits-first"]);
+    let tid = printed(&out, "tid");
+    let exit = caused_by(ksense, pid, "exit", |e| is(e, "process.exit") && attr(e, "process.pid") == pid);
+    let exec = caused_by(ksense, pid, "exec", |e| is(e, "process.exec") && attr(e, "process.pid") == pid);
+    let fork = caused_by(ksense, pid, "thread's fork", |e| is(e, "process.fork") && attr(e, "thread.id") == tid);
+    assert_eq!(attr(&exit, "thread.id"), tid, "the last thread reports the process's exit: {exit}");
+    for event in [&fork, &exit] {
+        assert_eq!(attr(event, "process.creation.time"), attr(&exec, "process.creation.time"), "{event}\nexec: {exec}");
+    }
+    assert!(attr(&exec, "process.executable.path").is_string(), "{exec}");
+    for name in ["process.executable.path", "process.command_args"] {
+        assert_eq!(attr(&exit, name), attr(&exec, name), "{name} of the exit:\n{exit}\nexec: {exec}");
+    }
 }
 
 /// The workload run with awkward arguments (spaces, quotes, a line break, an empty one, a byte

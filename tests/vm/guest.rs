@@ -130,7 +130,10 @@ fn main() {
         report("fork", catch(|| check_fork(&ksense, probes.as_ref())));
         report("exec", catch(|| checks::exec_reads_the_new_image(&ksense)));
         report("exit", catch(|| check_exit(&ksense)));
-        report("thread", catch(|| checks::thread_is_flagged_and_its_exit_not_reported(&ksense)));
+        report("thread", catch(|| {
+            checks::thread_is_flagged_and_its_exit_not_reported(&ksense);
+            checks::main_thread_exiting_first_leaves_one_process(&ksense);
+        }));
         report("module", catch(|| check_module(&ksense, probes.as_ref())));
         report("memory", catch(|| check_memory(&ksense)));
         report("memory-mmap", catch(|| check_memory_mmap(&ksense)));

@@ -342,7 +342,8 @@ pub struct Task {
     pub euid: u32,
     /// `task->flags` (PF_KTHREAD and friends); 0 when unknown.
     pub flags: u32,
-    /// `task->start_time`: CLOCK_MONOTONIC ns when the task was created; 0 when unknown.
+    /// `task->group_leader->start_time`: CLOCK_MONOTONIC ns when the process (its main thread)
+    /// was created, the same for every thread of it; 0 when unknown.
     pub start_ns: u64,
     /// cgroup v2 id of the task (0 on hosts without cgroup v2 accounting).
     pub cgroup_id: u64,

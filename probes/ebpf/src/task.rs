@@ -89,7 +89,8 @@ pub fn fill_from(task: *const u8, out: &mut Task) {
     out.uid = read(cred, config!(misc.cred_uid));
     out.euid = read(cred, config!(misc.cred_euid));
     out.flags = read(task, config!(task.flags));
-    out.start_ns = read(task, config!(task.start_time));
+    // The process's start, its main thread's: the same in the events of all its threads.
+    out.start_ns = read(read_ptr(task, config!(task.group_leader)), config!(task.start_time));
     let comm = task.wrapping_add(config!(task.comm) as usize);
     // SAFETY: fills `out.comm`, sized by the slice; a bad kernel address fails with an error
     // instead of faulting.

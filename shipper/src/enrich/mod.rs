@@ -43,13 +43,10 @@ struct ProcInfo {
     pgid: Option<u32>,
     sid: Option<u32>,
     cgroup: Option<Cgroup>,
-    /// A task of the process the entry was made for, as the kernel described it: an event of a
-    /// later process that reused the pid does not match it (see [`Enricher::lookup`]).
-    owner: Option<procfs::Task>,
     /// The parent's pid when the entry was made: where its lineage continues.
     ppid: u32,
-    /// When the process started; `None` when unknown. Tells a parent from a later process that
-    /// reused the parent's pid, with no `/proc` read.
+    /// When the process started; `None` when unknown. Tells the process, or a parent, from a
+    /// later process that reused its pid, with no `/proc` read (see [`Enricher::lookup`]).
     started: Option<procfs::Started>,
     /// The executed file's build-id and hash, from the exec (a fork child's is its parent's:
     /// the same image); filled by the hashing worker, possibly after the exec's record.
@@ -96,8 +93,8 @@ impl Enricher {
                 // Only what neither the kernel (process group and session, on most kernels) nor
                 // the cgroup cache told is read from /proc: on the hot path, nothing. What is
                 // read counts only if /proc/<pid> still is this process (checked after).
-                let task = identity(p);
-                let still = |root: &std::path::Path| task.is_none_or(|task| procfs::is_task(root, pid, task));
+                let kernel = described(p);
+                let still = |root: &std::path::Path| kernel.is_none_or(|k| procfs::is_process(root, pid, k.start_ns));
                 let ids = p.pgid.zip(p.sid).or_else(|| procfs::ids(&self.proc_root, pid).filter(|_| still(&self.proc_root)));
                 let cgroup = match self.cgroups.get(p.cgroup_id) {
                     Some(known) => Some(known),
@@ -122,7 +119,6 @@ impl Enricher {
                     pgid: ids.map(|(pgid, _)| pgid).or(inherited.and_then(|i| i.pgid)),
                     sid: ids.map(|(_, sid)| sid).or(inherited.and_then(|i| i.sid)),
                     cgroup: cgroup.or_else(|| inherited.and_then(|i| i.cgroup.clone())),
-                    owner: task,
                     ppid: p.parent_pid,
                     started: started(p),
                     identity: p.identity.clone(),
@@ -130,12 +126,12 @@ impl Enricher {
                 self.procs.insert(pid, Arc::new(info));
             }
             Detail::Fork(fork) if !fork.thread() => {
-                let (tid, start_ns) = fork.parent_task;
-                let parent = (start_ns != 0).then_some(procfs::Task { tid, start_ns, executable: None });
+                let start_ns = fork.parent_start_ns;
+                let parent = (start_ns != 0).then_some(procfs::KernelProcess { start_ns, executable: None });
                 if let Some(parent) = self.lookup(event.process.parent_pid, event.process.kernel_thread, 0, parent) {
                     // The child's image is its parent's until it execs; the entry is the child's.
                     let p = &event.process;
-                    let child = ProcInfo { owner: identity(p), ppid: p.parent_pid, started: started(p), ..(*parent).clone() };
+                    let child = ProcInfo { ppid: p.parent_pid, started: started(p), ..(*parent).clone() };
                     self.procs.insert(pid, Arc::new(child));
                 }
             }
@@ -151,8 +147,8 @@ impl Enricher {
             // The event's own cgroup, even if the process moved since the table learned one.
             cgroup.fill(&mut event.process);
         }
-        let task = identity(&event.process);
-        if let Some(info) = self.lookup(pid, event.process.kernel_thread, event.process.cgroup_id, task) {
+        let kernel = described(&event.process);
+        if let Some(info) = self.lookup(pid, event.process.kernel_thread, event.process.cgroup_id, kernel) {
             fill(&mut event.process, &info);
         }
         let p = &mut event.process;
@@ -188,44 +184,26 @@ impl Enricher {
     }
 
     /// The entry for `pid`, read from `/proc` on a miss (nothing for kernel threads, which have
-    /// neither executable nor argv). `cgroup_id`: as for [`Enricher::read_proc`]; `task`: the
-    /// kernel's description of the process, which `/proc/<pid>` must match to be read (`None`
-    /// when the event says nothing of it, as of an exec's parent: trusted as it is).
-    fn lookup(&mut self, pid: u32, kernel_thread: bool, cgroup_id: u64, task: Option<procfs::Task>) -> Option<Arc<ProcInfo>> {
+    /// neither executable nor argv). `cgroup_id`: as for [`Enricher::read_proc`]; `kernel`: the
+    /// kernel's description of the process, which the entry, or else `/proc/<pid>`, must match
+    /// (`None` when the event says nothing of it, as of an exec's parent: trusted as it is).
+    fn lookup(&mut self, pid: u32, kernel_thread: bool, cgroup_id: u64, kernel: Option<procfs::KernelProcess>) -> Option<Arc<ProcInfo>> {
         if let Some(info) = self.procs.get(&pid).cloned() {
-            if self.same_process(pid, &info, task) {
+            if same_process(&info, kernel) {
                 return Some(info);
             }
             // An entry whose process is gone (its exit was lost: a full ring buffer) must not
             // describe the process that reused its pid.
             self.procs.remove(&pid);
         }
-        let info = Arc::new(self.read_proc(pid, !kernel_thread, cgroup_id, task)?);
+        let info = Arc::new(self.read_proc(pid, !kernel_thread, cgroup_id, kernel)?);
         self.procs.insert(pid, info.clone());
         // The image /proc shows now is not the one the event's task ran (it exec'd since): the
         // entry is right for the events that follow, not for this one.
-        if runs_another_image(&info, task) {
+        if runs_another_image(&info, kernel) {
             return None;
         }
         Some(info)
-    }
-
-    /// Whether the table entry `info` of process `pid` describes the process of `task` too: not
-    /// if the kernel says the task runs another file than the entry's (an exec the table
-    /// missed, in a ring-buffer overrun). Else the same task with the same start time, or, for another thread, the entry's task still alive
-    /// in `/proc` (a reused pid means the owner's process is gone). An entry read from `/proc`
-    /// for no task (seeded at start, or a parent's) describes `pid`'s main task if their start
-    /// times agree. Unknown on either side: trusted, as before the kernel gave start times.
-    fn same_process(&self, pid: u32, info: &ProcInfo, task: Option<procfs::Task>) -> bool {
-        if runs_another_image(info, task) {
-            return false;
-        }
-        match (info.owner, task) {
-            (Some(owner), Some(task)) if owner.tid == task.tid => owner.start_ns == task.start_ns,
-            (Some(owner), Some(_)) => procfs::is_task(&self.proc_root, pid, owner),
-            (None, Some(task)) if task.tid == pid => info.started.is_none_or(|started| started.may_be(task.start_ns)),
-            _ => true,
-        }
     }
 
     /// The ancestors of a process whose parent is `ppid` and which started `child_started`,
@@ -269,8 +247,8 @@ impl Enricher {
 
     /// What `/proc/<pid>` tells (see [`procfs::read`]); its cgroup is learned as `cgroup_id`,
     /// the id the kernel gave for the process in the event at hand (0 for any other process).
-    fn read_proc(&mut self, pid: u32, with_image: bool, cgroup_id: u64, task: Option<procfs::Task>) -> Option<ProcInfo> {
-        let mut info = procfs::read(&self.proc_root, pid, with_image, task)?;
+    fn read_proc(&mut self, pid: u32, with_image: bool, cgroup_id: u64, kernel: Option<procfs::KernelProcess>) -> Option<ProcInfo> {
+        let mut info = procfs::read(&self.proc_root, pid, with_image, kernel)?;
         info.cgroup = info.cgroup.map(|read| self.cgroups.learn(cgroup_id, read));
         Some(info)
     }
@@ -286,21 +264,31 @@ impl Enricher {
     }
 }
 
-/// The kernel's description of `p`'s task, against which `/proc` is checked; `None` when the
-/// probes could not read its start time (then `/proc` is trusted as it is).
-fn identity(p: &Process) -> Option<procfs::Task> {
-    (p.start_ns != 0).then_some(procfs::Task { tid: p.tid, start_ns: p.start_ns, executable: p.executable })
+/// The kernel's description of `p`, against which the table and `/proc` are checked; `None`
+/// when the probes could not read its start time (then both are trusted as they are).
+fn described(p: &Process) -> Option<procfs::KernelProcess> {
+    (p.start_ns != 0).then_some(procfs::KernelProcess { start_ns: p.start_ns, executable: p.executable })
 }
 
-/// Whether the kernel says `task` runs another file than the one `info`'s image is of (both
-/// known). Inode numbers only: the device `stat` gives is not the kernel's on btrfs (see
+/// Whether the table entry `info` describes the process the kernel described as `kernel`: not
+/// if the kernel says it runs another file than the entry's (an exec the table missed, in a
+/// ring-buffer overrun), nor if it started at another time than the entry's process (a later
+/// process that reused the pid: the exit was lost). An event of any thread of the process
+/// matches: the kernel gives every thread the process's start time. Unknown on either side:
+/// trusted, as before the kernel gave start times.
+fn same_process(info: &ProcInfo, kernel: Option<procfs::KernelProcess>) -> bool {
+    !runs_another_image(info, kernel) && info.started.zip(kernel).is_none_or(|(started, kernel)| started.may_be(kernel.start_ns))
+}
+
+/// Whether the kernel says process `kernel` runs another file than the one `info`'s image is
+/// of (both known). Inode numbers only: the device `stat` gives is not the kernel's on btrfs (see
 /// [`FileId::is`]), and an image whose inode number is that of the one before, on another
 /// file system, is not told apart.
-fn runs_another_image(info: &ProcInfo, task: Option<procfs::Task>) -> bool {
-    matches!((info.executable, task.and_then(|t| t.executable)), (Some(entry), Some(kernel)) if entry.ino != kernel.ino)
+fn runs_another_image(info: &ProcInfo, kernel: Option<procfs::KernelProcess>) -> bool {
+    matches!((info.executable, kernel.and_then(|k| k.executable)), (Some(entry), Some(kernel)) if entry.ino != kernel.ino)
 }
 
-/// When the kernel says `p`'s task started (its main task's start is the process's).
+/// When the kernel says process `p` started.
 fn started(p: &Process) -> Option<procfs::Started> {
     (p.start_ns != 0).then(|| procfs::Started::exactly(p.start_ns))
 }
@@ -359,7 +347,7 @@ mod tests {
         let mounts = Mounts { v2: Some(dir.join("cgroup")), v1: Vec::new() };
         let mut enricher = Enricher::new(proc_dir, dir.join("passwd"), mounts);
 
-        let fork = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0, parent_task: (0, 0) };
+        let fork = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0, parent_start_ns: 0 };
         let mut child = event(11, 10, Detail::Fork(fork), Hook::TpBtfTaskNewtask);
         enricher.enrich(&mut child);
         let p = &child.process;
@@ -393,7 +381,7 @@ mod tests {
         std::fs::write(proc_dir.join("10/stat"), b"10 (parent) S 1 10 10 0 -1").unwrap();
         let mut enricher = Enricher::new(proc_dir.clone(), "/nonexistent".into(), Mounts::default());
         let fork = |child: u32| {
-            let detail = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0, parent_task: (0, 0) };
+            let detail = ProcessFork { clone_flags: 0x11, code_start: 0, code_end: 0, parent_start_ns: 0 };
             event(child, 10, Detail::Fork(detail), Hook::TpBtfTaskNewtask)
         };
         enricher.enrich(&mut fork(11));
@@ -450,8 +438,9 @@ mod tests {
     }
 
     /// A table entry made for one process does not describe a later process with its pid (its
-    /// exit was lost): the same task id with another start time, or another thread while the
-    /// entry's task is gone from /proc, is a miss; the entry's own task is still a hit.
+    /// exit was lost): an event of any of its threads with another start time is a miss; an
+    /// event of any thread of the entry's process (which the kernel gives the process's start
+    /// time) is a hit, with no /proc read (there is no /proc here).
     #[test]
     fn a_table_entry_does_not_describe_a_process_that_reused_its_pid() {
         let dir = std::env::temp_dir().join(format!("ksense-enrich-reuse-{}", std::process::id()));
@@ -470,6 +459,9 @@ mod tests {
         let mut same = with_start(event(30, 1, exit(), Hook::TpBtfSchedProcessExit), 30, 1_000);
         enricher.enrich(&mut same);
         assert_eq!(same.process.args.as_deref().map(<[_]>::len), Some(1), "the entry's own task is described");
+        let mut other_thread = with_start(event(30, 1, exit(), Hook::TpBtfSchedProcessExit), 32, 1_000);
+        enricher.enrich(&mut other_thread);
+        assert_eq!(other_thread.process.args.as_deref().map(<[_]>::len), Some(1), "another thread of the process");
         let mut reused = with_start(event(30, 1, exit(), Hook::TpBtfSchedProcessExit), 30, 9_000);
         enricher.enrich(&mut reused);
         assert_eq!(reused.process.args, None, "another process with the same pid and task id");
@@ -478,7 +470,7 @@ mod tests {
         enricher.enrich(&mut exec);
         let mut thread = with_start(event(30, 1, exit(), Hook::TpBtfSchedProcessExit), 31, 5_000);
         enricher.enrich(&mut thread);
-        assert_eq!(thread.process.args, None, "a thread of a later process, the entry's task gone from /proc");
+        assert_eq!(thread.process.args, None, "a thread of a later process");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -506,9 +498,6 @@ mod tests {
         std::fs::write(&new, b"new image").unwrap();
         let id = |path: &std::path::Path| FileId::of(&std::fs::metadata(path).unwrap());
         fake_process(&proc_dir, 200, 1, 8, new.as_os_str().as_encoded_bytes(), b"new\0");
-        let task_dir = proc_dir.join("200/task/200");
-        std::fs::create_dir_all(&task_dir).unwrap();
-        std::fs::copy(proc_dir.join("200/stat"), task_dir.join("stat")).unwrap();
         // Started within clock tick 8 (of 100 per second on Linux).
         let start_ns = 8 * 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
         let enriched = |enricher: &mut Enricher, executable: FileId| {

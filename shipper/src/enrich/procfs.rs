@@ -10,9 +10,9 @@ use super::{ProcInfo, cgroups::Cgroup};
 use crate::kinds::exec::{FileId, open_path, split_args};
 
 /// Reads what `/proc/<pid>` tells of a process; `None` when it is gone, or when it is not the
-/// process `task` (see [`is_task`]) describes. `with_image` also reads the executable path and
+/// process `kernel` describes (see [`is_process`]). `with_image` also reads the executable path and
 /// argv (pointless for kernel threads); argv is read up to [`ARGS_CAP`] bytes, as the probe does.
-pub(super) fn read(proc_root: &Path, pid: u32, with_image: bool, task: Option<Task>) -> Option<ProcInfo> {
+pub(super) fn read(proc_root: &Path, pid: u32, with_image: bool, kernel: Option<KernelProcess>) -> Option<ProcInfo> {
     let dir = proc_root.join(pid.to_string());
     let stat = std::fs::read(dir.join("stat")).ok().and_then(|stat| parse_stat(&stat))?;
     let (pgid, sid) = (Some(stat.pgrp), Some(stat.session));
@@ -30,14 +30,14 @@ pub(super) fn read(proc_root: &Path, pid: u32, with_image: bool, task: Option<Ta
     }
     // Checked after the reads: if the process the event is about still has the pid now, it
     // had it during them (a pid is not reused while its process lives).
-    if !task.is_none_or(|task| is_task(proc_root, pid, task)) {
+    if !kernel.is_none_or(|kernel| is_process(proc_root, pid, kernel.start_ns)) {
         return None;
     }
-    let started = match task {
-        Some(task) if task.tid == pid => Some(Started::exactly(task.start_ns)),
-        _ => (stat.start_ticks != 0).then(|| Started::in_tick(stat.start_ticks)),
+    let started = match kernel {
+        Some(kernel) => Some(Started::exactly(kernel.start_ns)),
+        None => (stat.start_ticks != 0).then(|| Started::in_tick(stat.start_ticks)),
     };
-    Some(ProcInfo { exe, args, args_truncated, executable, pgid, sid, cgroup, owner: task, ppid: stat.ppid, started, identity: None })
+    Some(ProcInfo { exe, args, args_truncated, executable, pgid, sid, cgroup, ppid: stat.ppid, started, identity: None })
 }
 
 /// When a process started, in CLOCK_MONOTONIC ns: exactly, as the kernel gave it, or the range
@@ -80,23 +80,21 @@ impl Started {
     }
 }
 
-/// A task as the kernel described it in an event: its id and start time (CLOCK_MONOTONIC ns).
+/// A process as the kernel described it in an event.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Task {
-    /// Kernel task id.
-    pub tid: u32,
-    /// `task->start_time`.
+pub(super) struct KernelProcess {
+    /// When it started (its main thread's `start_time`, CLOCK_MONOTONIC ns).
     pub start_ns: u64,
     /// The file its image runs, when the kernel said: an exec since the event replaces the
     /// image `/proc` shows.
     pub executable: Option<FileId>,
 }
 
-/// Whether `/proc/<pid>/task/<tid>` is `task`: its start time (field 22 of `stat`) agrees with
-/// the kernel's (see [`Started::in_tick`]).
-pub(super) fn is_task(proc_root: &Path, pid: u32, task: Task) -> bool {
-    let path = proc_root.join(pid.to_string()).join("task").join(task.tid.to_string()).join("stat");
-    std::fs::read(path).ok().and_then(|stat| parse_stat(&stat)).is_some_and(|s| Started::in_tick(s.start_ticks).may_be(task.start_ns))
+/// Whether `/proc/<pid>` is the process that started at `start_ns`: its start time (field 22
+/// of `stat`) agrees with the kernel's (see [`Started::in_tick`]).
+pub(super) fn is_process(proc_root: &Path, pid: u32, start_ns: u64) -> bool {
+    let path = proc_root.join(pid.to_string()).join("stat");
+    std::fs::read(path).ok().and_then(|stat| parse_stat(&stat)).is_some_and(|s| Started::in_tick(s.start_ticks).may_be(start_ns))
 }
 
 /// `/proc/<pid>/cmdline`, at most [`ARGS_CAP`] bytes of it (a process chooses how long its
@@ -227,22 +225,21 @@ mod tests {
         format!("40 (x) S 1 40 40 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {ticks} 0")
     }
 
-    /// `/proc/<pid>` is only believed when its start time is the kernel's for the event's task:
-    /// a pid reused by another process is not described as the one the event is about.
+    /// `/proc/<pid>` is only believed when its start time is the kernel's for the event's
+    /// process: a pid reused by another process is not described as the one the event is about.
     #[test]
     fn a_reused_pid_is_not_read() {
         let root = fake_proc("reuse");
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        std::fs::create_dir_all(root.join("40/task/41")).unwrap();
+        std::fs::create_dir_all(root.join("40")).unwrap();
         std::fs::write(root.join("40/stat"), stat_line(500 * hz)).unwrap();
-        std::fs::write(root.join("40/task/41/stat"), stat_line(500 * hz)).unwrap();
         std::fs::write(root.join("40/cmdline"), b"/bin/other\0").unwrap();
-        let at = |secs: u64| Task { tid: 41, start_ns: secs * 1_000_000_000, executable: None };
-        assert!(is_task(&root, 40, at(500)));
+        let at = |secs: u64| KernelProcess { start_ns: secs * 1_000_000_000, executable: None };
+        assert!(is_process(&root, 40, at(500).start_ns));
         assert!(read(&root, 40, true, Some(at(500))).is_some());
-        assert!(!is_task(&root, 40, at(499)), "an earlier process that had the pid");
+        assert!(!is_process(&root, 40, at(499).start_ns), "an earlier process that had the pid");
         assert!(read(&root, 40, true, Some(at(499))).is_none());
-        assert!(!is_task(&root, 40, Task { tid: 42, start_ns: 500_000_000_000, executable: None }), "no such task");
+        assert!(!is_process(&root, 41, at(500).start_ns), "no such process");
         assert!(read(&root, 40, true, None).is_some(), "no start time known: trusted");
         std::fs::remove_dir_all(root).unwrap();
     }

@@ -70,7 +70,7 @@ mod tests {
     }
 
     fn fork_by(euid: u32) -> Event {
-        event(euid, Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0, parent_task: (0, 0) }), Hook::TpBtfTaskNewtask)
+        event(euid, Detail::Fork(ProcessFork { clone_flags: 0, code_start: 0, code_end: 0, parent_start_ns: 0 }), Hook::TpBtfTaskNewtask)
     }
 
     fn memory_change_by(euid: u32, new_prot: u32) -> Event {

@@ -12,9 +12,9 @@ pub struct ProcessFork {
     pub code_start: u64,
     /// `mm->end_code`.
     pub code_end: u64,
-    /// The forking task's id and start time (CLOCK_MONOTONIC ns, 0 when unknown): what tells
+    /// When the forking process started (CLOCK_MONOTONIC ns, 0 when unknown): what tells
     /// whether `/proc/<parent_pid>` still is the parent.
-    pub parent_task: (u32, u64),
+    pub parent_start_ns: u64,
 }
 
 impl ProcessFork {
@@ -26,14 +26,17 @@ impl ProcessFork {
 
 fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
     let rec: Fork = read_whole(bytes)?;
-    // The child inherits comm and credentials; its ids and start time are its own.
+    // The child inherits comm and credentials; its ids are its own, and so is its start time
+    // unless it is a thread of the forking process, which started when that process did.
     let mut process = Process::from_task(&rec.parent, clock);
     process.pid = rec.child_tgid;
     process.tid = rec.child_tid;
     process.parent_pid = rec.parent.tgid;
-    // A start time the hook could not read is the event's time: the child was created just now.
-    process.start_time = Some(clock.creation_time(if rec.child_start_ns != 0 { rec.child_start_ns } else { rec.header.ktime_ns }));
-    process.start_ns = rec.child_start_ns;
+    if rec.clone_flags & CLONE_THREAD == 0 {
+        // A start time the hook could not read is the event's time: the child was created just now.
+        process.start_time = Some(clock.creation_time(if rec.child_start_ns != 0 { rec.child_start_ns } else { rec.header.ktime_ns }));
+        process.start_ns = rec.child_start_ns;
+    }
     if rec.clone_flags & CLONE_INTO_CGROUP != 0 {
         // The parent's cgroup, which the record carries, is not the child's.
         process.cgroup_id = 0;
@@ -42,7 +45,7 @@ fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError>
         clone_flags: rec.clone_flags,
         code_start: rec.code_start,
         code_end: rec.code_end,
-        parent_task: (rec.parent.tid, rec.parent.start_ns),
+        parent_start_ns: rec.parent.start_ns,
     };
     Ok((process, Detail::Fork(fork)))
 }
@@ -123,7 +126,7 @@ mod tests {
 
     #[test]
     fn thread_flag_follows_clone_thread() {
-        let fork = ProcessFork { clone_flags: CLONE_THREAD | 0x100, code_start: 0, code_end: 0, parent_task: (0, 0) };
+        let fork = ProcessFork { clone_flags: CLONE_THREAD | 0x100, code_start: 0, code_end: 0, parent_start_ns: 0 };
         assert!(fork.thread());
     }
 }

@@ -234,7 +234,8 @@ fn exec_of_a_symlinked_shell_reports_the_real_binary() {
 }
 
 /// A program named like an excluded comm (run by nobody) loses its process events to the rule,
-/// in the kernel, but not its W^X change.
+/// in the kernel, but not its W^X change, nor one made over a read-only page and a written one
+/// (which the syscall tracepoints see only the first mapping of).
 #[test]
 fn an_excluded_comm_does_not_hide_a_wx_change() {
     let scratch = Scratch::new("comm-evasion");
@@ -249,6 +250,11 @@ fn an_excluded_comm_does_not_hide_a_wx_change() {
     assert_eq!(attr(&change, "ksense.memory.wx"), true, "{change}");
     assert_eq!(attr(&change, "process.executable.name"), "x", "{change}");
     assert_eq!(attr(&change, "process.user.id"), 65534, "{change}");
+    // One change over both mappings (syscall tracepoints), or the written page's own (fentry).
+    let (_, span_pid) = run_as_nobody(&[x.as_os_str(), OsStr::new("mprotect-span")]);
+    ksense.wait_for("the W^X change of x over two mappings", |e| {
+        is(e, "process.memory.protect") && attr(e, "process.pid") == span_pid && attr(e, "ksense.memory.wx") == true
+    });
     let stopped = ksense.stop();
     let exits: Vec<_> = stopped.events.iter().filter(|e| is(e, "process.exit") && attr(e, "process.pid") == pid).collect();
     assert!(exits.is_empty(), "the exit of x passed the comm rule: {exits:?}");

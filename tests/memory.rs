@@ -83,7 +83,8 @@ fn executable_mappings_are_reported_in_each_attach_mode() {
 
 /// One mprotect over a read-only file page and the written anonymous page after it: the
 /// first VMA alone would call the change harmless (file, read -> read+exec), but the range
-/// holds written memory made executable, so it is reported (with what is not known left out).
+/// holds written memory made executable, so it is reported (with what is not known left out),
+/// as W^X at WARN.
 #[test]
 fn a_change_over_two_mappings_is_not_judged_by_the_first() {
     let (stopped, pid, page) = run_and_stop(Ksense::start(&[]), "mprotect-span");
@@ -92,9 +93,12 @@ fn a_change_over_two_mappings_is_not_judged_by_the_first() {
     assert_eq!(attr(change, "ksense.memory.protection.new"), "r-x", "{change}");
     if attr(change, "ksense.probe").as_str().is_some_and(|p| p.starts_with("tracepoint/")) {
         // The syscall tracepoints see the first VMA only: neither its protection nor its
-        // region stands for the whole range.
+        // region stands for the whole range, and the written page in it makes it W^X.
         assert_eq!(attr(change, "ksense.memory.region"), "unknown", "{change}");
         assert!(attr(change, "ksense.memory.protection.old").is_null(), "{change}");
+        assert_eq!(attr(change, "ksense.memory.spans_mappings"), true, "{change}");
+        assert_eq!(attr(change, "ksense.memory.wx"), true, "written memory made executable: {change}");
+        assert_eq!(change["severity"], "WARN", "{change}");
     }
 }
 

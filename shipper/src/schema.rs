@@ -111,6 +111,8 @@ pub const KSENSE_MEMORY_REGION: &str = "ksense.memory.region";
 pub const KSENSE_MEMORY_FILE_PATH: &str = "ksense.memory.file.path";
 /// Writable and executable after the change, or writable memory made executable.
 pub const KSENSE_MEMORY_WX: &str = "ksense.memory.wx";
+/// The range covers several mappings and the hook saw only the first (present when true).
+pub const KSENSE_MEMORY_SPANS_MAPPINGS: &str = "ksense.memory.spans_mappings";
 /// The syscall's return value (0 or -errno).
 pub const KSENSE_MEMORY_RESULT: &str = "ksense.memory.result";
 /// What made the change: `mprotect` (a protection change) or `mmap` (a mapping created

@@ -648,6 +648,7 @@ mod tests {
             region: Some(ksense_abi::memory::Region::MainCode),
             result: Some(0),
             file: Some(file.to_vec()),
+            spans_mappings: false,
         };
         let mut e = event(pid, 1, Detail::MemoryProtect(change), Hook::TracepointMprotect);
         e.process.exe = Some(exe.into());

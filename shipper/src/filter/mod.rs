@@ -157,6 +157,7 @@ mod tests {
             region: Some(ksense_abi::memory::Region::Anonymous),
             result: Some(0),
             file: None,
+            spans_mappings: false,
         };
         event(process, Detail::MemoryProtect(detail), Hook::TracepointMprotect)
     }

@@ -84,6 +84,7 @@ mod tests {
             region: Some(ksense_abi::memory::Region::Anonymous),
             result: Some(0),
             file: None,
+            spans_mappings: false,
         };
         event(euid, Detail::MemoryProtect(change), Hook::TracepointMprotect)
     }

@@ -4,7 +4,7 @@ use std::path::Path;
 use ksense_abi::{
     config::MemoryOffsets,
     memory::{
-        CoalesceKey, CoalesceState, MEMORY_FILE_CAP, MEMORY_MMAP, MEMORY_OLD_KNOWN, MEMORY_RESULT_KNOWN, Memory, PROT_EXEC,
+        CoalesceKey, CoalesceState, MEMORY_FILE_CAP, MEMORY_MMAP, MEMORY_OLD_KNOWN, MEMORY_RESULT_KNOWN, MEMORY_SPANS_VMAS, Memory, PROT_EXEC,
         PROT_READ, PROT_WRITE, Region,
     },
 };
@@ -56,20 +56,27 @@ pub struct ProcessMemoryProtect {
     pub result: Option<i32>,
     /// The backing file: its basename from the kernel, replaced by the full path by enrichment.
     pub file: Option<Vec<u8>>,
+    /// The range went past the first mapping it starts in, and the hook (the syscall
+    /// tracepoints) saw only that one: the old protection and the region of the rest are not
+    /// known.
+    pub spans_mappings: bool,
 }
 
 impl ProcessMemoryProtect {
     /// The range ends up writable and executable, or memory that was writable became
-    /// executable.
+    /// executable, or may have: over mappings whose protection the hook did not see, any may
+    /// have been writable, and a process must not hide a W^X change (from filters, rate limits
+    /// and severity) by starting its range one page early.
     pub fn wx(&self) -> bool {
         let new = self.new_prot;
-        let old = self.old_prot.unwrap_or(0);
-        (new & PROT_WRITE != 0 && new & PROT_EXEC != 0) || (old & PROT_WRITE != 0 && old & PROT_EXEC == 0 && new & PROT_EXEC != 0)
+        let was_writable = self.spans_mappings || self.old_prot.is_some_and(|old| old & PROT_WRITE != 0 && old & PROT_EXEC == 0);
+        new & PROT_EXEC != 0 && (new & PROT_WRITE != 0 || was_writable)
     }
 
-    /// Executable memory was made writable.
+    /// Executable memory was made writable, or may have been (over mappings not seen).
     pub fn code_made_writable(&self) -> bool {
-        self.old_prot.is_some_and(|old| old & PROT_EXEC != 0 && old & PROT_WRITE == 0) && self.new_prot & PROT_WRITE != 0
+        let was_code = self.spans_mappings || self.old_prot.is_some_and(|old| old & PROT_EXEC != 0 && old & PROT_WRITE == 0);
+        was_code && self.new_prot & PROT_WRITE != 0
     }
 }
 
@@ -153,6 +160,7 @@ fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError>
         region: (old_known || mmap).then(|| Region::from_u32(rec.region)),
         result: (rec.flags & MEMORY_RESULT_KNOWN != 0).then_some(rec.result),
         file: (rec.file_len > 0).then(|| rec.file[..rec.file_len as usize].to_vec()),
+        spans_mappings: rec.flags & MEMORY_SPANS_VMAS != 0,
     };
     Ok((Process::from_task(&rec.task, clock), Detail::MemoryProtect(memory)))
 }
@@ -179,7 +187,9 @@ protection before and after (rwx-style), KSENSE_MEMORY_REGION what the range
 is (main_code, library_code, anonymous, stack, heap, file) and
 KSENSE_MEMORY_FILE_PATH its file. KSENSE_MEMORY_WX=true when the result is
 writable and executable, or executable memory was made writable: the pattern
-of code injection, also used by JIT compilers. KSENSE_MEMORY_RESULT is the
+of code injection, also used by JIT compilers. KSENSE_MEMORY_SPANS_MAPPINGS=true
+when the range covers several mappings of which the hook saw only the first:
+then WX is true whenever the range is made executable. KSENSE_MEMORY_RESULT is the
 call's return value (0, or -errno when it failed) and KSENSE_EVENT_COUNT how
 many identical changes this entry stands for. A new mapping has no old
 protection.
@@ -313,6 +323,9 @@ impl Payload for ProcessMemoryProtect {
             push_text(attrs, schema::KSENSE_MEMORY_FILE_PATH, file);
         }
         attrs.push((schema::KSENSE_MEMORY_WX, Value::Bool(self.wx())));
+        if self.spans_mappings {
+            attrs.push((schema::KSENSE_MEMORY_SPANS_MAPPINGS, Value::Bool(true)));
+        }
         if let Some(result) = self.result {
             attrs.push((schema::KSENSE_MEMORY_RESULT, Value::Int(i64::from(result))));
         }
@@ -411,6 +424,7 @@ mod tests {
             region: None,
             result: None,
             file: None,
+            spans_mappings: false,
         }
     }
 
@@ -424,6 +438,25 @@ mod tests {
         assert!(!change(Some(r | w), r | x).code_made_writable());
         assert_eq!(prot_string(r | x), "r-x");
         assert_eq!(prot_string(0), "---");
+    }
+
+    /// A range over mappings the hook did not see is judged as if any of them had been
+    /// writable (made executable: W^X) or code (made writable), critical and WARN; made
+    /// read-only it is neither.
+    #[test]
+    fn a_range_over_unseen_mappings_is_judged_by_its_worst_case() {
+        let (r, w, x) = (PROT_READ, PROT_WRITE, PROT_EXEC);
+        let spanning = |new| ProcessMemoryProtect { spans_mappings: true, ..change(None, new) };
+        let executable = spanning(r | x);
+        assert!(executable.wx() && executable.critical());
+        let mut attrs = Vec::new();
+        let (severity, _) = executable.render(&Process::default(), SystemTime::now(), &mut attrs);
+        assert_eq!(severity, Severity::Warn);
+        assert!(attrs.contains(&(schema::KSENSE_MEMORY_SPANS_MAPPINGS, Value::Bool(true))), "{attrs:?}");
+        assert!(attrs.contains(&(schema::KSENSE_MEMORY_WX, Value::Bool(true))), "{attrs:?}");
+        assert!(spanning(r | w).code_made_writable() && !spanning(r | w).wx());
+        assert!(!spanning(r).wx() && !spanning(r).code_made_writable());
+        assert!(!change(None, r | x).wx(), "a new mapping made executable, not writable, is not W^X");
     }
 
     /// The fexit program reads `mmap_region`'s arguments and return value from the trampoline's

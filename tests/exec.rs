@@ -94,6 +94,30 @@ fn exec_through_a_shell_keeps_the_command_line() {
     ksense.stop();
 }
 
+/// A program a shell runs by a relative path, which exits at once (so `/proc/<pid>/exe` is
+/// likely gone when ksense looks): its path is the canonical one, resolved from the directory
+/// the shell is in (while the shell is still there, as an interactive one or a script going on
+/// with its next command is).
+#[test]
+fn exec_by_a_relative_path_has_the_canonical_path() {
+    let ksense = Ksense::start(&[]);
+    let workload = workload_bin();
+    let (dir, name) = (workload.parent().unwrap(), workload.file_name().unwrap().to_str().unwrap());
+    // A command after it keeps the shell from exec'ing the program itself: it forks.
+    let script = format!("cd '{}' && ./{name} marker; sleep 1", dir.display());
+    let shell = Command::new("/bin/sh").args(["-c", &script]).spawn().unwrap();
+    let shell_pid = shell.id();
+    assert!(shell.wait_with_output().unwrap().status.success());
+    let relative = format!("./{name}");
+    let exec = ksense.wait_for("exec of the workload", |e| {
+        is(e, "process.exec") && attr(e, "process.parent_pid") == shell_pid && attr(e, "ksense.process.exec.path") == relative.as_str()
+    });
+    let canonical = std::fs::canonicalize(&workload).unwrap();
+    assert_eq!(attr(&exec, "process.executable.path"), canonical.to_str().unwrap(), "{exec}");
+    assert!(attr(&exec, "ksense.process.executable.sha256").is_string(), "hashed through the path found: {exec}");
+    ksense.stop();
+}
+
 /// A process that starts its own session before it execs: the exec and exit events carry the
 /// new process group and session (the kernel's values, right even though the process is gone
 /// before ksense could look in /proc), and the cgroup it runs in, which is this test's.

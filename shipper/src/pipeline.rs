@@ -125,7 +125,7 @@ pub fn run(mut queue: mpsc::Receiver<Input>, mut enricher: Enricher, outputs: Ou
         match woke {
             Some(Some(input)) => {
                 Counters::bump(&context.counters.heartbeat);
-                held.admit(input, &context);
+                held.admit(input, &context, &enricher);
             }
             Some(None) => closed = true,
             None => {}
@@ -175,18 +175,22 @@ struct Held {
 }
 
 impl Held {
-    /// Takes `input` in: an exec's environment is picked and its executable's identity asked
-    /// for (a file not hashed before makes it wait).
-    fn admit(&mut self, mut input: Input, context: &Context) {
+    /// Takes `input` in: an exec's environment is picked, its executable located and its
+    /// identity asked for (a file not hashed before makes it wait).
+    fn admit(&mut self, mut input: Input, context: &Context, enricher: &Enricher) {
         let mut waits = None;
         if let Input::Event(event, _) = &mut input
             && let Detail::Exec(exec) = &mut event.detail
         {
             context.environment.pick(exec);
+            enricher.locate_executable(&mut event.process, exec);
             if let Some(identities) = &context.identities
                 && let Some(key) = exec.identity_key()
             {
-                let (slot, wait) = identities.request(key, event.process.pid, exec.exec_path.as_deref());
+                // Where the file is once the process is gone: the path located, else the one
+                // given to execve.
+                let path = event.process.exe.as_deref().or(exec.exec_path.as_deref());
+                let (slot, wait) = identities.request(key, event.process.pid, path);
                 waits = wait.then(|| (slot.clone(), Instant::now() + identities.wait));
                 event.process.identity = Some(slot);
             }

@@ -11,7 +11,10 @@ use std::{path::PathBuf, sync::Arc};
 use crate::{
     event::Event,
     identity::IdentitySlot,
-    kinds::{Detail, exec::FileId},
+    kinds::{
+        Detail,
+        exec::{FileId, ProcessExec},
+    },
     lru::LruMap,
     process::Process,
 };
@@ -81,15 +84,10 @@ impl Enricher {
         let pid = event.process.pid;
         match &event.detail {
             Detail::Exec(exec) => {
+                if event.process.exe.is_none() {
+                    self.locate_executable(&mut event.process, exec);
+                }
                 let p = &mut event.process;
-                // The canonical path of the file the kernel executed. Never the execve string
-                // as it is, which the caller chose (`..`, symlinks, /dev/fd/N): path rules must
-                // not match what a process can pick.
-                let exec_path = exec.exec_path.as_deref();
-                p.exe = exec
-                    .executed_file
-                    .and_then(|file| crate::kinds::exec::executed_path(&self.proc_root, pid, exec_path, file))
-                    .map(Into::into);
                 // Only what neither the kernel (process group and session, on most kernels) nor
                 // the cgroup cache told is read from /proc: on the hot path, nothing. What is
                 // read counts only if /proc/<pid> still is this process (checked after).
@@ -137,6 +135,19 @@ impl Enricher {
             }
             _ => {}
         }
+    }
+
+    /// Fills `p.exe` of an exec with the canonical path of the file the kernel executed, if a
+    /// path still leads to it. Never the execve string as it is, which the caller chose (`..`,
+    /// symlinks, /dev/fd/N): path rules must not match what a process can pick. Done as soon as
+    /// the exec is read, before it waits for its hash: the process, or the parent whose
+    /// directory a relative path is resolved from, may be gone a moment later.
+    pub fn locate_executable(&self, p: &mut Process, exec: &ProcessExec) {
+        let exec_path = exec.exec_path.as_deref();
+        p.exe = exec
+            .executed_file
+            .and_then(|file| crate::kinds::exec::executed_path(&self.proc_root, p.pid, p.parent_pid, exec_path, file))
+            .map(Into::into);
     }
 
     /// Fills what `event.process` lacks and keeps the process table in step with the event.

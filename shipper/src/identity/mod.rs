@@ -227,8 +227,9 @@ impl Identities {
         (Identities { cache, jobs, done: Arc::default(), wait, proc_root: "/nonexistent".into() }, queue)
     }
 
-    /// The identity slot of an exec of the file `key` by process `pid`, which gave `exec_path`
-    /// to execve, and whether it is worth waiting for (it is being hashed). Known files are
+    /// The identity slot of an exec of the file `key` by process `pid`, whose file `exec_path`
+    /// may lead to (an absolute path is tried after `/proc/<pid>/exe`), and whether it is worth
+    /// waiting for (it is being hashed). Known files are
     /// filled from the cache; with the worker's queue full the slot says `busy`.
     pub fn request(&self, key: FileKey, pid: u32, exec_path: Option<&[u8]>) -> (IdentitySlot, bool) {
         if let Some(known) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {

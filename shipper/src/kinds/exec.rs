@@ -204,17 +204,18 @@ fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError>
 
 /// The canonical path of `file`, the file the kernel said process `pid` executed, as
 /// `/proc/<pid>/exe` shows it: from `/proc/<pid>/exe` while the process still runs it, else
-/// (the process is gone, or runs another file by now) from `exec_path`, the absolute path given
-/// to execve, resolved here (`..` and symlinks), or for a script the interpreter its `#!` line
-/// names, each accepted only if it leads to `file`. `None` when none establishes it (a relative
-/// path or a memfd of a process gone, a file since replaced, a path that only resolves in
-/// another mount namespace).
-pub(crate) fn executed_path(proc_root: &Path, pid: u32, exec_path: Option<&[u8]>, file: FileId) -> Option<Vec<u8>> {
+/// (the process is gone, or runs another file by now) from `exec_path`, the path given to
+/// execve, resolved here (`..` and symlinks; a relative one from the working directory of
+/// `parent`, which the process inherited unless it changed it), or for a script the
+/// interpreter its `#!` line names, each accepted only if it leads to `file`. `None` when none
+/// establishes it (a memfd of a process gone, a relative path from a directory the parent is
+/// no longer in, a file since replaced, a path that only resolves in another mount namespace).
+pub(crate) fn executed_path(proc_root: &Path, pid: u32, parent: u32, exec_path: Option<&[u8]>, file: FileId) -> Option<Vec<u8>> {
     let exe = proc_root.join(pid.to_string()).join("exe");
-    let absolute = exec_path.filter(|path| path.starts_with(b"/")).map(|path| Path::new(std::ffi::OsStr::from_bytes(path)));
     canonical_if(&exe, file).or_else(|| {
-        let given = absolute?;
-        canonical_if(given, file).or_else(|| canonical_if(&interpreter(given)?, file))
+        let given = Path::new(std::ffi::OsStr::from_bytes(exec_path?));
+        let given = if given.is_absolute() { given.to_path_buf() } else { proc_root.join(parent.to_string()).join("cwd").join(given) };
+        canonical_if(&given, file).or_else(|| canonical_if(&interpreter(&given)?, file))
     })
 }
 
@@ -477,24 +478,30 @@ mod tests {
         let via = |p: &Path| p.as_os_str().as_bytes().to_vec();
         // The process is gone (no /proc/40): the execve path, resolved.
         let dotdot = via(&root.join("excluded/../bin/evil"));
-        assert_eq!(executed_path(&root, 40, Some(&dotdot), file), Some(canonical.clone()));
-        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("excluded/x"))), file), Some(canonical.clone()));
-        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/other"))), file), None, "another file");
-        assert_eq!(executed_path(&root, 40, Some(b"bin/evil"), file), None, "relative: cwd unknown");
+        assert_eq!(executed_path(&root, 40, 41, Some(&dotdot), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, 41, Some(&via(&root.join("excluded/x"))), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, 41, Some(&via(&root.join("bin/other"))), file), None, "another file");
+        assert_eq!(executed_path(&root, 40, 41, Some(b"bin/evil"), file), None, "relative: the parent's cwd unknown");
+        // Relative: from the parent's working directory, if it leads to the file.
+        std::fs::create_dir_all(root.join("41")).unwrap();
+        std::os::unix::fs::symlink(&root, root.join("41/cwd")).unwrap();
+        assert_eq!(executed_path(&root, 40, 41, Some(b"bin/evil"), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, 41, Some(b"./excluded/../bin/evil"), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, 41, Some(b"bin/other"), file), None, "another file");
         // A script: the kernel executed its interpreter (here `evil`), which may have moved on.
         std::fs::write(root.join("bin/script"), format!("#! {} -x\nexit 0\n", root.join("excluded/x").display())).unwrap();
-        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/script"))), file), Some(canonical.clone()));
+        assert_eq!(executed_path(&root, 40, 41, Some(&via(&root.join("bin/script"))), file), Some(canonical.clone()));
         std::fs::write(root.join("bin/script"), b"#!bin/evil\n").unwrap();
-        assert_eq!(executed_path(&root, 40, Some(&via(&root.join("bin/script"))), file), None, "relative interpreter");
+        assert_eq!(executed_path(&root, 40, 42, Some(&via(&root.join("bin/script"))), file), None, "relative interpreter");
         // A path swapped for a FIFO since: not read (which would block).
         let fifo = root.join("bin/fifo");
         let fifo_c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
-        assert_eq!(executed_path(&root, 40, Some(&via(&fifo)), file), None);
+        assert_eq!(executed_path(&root, 40, 41, Some(&via(&fifo)), file), None);
         // Alive: /proc/<pid>/exe, when it is the file.
         std::fs::create_dir_all(root.join("40")).unwrap();
         std::os::unix::fs::symlink(&real, root.join("40/exe")).unwrap();
-        assert_eq!(executed_path(&root, 40, None, file), Some(canonical));
+        assert_eq!(executed_path(&root, 40, 41, None, file), Some(canonical));
         std::fs::remove_dir_all(root).unwrap();
     }
 }

@@ -294,7 +294,8 @@ fn anonymous_rwx_mapping(ksense: &Ksense, workload: &str) -> Value {
 }
 
 /// A file page mapped read-only and executable (as every shared library is) is not reported;
-/// one mapped writable and executable is, as W^X with its file. Returns the latter's event.
+/// one mapped writable and executable is, as W^X with its file (the program's own: `main_code`).
+/// Returns the latter's event.
 pub fn only_writable_executable_file_mappings_are_reported(ksense: &Ksense) -> Value {
     let (_, read_only) = run_workload(&["mmap-file-rx"]);
     let rwx = memory_change(ksense, "mmap-file-rwx", "rwx");
@@ -303,6 +304,7 @@ pub fn only_writable_executable_file_mappings_are_reported(ksense: &Ksense) -> V
     assert_eq!(attr(&rwx, "ksense.memory.wx"), true, "wx: {rwx}");
     let file = attr(&rwx, "ksense.memory.file.path").as_str().unwrap_or_default();
     assert!(file.ends_with("/ksense-workload"), "file: {rwx}");
+    assert_eq!(attr(&rwx, "ksense.memory.region"), "main_code", "a mapping of the program's own file: {rwx}");
     // The read-only mapper exited before the other started: its events would be out by now.
     let reported = mappings_of(ksense, &Value::from(read_only));
     assert!(reported.is_empty(), "a read-only executable file mapping was reported: {reported:?}");

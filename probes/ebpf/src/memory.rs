@@ -35,7 +35,7 @@ use ksense_abi::{
 
 use crate::{
     maps::{as_bytes, config, count_lost, excluded, output},
-    task::{current, func_arg, fill_current_with_image, have_offsets, header, read, read_ptr},
+    task::{current, exe_inode, fill_current_with_image, func_arg, have_offsets, header, read, read_ptr},
 };
 
 /// Low `vm_flags`/`PROT_*` bits: read, write, exec.
@@ -489,8 +489,10 @@ fn locate(rec: &mut Memory, vma: &Vma) {
     let region = if rec.start < end_code && rec.start + rec.len > start_code {
         Region::MainCode
     } else if !vma.file.is_null() {
-        let exe: *const u8 = read_ptr(mm, config!(mm.exe_file));
-        match (exec, vma.file == exe) {
+        // The same inode, not the same open file: a mapping of the program's own file through
+        // a descriptor of its own is a `struct file` other than the one exec opened.
+        let own = read_ptr(vma.file, config!(misc.file_inode)) == exe_inode(mm);
+        match (exec, own) {
             (true, true) => Region::MainCode,
             (true, false) => Region::LibraryCode,
             (false, _) => Region::File,

@@ -41,7 +41,9 @@ fn thread_exits_are_reported_when_configured() {
     let tid = printed(&out, "tid");
     let exit = ksense.wait_for("exit of the thread", |e| is(e, "process.exit") && attr(e, "thread.id") == tid);
     assert_eq!(attr(&exit, "process.pid"), pid, "{exit}");
-    ksense.wait_for("exit of the process", |e| is(e, "process.exit") && attr(e, "thread.id") == pid);
+    assert_eq!(attr(&exit, "ksense.process.exit.thread"), true, "{exit}");
+    let exit = ksense.wait_for("exit of the process", |e| is(e, "process.exit") && attr(e, "thread.id") == pid);
+    assert_eq!(attr(&exit, "ksense.process.exit.thread"), false, "{exit}");
     ksense.stop();
     std::fs::remove_file(config).unwrap();
 }

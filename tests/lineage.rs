@@ -120,6 +120,7 @@ fn processes_older_than_ksense_have_a_lineage() {
     let sleep_lineage = lineage(&exit);
     assert_eq!(sleep_lineage[0], format!("{shell_pid}:{shell_path}"), "{exit}");
     ends_with_this_test_and_pid_1(&sleep_lineage, 1, &exit);
+    assert_eq!(attr(&exit, "ksense.process.executable.hash_skipped"), "unseen", "its exec was before ksense: {exit}");
 
     let exec = ksense.wait_for("exec of the marker", |e| {
         is(e, "process.exec") && attr(e, "process.command_args").get(2).is_some_and(|a| a == "lineage-seeded")

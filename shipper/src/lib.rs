@@ -163,7 +163,11 @@ async fn run_async(
     // what happens meanwhile waits in the ring buffer and applies after what /proc told (an
     // exit takes its entry away), and a process that was running when ksense became ready has
     // its entry.
+    let identities = identities(&config.identity);
     let mut enricher = enrich::Enricher::default();
+    if identities.is_some() {
+        enricher.report_unseen_identities();
+    }
     let seeding = std::time::Instant::now();
     let seeded = enricher.seed();
     tracing::info!(processes = seeded, elapsed_ms = seeding.elapsed().as_millis() as u64, "process table seeded from /proc");
@@ -174,7 +178,7 @@ async fn run_async(
             sink_queue_records: *config.limits.queue_events.get_ref(),
             memory_budget_bytes,
             environment: ReportedVariables::new(config.probes.environment.get_ref()),
-            identities: identities(&config.identity),
+            identities,
         };
         std::thread::Builder::new()
             .name("ksense-pipeline".into())

@@ -40,6 +40,8 @@ pub const PROCESS_EXIT_TIME: &str = "process.exit.time";
 pub const KSENSE_PROCESS_EXIT_SIGNAL: &str = "ksense.process.exit.signal";
 /// Whether it dumped core.
 pub const KSENSE_PROCESS_EXIT_CORE_DUMPED: &str = "ksense.process.exit.core_dumped";
+/// The exit of one thread of a process that lives on, not of the process.
+pub const KSENSE_PROCESS_EXIT_THREAD: &str = "ksense.process.exit.thread";
 /// `mm->start_code`, hex.
 pub const KSENSE_PROCESS_CODE_START: &str = "ksense.process.code.start";
 /// `mm->end_code`, hex.

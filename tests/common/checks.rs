@@ -190,6 +190,7 @@ pub fn exit_code_seven(ksense: &Ksense) -> Value {
     assert_eq!(exit["severity"], "INFO", "severity: {exit}");
     assert!(attr(&exit, "ksense.process.exit.signal").is_null(), "{exit}");
     assert_eq!(attr(&exit, "ksense.process.exit.core_dumped"), false, "{exit}");
+    assert_eq!(attr(&exit, "ksense.process.exit.thread"), false, "the process's exit: {exit}");
     assert!(attr(&exit, "process.exit.time").is_string(), "{exit}");
     exit
 }

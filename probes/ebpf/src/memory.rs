@@ -35,7 +35,7 @@ use ksense_abi::{
 
 use crate::{
     maps::{as_bytes, config, count_lost, excluded, output},
-    task::{current, exe_inode, fill_current_with_image, func_arg, have_offsets, header, read, read_ptr},
+    task::{current, fill_current_with_image, func_arg, have_offsets, header, read, read_ptr, read_ptr_flat},
 };
 
 /// Low `vm_flags`/`PROT_*` bits: read, write, exec.
@@ -490,8 +490,11 @@ fn locate(rec: &mut Memory, vma: &Vma) {
         Region::MainCode
     } else if !vma.file.is_null() {
         // The same inode, not the same open file: a mapping of the program's own file through
-        // a descriptor of its own is a `struct file` other than the one exec opened.
-        let own = read_ptr(vma.file, config!(misc.file_inode)) == exe_inode(mm);
+        // a descriptor of its own is a `struct file` other than the one exec opened. Read
+        // without branches: the VMA-tree programs of kernels before 5.17 are near the limit.
+        let inode = |file: *const u8| read_ptr_flat(file, config!(misc.file_inode));
+        let mapped = inode(vma.file);
+        let own = (mapped == inode(read_ptr_flat(mm, config!(mm.exe_file)))) & !mapped.is_null();
         match (exec, own) {
             (true, true) => Region::MainCode,
             (true, false) => Region::LibraryCode,

@@ -62,6 +62,9 @@ pub struct Enricher {
     cgroups: Cgroups,
     users: Users,
     proc_root: PathBuf,
+    /// What an event of a process whose exec was not seen says of its executable's identity,
+    /// when identities are reported.
+    unseen: Option<IdentitySlot>,
 }
 
 impl Default for Enricher {
@@ -75,7 +78,13 @@ impl Enricher {
     /// An enricher reading `proc_root` (normally `/proc`) and `passwd` (normally `/etc/passwd`),
     /// with the cgroup hierarchies mounted where `cgroup_mounts` says.
     pub fn new(proc_root: PathBuf, passwd: PathBuf, cgroup_mounts: Mounts) -> Enricher {
-        Enricher { procs: LruMap::new(TABLE_CAP), cgroups: Cgroups::new(cgroup_mounts), users: Users::new(passwd), proc_root }
+        Enricher { procs: LruMap::new(TABLE_CAP), cgroups: Cgroups::new(cgroup_mounts), users: Users::new(passwd), proc_root, unseen: None }
+    }
+
+    /// Executables are hashed: an event of a process whose exec was not seen (one older than
+    /// ksense, or whose exec was lost) says so (`hash_skipped = unseen`) rather than nothing.
+    pub fn report_unseen_identities(&mut self) {
+        self.unseen = Some(IdentitySlot::unseen());
     }
 
     /// What an exec (the executed file, argv, process group, session, cgroup) or a fork (the
@@ -161,6 +170,11 @@ impl Enricher {
         let kernel = described(&event.process);
         if let Some(info) = self.lookup(pid, event.process.kernel_thread, event.process.cgroup_id, kernel) {
             fill(&mut event.process, &info);
+        }
+        // An exec without a slot is one whose file the kernel could not describe; a kernel
+        // thread runs no executable.
+        if event.process.identity.is_none() && !event.process.kernel_thread && !matches!(event.detail, Detail::Exec(_)) {
+            event.process.identity = self.unseen.clone();
         }
         let p = &mut event.process;
         let ancestors = self.ancestors(p.parent_pid, started(p));
@@ -646,9 +660,9 @@ mod tests {
         }
     }
 
-    /// The file a code change of process `pid` (running `exe`, the kernel's basename `file`) is
-    /// reported with, `/proc` being `proc_dir`.
-    fn changed_file(proc_dir: &std::path::Path, pid: u32, exe: &[u8], file: &[u8]) -> Vec<u8> {
+    /// The file a code change of process `pid` (running `exe`, the kernel's basename `file`) in
+    /// `region` is reported with, `/proc` being `proc_dir`.
+    fn changed_file(proc_dir: &std::path::Path, pid: u32, exe: &[u8], file: &[u8], region: ksense_abi::memory::Region) -> Vec<u8> {
         let change = ProcessMemoryProtect {
             operation: crate::kinds::memory::Operation::Mprotect,
             start: 0x1000,
@@ -656,7 +670,7 @@ mod tests {
             count: 1,
             old_prot: Some(5),
             new_prot: 7,
-            region: Some(ksense_abi::memory::Region::MainCode),
+            region: Some(region),
             result: Some(0),
             file: Some(file.to_vec()),
             spans_mappings: false,
@@ -674,13 +688,16 @@ mod tests {
         std::fs::create_dir_all(dir.join("30")).unwrap();
         std::fs::write(dir.join("30/maps"), b"1000-2000 r-xp 00000000 08:01 42 /tmp/a\\012b\n").unwrap();
         // Alive: the maps file's path, its newline escape undone.
-        assert_eq!(changed_file(&dir, 30, b"/x/a\nb", b"a\nb"), b"/tmp/a\nb");
+        use ksense_abi::memory::Region::{LibraryCode, MainCode};
+        assert_eq!(changed_file(&dir, 30, b"/x/a\nb", b"a\nb", MainCode), b"/tmp/a\nb");
         // Gone: the executable's path, also when the kernel's name is cut to 63 bytes.
         let long = [b'n'; 100];
         let exe = [&b"/x/"[..], &long].concat();
-        assert_eq!(changed_file(&dir, 31, &exe, &long[..ksense_abi::memory::MEMORY_FILE_CAP - 1]), exe);
+        assert_eq!(changed_file(&dir, 31, &exe, &long[..ksense_abi::memory::MEMORY_FILE_CAP - 1], MainCode), exe);
         // A name that does not agree: the kernel's basename stays.
-        assert_eq!(changed_file(&dir, 31, b"/x/other", b"mine"), b"mine");
+        assert_eq!(changed_file(&dir, 31, b"/x/other", b"mine", MainCode), b"mine");
+        // Another file of the same name (the kernel said it is not the executable): the same.
+        assert_eq!(changed_file(&dir, 31, b"/x/lib", b"lib", LibraryCode), b"lib");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

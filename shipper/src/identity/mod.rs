@@ -118,6 +118,9 @@ pub enum Skipped {
     /// The executed inode was reached, but its change time is not the exec's any more: it was
     /// rewritten, its links, mode or owner changed, or it changed while it was read.
     Changed,
+    /// The exec that started the process's image was not seen: the process is older than
+    /// ksense (known from `/proc`), or its exec was lost.
+    Unseen,
 }
 
 impl Skipped {
@@ -129,6 +132,7 @@ impl Skipped {
             Skipped::Busy => "busy",
             Skipped::Unreadable => "unreadable",
             Skipped::Changed => "changed",
+            Skipped::Unseen => "unseen",
         }
     }
 }
@@ -165,6 +169,11 @@ impl IdentitySlot {
         let slot = IdentitySlot::default();
         let _ = slot.0.set(identity);
         slot
+    }
+
+    /// The slot of a process whose exec was not seen ([`Skipped::Unseen`]).
+    pub fn unseen() -> IdentitySlot {
+        IdentitySlot::known(Identity::skipped(Skipped::Unseen))
     }
 
     /// The identity, once known.

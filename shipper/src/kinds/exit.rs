@@ -55,7 +55,8 @@ PROCESS_EXIT_CODE is its exit status (0-255) when it exited by itself;
 KSENSE_PROCESS_EXIT_SIGNAL is the signal that killed it otherwise, and
 KSENSE_PROCESS_EXIT_CORE_DUMPED says whether it dumped core.
 PROCESS_CREATION_TIME and PROCESS_EXIT_TIME bound its life. A thread's own
-exit is reported only when ksense is configured to (probes.thread_exits).
+exit is reported only when ksense is configured to (probes.thread_exits),
+with KSENSE_PROCESS_EXIT_THREAD=true.
 
 An exit is logged at priority info, or warning when a signal killed the
 process.
@@ -75,6 +76,7 @@ impl Payload for ProcessExit {
     fn render(&self, process: &Process, time: SystemTime, attrs: &mut Vec<(&'static str, Value)>) -> (Severity, String) {
         attrs.push((schema::PROCESS_EXIT_TIME, Value::Str(rfc3339(time))));
         attrs.push((schema::KSENSE_PROCESS_EXIT_CORE_DUMPED, Value::Bool(self.core_dumped())));
+        attrs.push((schema::KSENSE_PROCESS_EXIT_THREAD, Value::Bool(!self.process_exit)));
         let what = if self.process_exit { String::new() } else { format!(" thread {}", process.tid) };
         match (self.exit_code(), self.signal()) {
             (Some(code), _) => {

@@ -83,8 +83,8 @@ impl ProcessMemoryProtect {
 impl ProcessMemoryProtect {
     /// Replaces the backing file's basename, as the kernel gave it, by its full path: from
     /// `/proc/<pid>/maps` (under `proc_root`) while the process lives, else the process's
-    /// executable `exe` (its own code). Either only when its name agrees with the kernel's:
-    /// the basename stays otherwise.
+    /// executable `exe` when the kernel said the range is its own code (`main_code`: the very
+    /// inode). Either only when its name agrees with the kernel's: the basename stays otherwise.
     pub(crate) fn resolve_file(&mut self, proc_root: &Path, pid: u32, exe: Option<&[u8]>) {
         let Some(basename) = &self.file else { return };
         // The kernel record holds the file's basename, exact but cut to MEMORY_FILE_CAP - 1
@@ -94,7 +94,8 @@ impl ProcessMemoryProtect {
             name == &basename[..] || (basename.len() == MEMORY_FILE_CAP - 1 && name.starts_with(basename))
         };
         let mapped = mapping_path(proc_root, pid, self.start).filter(|path| agrees(path));
-        if let Some(path) = mapped.or_else(|| exe.filter(|exe| agrees(exe)).map(<[u8]>::to_vec)) {
+        let own_code = self.region == Some(Region::MainCode);
+        if let Some(path) = mapped.or_else(|| exe.filter(|exe| own_code && agrees(exe)).map(<[u8]>::to_vec)) {
             self.file = Some(path);
         }
     }

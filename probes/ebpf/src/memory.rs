@@ -35,7 +35,7 @@ use ksense_abi::{
 
 use crate::{
     maps::{as_bytes, config, count_lost, excluded, output},
-    task::{current, fill_current_with_image, func_arg, have_offsets, header, read, read_ptr, read_ptr_flat},
+    task::{current, fill_current_with_image, func_arg, have_offsets, header, read, read_ptr},
 };
 
 /// Low `vm_flags`/`PROT_*` bits: read, write, exec.
@@ -103,7 +103,7 @@ pub fn fentry_mprotect_fixup(ctx: FEntryContext) -> i32 {
         flags: read(vma, config!(memory.vma_flags)),
         file: read_ptr(vma, config!(memory.vma_file)),
     };
-    describe(rec, &vm);
+    describe(rec, &vm, OwnFile::Inode);
     finish(Hook::FentryMprotectFixup, state);
     0
 }
@@ -138,7 +138,7 @@ pub fn fexit_do_mprotect_pkey(ctx: FExitContext) -> i32 {
 /// `bpf_find_vma` (5.17+).
 #[tracepoint]
 pub fn tracepoint_sys_enter_mprotect(ctx: TracePointContext) -> i32 {
-    enter_mprotect(&ctx, vma_found)
+    enter_mprotect(&ctx, vma_found, OwnFile::Inode)
 }
 
 /// The current task's VMA holding `address`, with `bpf_find_vma` (5.17+).
@@ -158,7 +158,7 @@ fn vma_found(address: u64) -> Option<Vma> {
 /// tree (before 6.1): the VMA is found by walking `mm->mm_rb` as the kernel's `find_vma` does.
 #[tracepoint]
 pub fn tracepoint_sys_enter_mprotect_vma_tree(ctx: TracePointContext) -> i32 {
-    enter_mprotect(&ctx, vma_in_tree)
+    enter_mprotect(&ctx, vma_in_tree, OwnFile::OpenFile)
 }
 
 /// At most this many tree levels are walked: a red-black tree of n nodes is at most
@@ -197,7 +197,7 @@ fn vma_in_tree(address: u64) -> Option<Vma> {
 
 /// Both enter programs: `find` looks up the VMA holding an address.
 #[inline(always)]
-fn enter_mprotect(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>) -> i32 {
+fn enter_mprotect(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>, own: OwnFile) -> i32 {
     let (start_at, len_at, prot_at) = (config!(memory.tp_start), config!(memory.tp_len), config!(memory.tp_prot));
     // SAFETY: `bpf_probe_read_kernel` from the tracepoint record; a bad offset fails with an
     // error instead of faulting.
@@ -223,7 +223,7 @@ fn enter_mprotect(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>
         return 0;
     }
     if let Some(vm) = &found {
-        describe(rec, vm);
+        describe(rec, vm, own);
         if start.saturating_add(len) > vm.end {
             // The kernel changes every VMA in the range, and the others may be anonymous or
             // writable: what the first one says must not decide that the change is harmless.
@@ -306,7 +306,7 @@ pub fn fexit_mmap_region(ctx: FExitContext) -> i32 {
         return 0;
     }
     let made = Vma { start: ret, end: ret.wrapping_add(len), flags: u64::from(vm_flags), file };
-    mapped(&mut state.record, ret, Some(made));
+    mapped(&mut state.record, ret, Some(made), OwnFile::Inode);
     finish(Hook::FentryMprotectFixup, state);
     0
 }
@@ -345,18 +345,18 @@ pub fn tracepoint_sys_enter_mmap(ctx: TracePointContext) -> i32 {
 /// report.
 #[tracepoint]
 pub fn tracepoint_sys_exit_mmap(ctx: TracePointContext) -> i32 {
-    exit_mmap(&ctx, vma_found)
+    exit_mmap(&ctx, vma_found, OwnFile::Inode)
 }
 
 /// The same on kernels without `bpf_find_vma` (before 5.17): the VMA from the VMA tree.
 #[tracepoint]
 pub fn tracepoint_sys_exit_mmap_vma_tree(ctx: TracePointContext) -> i32 {
-    exit_mmap(&ctx, vma_in_tree)
+    exit_mmap(&ctx, vma_in_tree, OwnFile::OpenFile)
 }
 
 /// Both exit programs: `find` looks up the VMA holding an address.
 #[inline(always)]
-fn exit_mmap(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>) -> i32 {
+fn exit_mmap(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>, own: OwnFile) -> i32 {
     let ret_at = config!(memory.tp_mmap_ret);
     // SAFETY: `bpf_probe_read_kernel` from the tracepoint record; a bad offset fails with an
     // error instead of faulting.
@@ -374,7 +374,7 @@ fn exit_mmap(ctx: &TracePointContext, find: impl FnOnce(u64) -> Option<Vma>) -> 
         // it stays anonymous, as the fexit program, which sees the call's null file, says.
         vm.file = core::ptr::null();
     }
-    mapped(&mut state.record, ret, made);
+    mapped(&mut state.record, ret, made, own);
     finish(Hook::TracepointMprotect, state);
     0
 }
@@ -396,7 +396,7 @@ fn begin_mapping(rec: &mut Memory, addr: u64, len: u64, prot: u32, anonymous: bo
 /// Adds the outcome of a mapping: the result and, once made (`ret` is its address), where it
 /// is and what it is, from `made`, its VMA.
 #[inline(always)]
-fn mapped(rec: &mut Memory, ret: u64, made: Option<Vma>) {
+fn mapped(rec: &mut Memory, ret: u64, made: Option<Vma>, own: OwnFile) {
     rec.flags |= MEMORY_RESULT_KNOWN;
     if ret >= MAX_ERRNO_VALUE {
         rec.result = ret as i32;
@@ -404,8 +404,21 @@ fn mapped(rec: &mut Memory, ret: u64, made: Option<Vma>) {
     }
     rec.start = ret;
     if let Some(vm) = &made {
-        locate(rec, vm);
+        locate(rec, vm, own);
     }
+}
+
+/// How a program tells a mapping of the process's own executable (`main_code`) from another
+/// file's (`library_code`). Always a constant where it is passed: the compiler keeps one way.
+#[derive(Clone, Copy)]
+enum OwnFile {
+    /// The same inode as `mm->exe_file`: also a mapping through a descriptor of its own, a
+    /// `struct file` other than the one exec opened.
+    Inode,
+    /// The same open file as `mm->exe_file` only (the mappings exec made): in the VMA-tree
+    /// programs of kernels before 5.17, which two more reads take past the 5.10 verifier's
+    /// limit.
+    OpenFile,
 }
 
 /// What the VMA lookups hand back.
@@ -473,15 +486,15 @@ fn begin(rec: &mut Memory, start: u64, len: u64, new_prot: u32) -> bool {
 
 /// Fills the old protection, the region and the backing file's name from the VMA.
 #[inline(always)]
-fn describe(rec: &mut Memory, vma: &Vma) {
+fn describe(rec: &mut Memory, vma: &Vma, own: OwnFile) {
     rec.old_prot = vma.flags as u32 & PROT_MASK;
     rec.flags |= MEMORY_OLD_KNOWN;
-    locate(rec, vma);
+    locate(rec, vma, own);
 }
 
 /// Fills the region and the backing file's name of `rec`'s range, held by `vma`.
 #[inline(always)]
-fn locate(rec: &mut Memory, vma: &Vma) {
+fn locate(rec: &mut Memory, vma: &Vma, own: OwnFile) {
     let mm = read_ptr(current(), config!(task.mm));
     let start_code: u64 = read(mm, config!(mm.start_code));
     let end_code: u64 = read(mm, config!(mm.end_code));
@@ -489,12 +502,14 @@ fn locate(rec: &mut Memory, vma: &Vma) {
     let region = if rec.start < end_code && rec.start + rec.len > start_code {
         Region::MainCode
     } else if !vma.file.is_null() {
-        // The same inode, not the same open file: a mapping of the program's own file through
-        // a descriptor of its own is a `struct file` other than the one exec opened. Read
-        // without branches: the VMA-tree programs of kernels before 5.17 are near the limit.
-        let inode = |file: *const u8| read_ptr_flat(file, config!(misc.file_inode));
-        let mapped = inode(vma.file);
-        let own = (mapped == inode(read_ptr_flat(mm, config!(mm.exe_file)))) & !mapped.is_null();
+        let exe = read_ptr(mm, config!(mm.exe_file));
+        let own = match own {
+            OwnFile::Inode => {
+                let mapped = read_ptr(vma.file, config!(misc.file_inode));
+                !mapped.is_null() && mapped == read_ptr(exe, config!(misc.file_inode))
+            }
+            OwnFile::OpenFile => vma.file == exe,
+        };
         match (exec, own) {
             (true, true) => Region::MainCode,
             (true, false) => Region::LibraryCode,

@@ -5,7 +5,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf,
         generated::{
-            self, bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_smp_processor_id,
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_smp_processor_id,
             bpf_ktime_get_ns,
         },
     },
@@ -24,18 +24,6 @@ pub fn read<T: Default>(base: *const u8, offset: u32) -> T {
     // pointers, valid for any bits); an unmapped or bad kernel address fails with an error
     // instead of faulting.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.unwrap_or_default()
-}
-
-/// [`read`] of a kernel pointer without a branch, for a program near the verifier's complexity
-/// limit (each branch of `read` doubles what it walks through after): null when unreadable,
-/// as the helper clears its destination when it fails.
-#[inline(always)]
-pub fn read_ptr_flat(base: *const u8, offset: u32) -> *const u8 {
-    let mut out: u64 = 0;
-    // SAFETY: copies 8 bytes into `out`, a local of that size; an unmapped or bad kernel
-    // address (a null `base` among them) fails with an error, and `out` is then zero.
-    unsafe { generated::bpf_probe_read_kernel((&raw mut out).cast(), size_of::<u64>() as u32, base.wrapping_add(offset as usize).cast()) };
-    out as *const u8
 }
 
 /// Reads a kernel pointer at byte offset `offset` from `base`; null when unreadable.

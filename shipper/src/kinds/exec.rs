@@ -124,14 +124,7 @@ impl FileId {
     /// asking it again (`statx` with `AT_STATX_DONT_SYNC`): a FUSE file system, which any user
     /// may run, could leave that question unanswered, and ksense waiting with it.
     pub fn of_open(file: &std::fs::File) -> Option<FileId> {
-        use std::os::fd::AsRawFd;
-        let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
-        let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC;
-        // SAFETY: `statx` of an open descriptor with an empty path fills the buffer it is given
-        // and reports failure otherwise; the buffer is zeroed, a valid `statx` either way.
-        let stx = unsafe {
-            (libc::statx(file.as_raw_fd(), c"".as_ptr(), flags, libc::STATX_INO, stx.as_mut_ptr()) == 0).then(|| stx.assume_init())?
-        };
+        let stx = statx_cached(file, libc::STATX_INO)?;
         Some(FileId { ino: stx.stx_ino, major: stx.stx_dev_major, minor: stx.stx_dev_minor })
     }
 
@@ -144,13 +137,40 @@ impl FileId {
     }
 }
 
+/// `statx` of the open `file` (at least `mask`) as its file system last told the kernel,
+/// without asking it again (`AT_STATX_DONT_SYNC`): a FUSE file system, which any user may run,
+/// could leave that question unanswered, and ksense waiting with it.
+fn statx_cached(file: &std::fs::File, mask: u32) -> Option<libc::statx> {
+    use std::os::fd::AsRawFd;
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    let flags = libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC;
+    // SAFETY: `statx` of an open descriptor with an empty path fills the buffer it is given and
+    // reports failure otherwise; the buffer is zeroed, a valid `statx` either way.
+    let stx = unsafe { (libc::statx(file.as_raw_fd(), c"".as_ptr(), flags, mask, stx.as_mut_ptr()) == 0).then(|| stx.assume_init())? };
+    (stx.stx_mask & mask == mask).then_some(stx)
+}
+
+/// The type of the file system `file` is on (`btrfs`, `fuse.sshfs`, ...): that of the mount
+/// `/proc/self/mountinfo` lists under the file's mount id. Unlike `fstatfs`, which a FUSE server
+/// could leave unanswered, nothing here is asked of the file system.
+fn file_system_type(file: &std::fs::File) -> Option<String> {
+    let mount = statx_cached(file, libc::STATX_MNT_ID)?.stx_mnt_id;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        // id parent major:minor root mount-point options ... - type source options
+        let id: u64 = line.split(' ').next()?.parse().ok()?;
+        (id == mount).then(|| line.split_once(" - ")?.1.split(' ').next().map(str::to_owned))?
+    })
+}
+
 /// Whether `file` is on a btrfs file system.
 fn on_btrfs(file: &std::fs::File) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: `fstatfs` fills the buffer it is given for an open descriptor, and reports failure
-    // otherwise, in which case the buffer is not read.
-    unsafe { libc::fstatfs(file.as_raw_fd(), fs.as_mut_ptr()) == 0 && fs.assume_init().f_type == libc::BTRFS_SUPER_MAGIC }
+    file_system_type(file).is_some_and(|fs| fs == "btrfs")
+}
+
+/// Whether `file` is served by a user-space file system (FUSE), which may never answer a read.
+fn user_served(file: &std::fs::File) -> bool {
+    file_system_type(file).is_none_or(|fs| fs == "fuse" || fs.starts_with("fuse."))
 }
 
 fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError> {
@@ -210,23 +230,64 @@ fn decode(bytes: &[u8], clock: &Clock) -> Result<(Process, Detail), DecodeError>
 /// interpreter its `#!` line names, each accepted only if it leads to `file`. `None` when none
 /// establishes it (a memfd of a process gone, a relative path from a directory the parent is
 /// no longer in, a file since replaced, a path that only resolves in another mount namespace).
+///
+/// The process's paths are its own to choose, through any file system, a FUSE one it serves
+/// and leaves unanswered among them: they are looked up from the kernel's caches only
+/// ([`open_cached`]), and a `#!` line is not read from such a file system. Only `/proc` is
+/// walked as usual (its links lead to the files without asking their file systems).
 pub(crate) fn executed_path(proc_root: &Path, pid: u32, parent: u32, exec_path: Option<&[u8]>, file: FileId) -> Option<Vec<u8>> {
     let exe = proc_root.join(pid.to_string()).join("exe");
-    canonical_if(&exe, file).or_else(|| {
+    open_path(&exe).and_then(|opened| canonical_if(&opened, file)).or_else(|| {
         let given = Path::new(std::ffi::OsStr::from_bytes(exec_path?));
-        let given = if given.is_absolute() { given.to_path_buf() } else { proc_root.join(parent.to_string()).join("cwd").join(given) };
-        canonical_if(&given, file).or_else(|| canonical_if(&interpreter(&given)?, file))
+        let opened = if given.is_absolute() {
+            open_cached(None, given)?
+        } else {
+            open_cached(Some(&open_path(&proc_root.join(parent.to_string()).join("cwd"))?), given)?
+        };
+        canonical_if(&opened, file).or_else(|| canonical_if(&open_cached(None, &interpreter(&opened)?)?, file))
     })
 }
 
-/// The absolute interpreter path of the `#!` line of `script`, if it is a regular file that
-/// has one (only the first 256 bytes count, as for the kernel). The file is opened for reading
-/// only once known to be a regular file (through the `O_PATH` descriptor that told so): a path
-/// swapped for a FIFO or a device cannot block ksense or open a device.
-fn interpreter(script: &Path) -> Option<PathBuf> {
+/// `path` (relative to `dir`, else to ksense's working directory) opened `O_PATH` from what
+/// the kernel has cached only (`openat2` with `RESOLVE_CACHED`): a lookup the dentry cache
+/// cannot answer at once, which could mean asking a file system that never answers, fails
+/// instead. Kernels before 5.12 have no such lookup: there the path is opened as usual.
+fn open_cached(dir: Option<&std::fs::File>, path: &Path) -> Option<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `open_how` is plain integers, for which zero is valid.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_CACHED;
+    let at = dir.map_or(libc::AT_FDCWD, AsRawFd::as_raw_fd);
+    // SAFETY: `openat2` reads the NUL-terminated path and the `open_how` of the size given, both
+    // alive for the call, and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_openat2, at, path.as_ptr(), &raw const how, size_of::<libc::open_how>()) };
+    if fd >= 0 {
+        // SAFETY: a descriptor just opened, owned by nothing else.
+        return Some(unsafe { std::fs::File::from_raw_fd(fd as i32) });
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENOSYS | libc::EINVAL) => {
+            let path = Path::new(std::ffi::OsStr::from_bytes(path.as_bytes()));
+            match dir {
+                Some(dir) => open_path(&Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(path)),
+                None => open_path(path),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The absolute interpreter path of the `#!` line of the `script` opened, if it is a regular
+/// file that has one (only the first 256 bytes count, as for the kernel), on a file system
+/// that is not served by a user (see [`user_served`]). It is opened for reading only once known
+/// to be such a file (through the `O_PATH` descriptor that told so): a path swapped for a FIFO
+/// or a device cannot block ksense or open a device.
+fn interpreter(opened: &std::fs::File) -> Option<PathBuf> {
     use std::{io::Read, os::fd::AsRawFd};
-    let opened = open_path(script)?;
-    if !opened.metadata().ok()?.is_file() {
+    let regular = statx_cached(opened, libc::STATX_TYPE).is_some_and(|stx| u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFREG);
+    if !regular || user_served(opened) {
         return None;
     }
     let mut head = Vec::new();
@@ -244,14 +305,12 @@ pub(crate) fn open_path(path: &Path) -> Option<std::fs::File> {
     std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_CLOEXEC).open(path).ok()
 }
 
-/// The canonical path of what `path` leads to, if that is `file`. The file is opened once
-/// (`O_PATH`: no I/O, no device opened) and both its identity and its path are taken from that
-/// one open file, so a rename or an exec in between cannot pair one file's path with another's
-/// identity.
-fn canonical_if(path: &Path, file: FileId) -> Option<Vec<u8>> {
+/// The canonical path of the `opened` file (`O_PATH`: no I/O, no device opened), if it is
+/// `file`. Both its identity and its path are taken from that one open file, so a rename or an
+/// exec in between cannot pair one file's path with another's identity.
+fn canonical_if(opened: &std::fs::File, file: FileId) -> Option<Vec<u8>> {
     use std::os::fd::AsRawFd;
-    let opened = open_path(path)?;
-    if !file.is(&opened) {
+    if !file.is(opened) {
         return None;
     }
     let path = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).ok()?;

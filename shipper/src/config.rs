@@ -323,8 +323,27 @@ impl Config {
         if *status.get_ref() == 0 {
             return Err(error(Some(status.span()), "telemetry.status_interval_s must be at least 1".to_owned()));
         }
+        if let Err(e) = config.sinks.otlp.check() {
+            return Err(error(otlp_key_span(text, e.key), format!("sinks.otlp.{}: {}", e.key, e.message)));
+        }
         Ok(config)
     }
+}
+
+/// Where `key` of `[sinks.otlp]` is set in `text`, if it is.
+fn otlp_key_span(text: &str, key: &str) -> Option<Range<usize>> {
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(default)]
+        sinks: Sinks,
+    }
+    #[derive(Deserialize, Default)]
+    struct Sinks {
+        #[serde(default)]
+        otlp: std::collections::BTreeMap<String, Spanned<toml::Value>>,
+    }
+    let file: File = toml::from_str(text).ok()?;
+    file.sinks.otlp.get(key).map(Spanned::span)
 }
 
 /// Longest `[probes] environment` name: its journald field,
@@ -454,6 +473,28 @@ mod tests {
         assert!(err.ends_with("did you mean `fork`?"), "{err}");
         let err = parse("[output]\nformat = \"json\"\n").unwrap_err().to_string();
         assert!(err.starts_with("/etc/ksense/ksense.toml:1:") && err.ends_with("this section is now `[sinks.stdout]` (the same keys)"), "{err}");
+    }
+
+    /// What the OTLP sink could not use is refused when the file is read (so by `check-config`
+    /// and a reload too), with the line and key; an endpoint's credentials are not shown.
+    #[test]
+    fn an_unusable_otlp_setting_names_line_and_key() {
+        for (line, key) in [
+            ("endpoint = \"not a url\"", "endpoint"),
+            ("endpoint = \"ftp://collector:4317\"", "endpoint"),
+            ("headers = { \"bad header\" = \"x\" }", "headers"),
+            ("headers = { authorization = \"a\\nb\" }", "headers"),
+            ("timeout_ms = 0", "timeout_ms"),
+            ("max_request_bytes = 10", "max_request_bytes"),
+            ("batch_size = 0", "batch_size"),
+        ] {
+            let err = parse(&format!("[sinks.otlp]\nenabled = true\n{line}\n")).unwrap_err().to_string();
+            assert!(err.starts_with("/etc/ksense/ksense.toml:3:"), "{line}: {err}");
+            assert!(err.contains(&format!("sinks.otlp.{key}: ")), "{line}: {err}");
+        }
+        let err = parse("[sinks.otlp]\nendpoint = \"http://user:secret@\"\n").unwrap_err().to_string();
+        assert!(!err.contains("secret"), "{err}");
+        assert!(parse("[sinks.otlp]\nendpoint = \"https://collector.example:4317\"\nheaders = { authorization = \"Bearer x\" }\n").is_ok());
     }
 
     #[test]

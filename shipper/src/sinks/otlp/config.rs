@@ -156,7 +156,51 @@ impl fmt::Debug for OtlpSettings {
 pub struct SettingsError(String);
 
 
+/// A value of `[sinks.otlp]` that cannot work: its key and why.
+#[derive(Debug)]
+pub struct KeyError {
+    /// The key under `[sinks.otlp]`.
+    pub key: &'static str,
+    /// What is wrong, and what would do.
+    pub message: String,
+}
+
 impl OtlpConfig {
+    /// Checks what the file says on its own (the environment is looked at by
+    /// [`OtlpConfig::resolve`], which checks again what it adds): sizes, the endpoint's form,
+    /// header names and values. Done when the file is read, so `check-config` and a reload
+    /// refuse what the sink could not use.
+    pub fn check(&self) -> Result<(), KeyError> {
+        let error = |key, message| Err(KeyError { key, message });
+        if self.batch_size == 0 {
+            return error("batch_size", "batch_size must be at least 1".to_owned());
+        }
+        if self.queue_events == 0 {
+            return error("queue_events", "queue_events must be at least 1".to_owned());
+        }
+        if !MAX_REQUEST_BYTES_RANGE.contains(&self.max_request_bytes) {
+            return error(
+                "max_request_bytes",
+                format!(
+                    "max_request_bytes = {}: must be from {} to {} (the default, {}, suits a gRPC receiver's 4 MiB limit)",
+                    self.max_request_bytes,
+                    MAX_REQUEST_BYTES_RANGE.start(),
+                    MAX_REQUEST_BYTES_RANGE.end(),
+                    DEFAULT_MAX_REQUEST_BYTES
+                ),
+            );
+        }
+        if self.timeout_ms == Some(0) {
+            return error("timeout_ms", "timeout_ms must be at least 1: a request needs time to be answered".to_owned());
+        }
+        if let Some(endpoint) = &self.endpoint
+            && let Err(message) = check_endpoint(endpoint)
+        {
+            return error("endpoint", message);
+        }
+        check_headers(self.headers.iter()).or_else(|message| error("headers", message))
+    }
+
     /// The settings, or `None` when the sink is off. `env` looks up environment variables.
     pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<Option<OtlpSettings>, SettingsError> {
         let signal_endpoint = env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT").filter(|s| !s.is_empty());
@@ -219,17 +263,12 @@ impl OtlpConfig {
             (None, None) => None,
             _ => return Err(SettingsError("client_cert_file and client_key_file go together".to_owned())),
         };
-        if self.batch_size == 0 || self.queue_events == 0 {
-            return Err(SettingsError("batch_size and queue_events must be at least 1".to_owned()));
-        }
-        if !MAX_REQUEST_BYTES_RANGE.contains(&self.max_request_bytes) {
-            return Err(SettingsError(format!(
-                "max_request_bytes = {}: must be from {} to {} (the default, {}, suits a gRPC receiver's 4 MiB limit)",
-                self.max_request_bytes,
-                MAX_REQUEST_BYTES_RANGE.start(),
-                MAX_REQUEST_BYTES_RANGE.end(),
-                DEFAULT_MAX_REQUEST_BYTES
-            )));
+        self.check().map_err(|e| SettingsError(e.message))?;
+        // What the environment and the headers file added.
+        check_endpoint(&endpoint).map_err(SettingsError)?;
+        check_headers(headers.iter()).map_err(SettingsError)?;
+        if timeout_ms == 0 {
+            return Err(SettingsError("OTEL_EXPORTER_OTLP_TIMEOUT=0: a request needs time to be answered".to_owned()));
         }
         Ok(Some(OtlpSettings {
             endpoint,
@@ -310,6 +349,27 @@ fn with_logs_path(base: &str, protocol: Protocol) -> String {
 }
 
 /// `name=value` pairs separated by `sep` (W3C baggage style, values percent-decoded).
+/// Whether `endpoint` is a URL the transports can use: `http` or `https`, with a host. Said
+/// without the URL's credentials, if it has any.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let shown = redact_url(endpoint);
+    let uri: http::Uri = endpoint.parse().map_err(|e| format!("endpoint {shown:?} is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => Ok(()),
+        _ => Err(format!("endpoint {shown:?}: expected http://host:port or https://host:port")),
+    }
+}
+
+/// Whether every header is one HTTP (and so gRPC metadata) can carry. Values are secrets
+/// (tokens): only the name is said.
+fn check_headers<'a>(mut headers: impl Iterator<Item = (&'a String, &'a String)>) -> Result<(), String> {
+    headers.try_for_each(|(name, value)| {
+        http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("header name {name:?} is not an HTTP header name"))?;
+        http::HeaderValue::from_str(value).map_err(|_| format!("the value of header {name:?} is not an HTTP header value"))?;
+        Ok(())
+    })
+}
+
 fn parse_pairs(text: &str, sep: char) -> Result<Vec<(String, String)>, String> {
     text.split(sep)
         .map(str::trim)

@@ -95,7 +95,11 @@ pub fn run(
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!("OTLP sink cannot start its runtime: {e}; its records will be counted as failed");
-            return drain_as_failed(queue, &queued, &stats);
+            let mut queue = queue;
+            while let Some(chunk) = queue.blocking_recv() {
+                count_failed(chunk, &queued, &stats);
+            }
+            return;
         }
     };
     runtime.block_on(async move {
@@ -103,7 +107,11 @@ pub fn run(
             Ok(transport) => transport,
             Err(e) => {
                 tracing::error!("OTLP sink: {e}; its records will be counted as failed");
-                return drain_as_failed(queue, &queued, &stats);
+                let mut queue = queue;
+                while let Some(chunk) = queue.recv().await {
+                    count_failed(chunk, &queued, &stats);
+                }
+                return;
             }
         };
         let exports = Arc::new(Exports {
@@ -120,11 +128,11 @@ pub fn run(
     });
 }
 
-fn drain_as_failed(mut queue: mpsc::UnboundedReceiver<Chunk>, queued: &AtomicUsize, stats: &SinkStats) {
-    while let Some(chunk) = queue.blocking_recv() {
-        queued.fetch_sub(chunk.records as usize, Relaxed);
-        stats.failed.fetch_add(chunk.records, Relaxed);
-    }
+/// Counts `chunk` as failed: the sink could not start (inside its runtime, the queue is read
+/// without blocking the runtime's thread).
+fn count_failed(chunk: Chunk, queued: &AtomicUsize, stats: &SinkStats) {
+    queued.fetch_sub(chunk.records as usize, Relaxed);
+    stats.failed.fetch_add(chunk.records, Relaxed);
 }
 
 /// Chunks joined into batches of at most `records` records (more only when one chunk alone

@@ -274,7 +274,15 @@ impl Config {
             position: span.map(|s| line_col(text, s.start)),
             message,
         };
-        let config: Config = toml::from_str(text).map_err(|e| error(e.span(), with_suggestion(e.message())))?;
+        // The path of the value at fault (`probes.fork`), for errors the parser words without
+        // its key (a wrong type, a number out of range).
+        let config: Config = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            // A value read as `Spanned` adds a segment of toml's own to the path.
+            let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+            let e = e.into_inner();
+            let message = with_suggestion(e.message());
+            error(e.span(), if key == "." { message } else { format!("{key}: {message}") })
+        })?;
         let ring = &config.limits.ring_buffer_bytes;
         if !ring.get_ref().is_power_of_two() || *ring.get_ref() < 65536 {
             return Err(error(
@@ -473,6 +481,19 @@ mod tests {
         assert!(err.ends_with("did you mean `fork`?"), "{err}");
         let err = parse("[output]\nformat = \"json\"\n").unwrap_err().to_string();
         assert!(err.starts_with("/etc/ksense/ksense.toml:1:") && err.ends_with("this section is now `[sinks.stdout]` (the same keys)"), "{err}");
+    }
+
+    /// A value of the wrong type or out of range is named by its key, not only its line.
+    #[test]
+    fn a_wrong_type_names_its_key() {
+        for (text, key) in [
+            ("[probes]\nfork = \"yes\"\n", "probes.fork: "),
+            ("[limits]\nqueue_events = -5\n", "limits.queue_events: "),
+            ("[filters]\nexclude = { uid = [-1] }\n", "filters.exclude.uid[0]: "),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.starts_with("/etc/ksense/ksense.toml:2:") && err.contains(key), "{text}: {err}");
+        }
     }
 
     /// What the OTLP sink could not use is refused when the file is read (so by `check-config`
